@@ -160,6 +160,22 @@ export class TestClient {
     this.socket.end();
   }
 
+  /** Stops reading: the kernel's receive buffer fills and the server's writes start to fall short. */
+  pauseReading(): void {
+    this.socket.pause();
+  }
+
+  resumeReading(): void {
+    this.socket.resume();
+  }
+
+  /** Bytes queued here that the kernel has not taken yet. */
+  get unsent(): number {
+    let bytes = 0;
+    for (const chunk of this.state.pending) bytes += chunk.length;
+    return bytes;
+  }
+
   /** Closes with RST instead of FIN, as a crashing client would. */
   reset(): void {
     this.socket.terminate();
@@ -219,4 +235,39 @@ export async function exchange(
   } finally {
     client.close();
   }
+}
+
+/**
+ * Opens `count` connections to `port`, `batch` at a time. A connect completes in the kernel before the server has
+ * accepted it, so batches alone do not stop a busy server's accept queue (512 in Bun) from overflowing into 1 s SYN
+ * retransmits: with `greeting`, every client of a batch sends it and waits for as many bytes back before the next
+ * batch starts, which paces the ramp to the server (those bytes stay in `received`).
+ */
+export async function connectMany(
+  port: number,
+  count: number,
+  options: { batch?: number; host?: string; greeting?: string } = {},
+): Promise<TestClient[]> {
+  const batch = options.batch ?? 100;
+  const greeting = options.greeting;
+  const clients: TestClient[] = [];
+  try {
+    for (let start = 0; start < count; start += batch) {
+      const size = Math.min(batch, count - start);
+      const opened = await Promise.all(Array.from({ length: size }, () => TestClient.connect(port, options.host)));
+      clients.push(...opened);
+      if (greeting !== undefined) {
+        await Promise.all(
+          opened.map((client) => {
+            client.write(greeting);
+            return client.readAtLeast(client.receivedLength + encode(greeting).length);
+          }),
+        );
+      }
+    }
+  } catch (error) {
+    for (const client of clients) client.reset();
+    throw error;
+  }
+  return clients;
 }

@@ -6,6 +6,7 @@
 // `await using` disposes of it (SIGKILL if still alive), so no test leaves a process behind even when it fails.
 
 import type { Subprocess } from "bun";
+import { readFileSync, writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 
 export const ROOT = resolve(import.meta.dir, "..", "..");
@@ -94,6 +95,8 @@ export interface RunOptions {
   /** Milliseconds to wait for the listening line. */
   readyTimeoutMs?: number;
   stdin?: "pipe" | "ignore";
+  /** A command that runs bun, e.g. ["prlimit", "--nofile=64:64"]; one that execs (prlimit does) keeps the pid. */
+  prefix?: string[];
 }
 
 /** A spawned bun process with its output captured. */
@@ -179,7 +182,7 @@ function childEnv(extra: Record<string, string> = {}): Record<string, string | u
 
 /** Spawns `bun <file> ...args` (file relative to the repo root) and returns as soon as it has started. */
 export function run(file: string, args: string[] = [], options: RunOptions = {}): Running {
-  const command = [process.execPath, resolve(ROOT, file), ...args];
+  const command = [...(options.prefix ?? []), process.execPath, resolve(ROOT, file), ...args];
   const proc = Bun.spawn(command, {
     cwd: ROOT,
     env: childEnv(options.env),
@@ -225,4 +228,16 @@ export function portIsFree(port: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Resident memory of process `pid` in KiB: now (VmRSS) and its peak so far (VmHWM), from /proc (Linux only). */
+export function memoryKiB(pid: number): { rss: number; peak: number } {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
+  return { rss: field("VmRSS"), peak: field("VmHWM") };
+}
+
+/** Resets the VmHWM peak of process `pid` to its current RSS (Linux: writes 5 to /proc/PID/clear_refs). */
+export function resetMemoryPeak(pid: number): void {
+  writeFileSync(`/proc/${pid}/clear_refs`, "5");
 }
