@@ -6,7 +6,7 @@
 // `await using` disposes of it (SIGKILL if still alive), so no test leaves a process behind even when it fails.
 
 import type { Subprocess } from "bun";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 
 export const ROOT = resolve(import.meta.dir, "..", "..");
@@ -230,14 +230,35 @@ export function portIsFree(port: number): boolean {
   }
 }
 
-/** Resident memory of process `pid` in KiB: now (VmRSS) and its peak so far (VmHWM), from /proc (Linux only). */
-export function memoryKiB(pid: number): { rss: number; peak: number } {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
-  return { rss: field("VmRSS"), peak: field("VmHWM") };
+/** Resident memory in KiB, now (VmRSS) and peak so far (VmHWM), from /proc (Linux), summed over `pids`. */
+export function memoryKiB(pids: number | number[]): { rss: number; peak: number } {
+  const total = { rss: 0, peak: 0 };
+  for (const pid of [pids].flat()) {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
+    total.rss += field("VmRSS");
+    total.peak += field("VmHWM");
+  }
+  return total;
 }
 
-/** Resets the VmHWM peak of process `pid` to its current RSS (Linux: writes 5 to /proc/PID/clear_refs). */
-export function resetMemoryPeak(pid: number): void {
-  writeFileSync(`/proc/${pid}/clear_refs`, "5");
+/** Resets the VmHWM peak of `pids` to their current RSS (Linux: writes 5 to /proc/PID/clear_refs). */
+export function resetMemoryPeak(pids: number | number[]): void {
+  for (const pid of [pids].flat()) writeFileSync(`/proc/${pid}/clear_refs`, "5");
+}
+
+/** `pid` and all its descendants (from /proc/PID/task/TID/children), e.g. a supervisor and its workers. */
+export function processTree(pid: number): number[] {
+  const pids = [pid];
+  for (let i = 0; i < pids.length; i++) {
+    try {
+      for (const task of readdirSync(`/proc/${pids[i]}/task`)) {
+        const children = readFileSync(`/proc/${pids[i]}/task/${task}/children`, "utf8").trim();
+        if (children !== "") pids.push(...children.split(" ").map(Number));
+      }
+    } catch {
+      // it exited meanwhile
+    }
+  }
+  return pids;
 }

@@ -1,0 +1,1060 @@
+#!/usr/bin/env bun
+/*
+ * 007 - every core, observable: supervised workers, metrics, JSON logs, configuration from the environment
+ *
+ * Adds:   --workers N processes (default: the CPUs this process may use) share the port with SO_REUSEPORT; the
+ *         kernel spreads new connections between them. A supervisor (this file run normally) spawns the workers
+ *         (this same file, with ECHO_WORKER set), prints the listening line once they all listen, replaces a
+ *         worker that dies while the port keeps serving, and on SIGINT/SIGTERM has every worker drain within
+ *         --drain-timeout (a second signal cuts at once). Metrics in Prometheus text format on --metrics-port
+ *         (connections active and total, bytes in and out, refused, errors, queued bytes; per worker and for the
+ *         whole server), gathered from the workers over IPC at scrape time. --log-format json for structured
+ *         logs. Every option can also come from an environment variable (HOST, PORT, WORKERS, ...) for
+ *         containers; the Dockerfile runs this stage. Speed: replies are uppercased in place four bytes at a time
+ *         (no copy), and a queue is flushed in one batched write instead of one write per chunk.
+ * Lacks:  one exact global count for the limits: each worker (a process with its own open-files limit) serves
+ *         --max-clients / N, and the kernel spreads connections evenly but not exactly, so a worker can refuse
+ *         while another has room; --max-per-ip applies in each worker as given (divided, it would refuse a
+ *         client's second connection whenever both land on the same worker), so one address can hold up to
+ *         N x --max-per-ip. Exact counts need shared state (a supervisor round trip per connection, or threads).
+ *         A replaced worker's own counters start from 0 (the whole-server sums carry on).
+ *
+ * Try it: bun tcp_echo_server/007-every-core-observable.ts --port 5000 --metrics-port 9100
+ *         curl -s 127.0.0.1:9100/metrics
+ *         PORT=5000 WORKERS=4 LOG_FORMAT=json bun tcp_echo_server/007-every-core-observable.ts
+ *         kill -KILL <a worker's pid from the log>: the supervisor replaces it, 127.0.0.1:5000 keeps answering
+ */
+
+import type { Socket, Subprocess, TCPSocketListener } from "bun";
+import { dlopen, FFIType, ptr } from "bun:ffi";
+import { readdirSync, readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { parseArgs } from "node:util";
+import pc from "picocolors";
+
+const LEVELS = ["debug", "info", "warn", "error"] as const;
+type Level = (typeof LEVELS)[number];
+const LOG_FORMATS = ["text", "json"] as const;
+type LogFormat = (typeof LOG_FORMATS)[number];
+
+const LEVEL_COLOURS: Record<Level, (text: string) => string> = {
+  debug: pc.dim,
+  info: pc.green,
+  warn: pc.yellow,
+  error: pc.red,
+};
+
+/**
+ * Timestamped, levelled log lines on stderr; stdout is kept for the machine-readable listening line. Each line
+ * says which process wrote it (the supervisor or worker N), which connection it is about, and how many clients
+ * that worker serves. As JSON (one object a line) with --log-format json, for log collectors.
+ */
+class Logger {
+  private readonly threshold: number;
+
+  constructor(
+    level: Level,
+    private readonly format: LogFormat,
+    /** Worker index, or undefined for the supervisor. */
+    private readonly worker: number | undefined,
+    private readonly activeClients: () => [active: number, limit: number] | undefined = () => undefined,
+  ) {
+    this.threshold = LEVELS.indexOf(level);
+  }
+
+  enabled(level: Level): boolean {
+    return LEVELS.indexOf(level) >= this.threshold;
+  }
+
+  private write(level: Level, message: string, connId?: number): void {
+    if (LEVELS.indexOf(level) < this.threshold) return;
+    const time = new Date().toISOString();
+    const active = this.activeClients();
+    if (this.format === "json") {
+      const line: Record<string, unknown> = { time, level, pid: process.pid, worker: this.worker ?? null };
+      if (connId !== undefined) line.conn = connId;
+      if (active !== undefined) [line.active, line.limit] = active;
+      line.msg = message;
+      process.stderr.write(`${JSON.stringify(line)}\n`);
+      return;
+    }
+    const label = LEVEL_COLOURS[level](level.toUpperCase().padEnd(5));
+    const process_ = this.worker === undefined ? "supervisor" : `worker ${this.worker}`;
+    const who = connId === undefined ? process_ : `${process_} conn ${connId}`;
+    const where = active === undefined ? who : `${who} | active ${active[0]}/${active[1]}`;
+    process.stderr.write(`${pc.dim(time)} ${label} ${pc.cyan(`[${where}]`)} ${message}\n`);
+  }
+
+  debug(message: string, connId?: number): void {
+    this.write("debug", message, connId);
+  }
+  info(message: string, connId?: number): void {
+    this.write("info", message, connId);
+  }
+  warn(message: string, connId?: number): void {
+    this.write("warn", message, connId);
+  }
+  error(message: string, connId?: number): void {
+    this.write("error", message, connId);
+  }
+}
+
+interface EchoServerConfig {
+  host: string;
+  port: number;
+  logLevel: Level;
+  logFormat: LogFormat;
+  workers: number;
+  maxClients: number;
+  /** Connections allowed from one remote address; 0 = no per-address limit. */
+  maxPerIp: number;
+  /** Bytes of unsent reply a client may have queued before its reading is paused. */
+  maxBuffer: number;
+  /** Seconds a client may stay silent; 0 disables the timeout. */
+  idleTimeout: number;
+  /** Seconds a graceful shutdown may take before the remaining clients are cut. */
+  drainTimeout: number;
+  /** Port of the Prometheus endpoint (0 = a free one); undefined = no metrics. */
+  metricsPort: number | undefined;
+}
+
+// Bytes, not strings: a reply must be exactly as long as the request whatever the client sends. The chunk Bun
+// hands to `data` is a fresh buffer of our own, so it is uppercased in place and sent back: no copy. Four bytes at a
+// time (SWAR, "SIMD within a register"): for each byte with the top bit clear, adding 0x1f sets bit 7 iff it is
+// >= 0x61 ('a'), adding 0x05 sets bit 7 iff it is >= 0x7b (past 'z'); no byte can carry into the next. The bytes
+// that are 'a'..'z' get 0x80 in the mask, and subtracting mask >>> 2 (0x20 each) uppercases exactly those.
+// About 8x faster than a byte loop on large chunks (bench/results/echo.json).
+function toUpperAsciiInPlace(bytes: Uint8Array): Uint8Array {
+  const length = bytes.length;
+  let i = 0;
+  const unaligned = (4 - (bytes.byteOffset & 3)) & 3; // Uint32Array views must start on a multiple of 4
+  for (; i < unaligned && i < length; i++) {
+    const byte = bytes[i]!;
+    if (byte - 0x61 >>> 0 < 26) bytes[i] = byte - 0x20;
+  }
+  const words = (length - i) >>> 2;
+  if (words > 0) {
+    const view = new Uint32Array(bytes.buffer, bytes.byteOffset + i, words);
+    for (let w = 0; w < words; w++) {
+      const word = view[w]!;
+      const low7 = word & 0x7f7f7f7f;
+      const lowercase = (low7 + 0x1f1f1f1f) & ~(low7 + 0x05050505) & ~word & 0x80808080;
+      view[w] = word - (lowercase >>> 2);
+    }
+    i += words * 4;
+  }
+  for (; i < length; i++) {
+    const byte = bytes[i]!;
+    if (byte - 0x61 >>> 0 < 26) bytes[i] = byte - 0x20;
+  }
+  return bytes;
+}
+
+// Linux values of the constants getsockopt() takes (from <sys/socket.h> and <netinet/tcp.h>).
+const SOL_SOCKET = 1;
+const IPPROTO_TCP = 6;
+const SOCKET_OPTIONS: ReadonlyArray<[name: string, level: number, option: number]> = [
+  ["SO_REUSEADDR", SOL_SOCKET, 2],
+  ["SO_REUSEPORT", SOL_SOCKET, 15],
+  ["SO_KEEPALIVE", SOL_SOCKET, 9],
+  ["SO_RCVBUF", SOL_SOCKET, 8],
+  ["SO_SNDBUF", SOL_SOCKET, 7],
+  ["SO_ACCEPTCONN", SOL_SOCKET, 30],
+  ["TCP_NODELAY", IPPROTO_TCP, 1],
+];
+
+/** Bun sockets expose their file descriptor, but the typings do not say so. */
+type WithFd = { fd?: number };
+
+/** File descriptors kept free for the server itself (listener, stdio, event loop, a log file, a DNS lookup...). */
+const RESERVED_FDS = 32;
+
+/**
+ * How many client sockets fit under the process's open-files limit (RLIMIT_NOFILE, which Bun raises to the hard
+ * limit at start), leaving room for what is already open and a reserve. Undefined where /proc does not tell.
+ */
+function clientsAllowedByFdLimit(): { limit: number; allowed: number } | undefined {
+  try {
+    const line = readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith("Max open files"));
+    const soft = line?.split(/\s{2,}/)[1];
+    if (soft === undefined || soft === "unlimited") return undefined;
+    const limit = Number(soft);
+    const open = readdirSync("/proc/self/fd").length;
+    return { limit, allowed: Math.max(1, limit - open - RESERVED_FDS) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Per-client state, assigned in `open` (the listen-level `data` object would be shared by every socket). */
+interface Client {
+  id: number;
+  ip: string;
+  /** Counted in the limits; false for a refused client. */
+  admitted: boolean;
+  /** Reply bytes the kernel has not taken yet, oldest first: sent on `drain`, never dropped or reordered. */
+  queue: Uint8Array[];
+  queued: number;
+  /** Reading is paused because the queue went over --max-buffer. */
+  paused: boolean;
+  /** The client sent FIN: close once the queue is flushed. */
+  peerEnded: boolean;
+  /** Graceful shutdown began: no more echoing, FIN once the queue is flushed. */
+  draining: boolean;
+  finSent: boolean;
+  /** Closed by us at the drain deadline (or on a second signal) with replies still owed. */
+  cut: boolean;
+  idleTimer: Timer | undefined;
+  bytesIn: number;
+  bytesOut: number;
+  closed: boolean;
+}
+
+const REFUSAL_REASONS = ["max-clients", "max-per-ip", "shutting-down"] as const;
+type RefusalReason = (typeof REFUSAL_REASONS)[number];
+
+/** What a worker counts; the supervisor sums them over the workers for the metrics endpoint. */
+interface Counters {
+  connectionsActive: number;
+  connectionsTotal: number;
+  refused: Record<RefusalReason, number>;
+  receivedBytes: number;
+  sentBytes: number;
+  errors: number;
+  queuedBytes: number;
+}
+
+/** A worker's totals when it stops, for the supervisor's closing line. */
+interface DrainReport {
+  drained: number;
+  cut: number;
+  discarded: number;
+  served: number;
+  refused: number;
+  receivedBytes: number;
+  sentBytes: number;
+}
+
+/** Messages between the supervisor and its workers (over the IPC channel Bun.spawn opens). */
+type ToWorker = { type: "metrics"; seq: number } | { type: "drain"; signal: string } | { type: "cut"; signal: string };
+type FromWorker =
+  | { type: "listening"; port: number }
+  | { type: "failed"; reason: string }
+  | { type: "metrics"; seq: number; counters: Counters }
+  | { type: "stopped"; report: DrainReport };
+
+class EchoServer {
+  readonly host: string;
+  readonly port: number;
+  readonly maxClients: number;
+  readonly maxPerIp: number;
+  readonly maxBuffer: number;
+  readonly idleTimeout: number;
+  readonly drainTimeout: number;
+  /** "share " when the limits are this worker's share of the configured ones. */
+  private readonly share: string;
+  private readonly log: Logger;
+  /** Checked on every chunk, so a disabled debug level costs no string building. */
+  private readonly debug: boolean;
+  private listener: TCPSocketListener<Client> | undefined;
+  private nextId = 1;
+  /** Every admitted connection: the limits count them, shutdown drains them. */
+  private readonly clients = new Set<Socket<Client>>();
+  private readonly perIp = new Map<string, number>();
+  private stopping = false;
+  private drainDeadline: Timer | undefined;
+  private readonly totals = { served: 0, bytesIn: 0, bytesOut: 0, drained: 0, cut: 0, discarded: 0, errors: 0 };
+  private readonly refused: Record<RefusalReason, number> = { "max-clients": 0, "max-per-ip": 0, "shutting-down": 0 };
+
+  constructor(
+    config: EchoServerConfig,
+    readonly worker: number,
+    private readonly onStopped: (report: DrainReport) => void,
+  ) {
+    this.host = config.host;
+    this.port = config.port;
+    this.maxPerIp = config.maxPerIp;
+    this.maxBuffer = config.maxBuffer;
+    this.idleTimeout = config.idleTimeout;
+    this.drainTimeout = config.drainTimeout;
+    this.share = config.workers > 1 ? "share " : "";
+    this.log = new Logger(config.logLevel, config.logFormat, worker, () => [this.clients.size, this.maxClients]);
+    this.debug = this.log.enabled("debug");
+    // Past the open-files limit accept() fails with EMFILE, and Bun then stops accepting and spins a core until
+    // descriptors free up: better to refuse clients below the limit, cleanly, and say why.
+    const fds = clientsAllowedByFdLimit();
+    this.maxClients = fds === undefined ? config.maxClients : Math.min(config.maxClients, fds.allowed);
+    if (fds !== undefined && config.maxClients > fds.allowed) {
+      this.log.warn(`--max-clients ${this.share}${config.maxClients} does not fit under the open-files limit of ${fds.limit}: serving at most ${fds.allowed} clients at once (raise it with ulimit -n)`);
+    }
+  }
+
+  /**
+   * Reads the options of the socket behind file descriptor `fd` with libc getsockopt(). Returns an empty object
+   * where that is not possible (not Linux, no libc), so callers can log "unavailable" instead of failing.
+   */
+  static getSocketOptions(fd: number): Record<string, number> {
+    if (process.platform !== "linux") return {};
+    let libc;
+    try {
+      libc = dlopen("libc.so.6", {
+        getsockopt: {
+          args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr],
+          returns: FFIType.i32,
+        },
+      });
+    } catch {
+      return {};
+    }
+    try {
+      const options: Record<string, number> = {};
+      const value = new Int32Array(1);
+      const length = new Uint32Array(1);
+      for (const [name, level, option] of SOCKET_OPTIONS) {
+        length[0] = value.byteLength;
+        if (libc.symbols.getsockopt(fd, level, option, ptr(value), ptr(length)) === 0) options[name] = value[0]!;
+      }
+      return options;
+    } finally {
+      libc.close();
+    }
+  }
+
+  /** Binds and starts accepting; returns the port actually bound (useful with --port 0). */
+  start(): number {
+    const options: Bun.TCPSocketListenOptions<Client> & { reusePort: boolean } = {
+      hostname: this.host,
+      port: this.port,
+      // Every worker binds the same port; the kernel hands each new connection to one of them.
+      reusePort: true,
+      // We close after the queue is flushed; by default Bun would close as soon as the client's FIN arrives.
+      allowHalfOpen: true,
+      socket: {
+        open: (socket) => this.onOpen(socket),
+        data: (socket, data) => this.onData(socket, data),
+        drain: (socket) => this.flush(socket),
+        end: (socket) => this.onEnd(socket),
+        close: (socket, error) => this.onClose(socket, error),
+        error: (socket, error) => {
+          this.totals.errors++;
+          this.log.error(`socket error: ${error.message}`, socket.data.id);
+        },
+      },
+    }; // reusePort works on Bun.listen, but its typings only declare it for Bun.connect
+    const listener = Bun.listen<Client>(options);
+    this.listener = listener;
+    const perIp = this.maxPerIp > 0 ? `${this.maxPerIp} per address` : "no per-address limit";
+    this.log.info(`listening on ${formatAddress(this.host, listener.port)} (pid ${process.pid}; at most ${this.maxClients} clients at once, ${perIp}, ${formatBytes(this.maxBuffer)} reply queue per client, idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"}, drain timeout ${this.drainTimeout} s)`);
+    this.log.debug(`listening socket options: ${formatOptions((listener as WithFd).fd)}`);
+    return listener.port;
+  }
+
+  private onOpen(socket: Socket<Client>): void {
+    socket.data = {
+      id: this.nextId++,
+      ip: socket.remoteAddress,
+      admitted: false,
+      queue: [],
+      queued: 0,
+      paused: false,
+      peerEnded: false,
+      draining: false,
+      finSent: false,
+      cut: false,
+      idleTimer: undefined,
+      bytesIn: 0,
+      bytesOut: 0,
+      closed: false,
+    };
+    // Reading the options loads libc: worth it only when someone reads debug lines (it costs ~0.3 ms a client).
+    if (this.debug) this.log.debug(`socket options: ${formatOptions((socket as WithFd).fd)}`, socket.data.id);
+    this.handleConn(socket);
+  }
+
+  /** Admits a connection, or refuses it (closes at once) when a limit is reached: nobody waits in a queue. */
+  private handleConn(socket: Socket<Client>): void {
+    const client = socket.data;
+    const fromIp = this.perIp.get(client.ip) ?? 0;
+    let reason: RefusalReason | undefined;
+    let refusal = "";
+    if (this.stopping) {
+      reason = "shutting-down";
+      refusal = "shutting down";
+    } else if (this.clients.size >= this.maxClients) {
+      reason = "max-clients";
+      refusal = `${this.clients.size} clients connected, the limit (--max-clients ${this.share}${this.maxClients})`;
+    } else if (this.maxPerIp > 0 && fromIp >= this.maxPerIp) {
+      reason = "max-per-ip";
+      refusal = `${fromIp} connections from this address, the limit (--max-per-ip ${this.maxPerIp}${this.share ? " in this worker" : ""})`;
+    }
+    if (reason !== undefined) {
+      this.refused[reason]++;
+      this.log.warn(`refused ${client.ip}: ${refusal}`, client.id);
+      socket.end();
+      return;
+    }
+    client.admitted = true;
+    this.clients.add(socket);
+    this.perIp.set(client.ip, fromIp + 1);
+    this.totals.served++;
+    if (this.idleTimeout > 0) client.idleTimer = setTimeout(() => this.onIdle(socket), this.idleTimeout * 1000);
+    this.log.info(`serving ${client.ip}`, client.id);
+  }
+
+  // The loop: Bun calls this for every chunk a client sends, for as long as its connection is open and not paused.
+  private onData(socket: Socket<Client>, data: Uint8Array): void {
+    const client = socket.data;
+    if (client.draining) {
+      // Shutting down: the replies owed before the signal go out, requests that arrive after it are dropped.
+      this.totals.discarded += data.length;
+      return;
+    }
+    client.bytesIn += data.length;
+    this.totals.bytesIn += data.length;
+    if (this.debug) this.log.debug(`received ${data.length} bytes`, client.id);
+    client.idleTimer?.refresh(); // activity: start the idle clock again
+    this.send(socket, toUpperAsciiInPlace(data));
+  }
+
+  /** Writes what the kernel takes now and queues the rest; pauses reading while the queue is over --max-buffer. */
+  private send(socket: Socket<Client>, reply: Uint8Array): void {
+    const client = socket.data;
+    let rest = reply;
+    if (client.queued === 0) {
+      const written = socket.write(reply);
+      if (written > 0) this.countSent(client, written);
+      if (written === reply.length) return;
+      if (written < 0) return; // the connection is gone; `close` cleans up
+      rest = reply.subarray(written);
+    }
+    client.queue.push(rest); // behind older bytes: order is kept
+    client.queued += rest.length;
+    if (client.queued > this.maxBuffer && !client.paused) {
+      client.paused = true;
+      socket.pause();
+      if (this.debug) this.log.debug(`reply queue at ${client.queued} bytes, over --max-buffer: pausing its reading`, client.id);
+    }
+  }
+
+  /**
+   * Hands queued bytes to the kernel, oldest first, until it takes no more (Bun then calls `drain` again). Several
+   * queued chunks go out as one batched write: one system call instead of one per chunk.
+   */
+  private flush(socket: Socket<Client>): void {
+    const client = socket.data;
+    if (client.queue.length > 1) client.queue = [Buffer.concat(client.queue)];
+    const head = client.queue[0];
+    if (head !== undefined) {
+      const written = socket.write(head);
+      if (written < 0) return;
+      if (written > 0) {
+        client.queued -= written;
+        this.countSent(client, written);
+        client.idleTimer?.refresh(); // the client is reading: not idle
+      }
+      if (written < head.length) client.queue[0] = head.subarray(written);
+      else client.queue.length = 0;
+    }
+    // Resume below half the mark rather than at it, so a slow reader is not paused and resumed for every chunk.
+    if (client.paused && client.queued <= this.maxBuffer / 2 && !client.draining) {
+      client.paused = false;
+      socket.resume();
+      if (this.debug) this.log.debug(`reply queue down to ${client.queued} bytes: reading again`, client.id);
+    }
+    if (client.queued === 0) this.afterFlush(socket);
+  }
+
+  private countSent(client: Client, bytes: number): void {
+    client.bytesOut += bytes;
+    this.totals.bytesOut += bytes;
+  }
+
+  /** Everything owed is with the kernel: finish a half-close or a drain. */
+  private afterFlush(socket: Socket<Client>): void {
+    const client = socket.data;
+    if (client.peerEnded) {
+      socket.end(); // the client FINned earlier and now has its complete reply
+    } else if (client.draining && !client.finSent) {
+      client.finSent = true;
+      socket.shutdown(); // FIN after the last reply byte; keep reading so we see the client close
+      if (client.paused) {
+        client.paused = false;
+        socket.resume();
+      }
+    }
+  }
+
+  // The client has nothing more to send (it called shutdown() or close(); `nc -N` does at the end of its input).
+  // With allowHalfOpen we can still write: the reply is completed before we close.
+  private onEnd(socket: Socket<Client>): void {
+    const client = socket.data;
+    client.peerEnded = true;
+    this.log.info(`client closed its side (FIN)${client.queued > 0 ? `: flushing ${client.queued} queued bytes first` : ""}`, client.id);
+    if (client.queued === 0) socket.end();
+  }
+
+  private onIdle(socket: Socket<Client>): void {
+    this.log.info(`idle for ${this.idleTimeout} s: closing`, socket.data.id);
+    socket.end();
+  }
+
+  private onClose(socket: Socket<Client>, error?: Error): void {
+    const client = socket.data;
+    if (client.closed) return;
+    client.closed = true;
+    clearTimeout(client.idleTimer);
+    if (!client.admitted) return;
+    this.clients.delete(socket);
+    const fromIp = (this.perIp.get(client.ip) ?? 1) - 1;
+    if (fromIp > 0) this.perIp.set(client.ip, fromIp);
+    else this.perIp.delete(client.ip);
+    if (error) {
+      this.totals.errors++;
+      this.log.info(`connection failed: ${error.message}`, client.id); // a client's RST is routine
+    }
+    const lost = client.queued > 0 ? `, ${client.queued} reply bytes undelivered` : "";
+    this.log.info(`done: received ${client.bytesIn} bytes, sent ${client.bytesOut}${lost}`, client.id);
+    if (this.stopping) {
+      if (client.queued === 0 && !client.cut) this.totals.drained++;
+      else this.totals.cut++;
+      if (this.clients.size === 0) this.finishShutdown();
+    }
+  }
+
+  /** A snapshot of this worker's counters, for the supervisor's metrics endpoint. */
+  counters(): Counters {
+    let queuedBytes = 0;
+    for (const socket of this.clients) queuedBytes += socket.data.queued;
+    return {
+      connectionsActive: this.clients.size,
+      connectionsTotal: this.totals.served,
+      refused: { ...this.refused },
+      receivedBytes: this.totals.bytesIn,
+      sentBytes: this.totals.bytesOut,
+      errors: this.totals.errors,
+      queuedBytes,
+    };
+  }
+
+  /**
+   * Stops accepting and drains: every client gets the replies it is owed, then FIN; the server closes each
+   * connection when the client closes its side. Whoever is still connected at --drain-timeout is cut (RST).
+   * Asking again changes nothing (the supervisor and a process-group signal may both ask); `cutNow` cuts.
+   */
+  shutdown(signal: string): void {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.listener?.stop();
+    let owed = 0;
+    for (const socket of this.clients) owed += socket.data.queued;
+    this.log.info(`${signal}: no new clients; draining ${this.clients.size} client(s) owed ${owed} queued reply bytes, at most ${this.drainTimeout} s`);
+    if (this.clients.size === 0) {
+      this.finishShutdown();
+      return;
+    }
+    this.drainDeadline = setTimeout(() => {
+      this.log.warn(`drain timeout (${this.drainTimeout} s): cutting ${this.clients.size} client(s)`);
+      this.cutRemaining();
+    }, this.drainTimeout * 1000);
+    for (const socket of [...this.clients]) {
+      socket.data.draining = true;
+      if (socket.data.queued === 0) this.afterFlush(socket);
+    }
+  }
+
+  /** The second signal: cut every remaining client now. */
+  cutNow(signal: string): void {
+    if (!this.stopping) this.shutdown(signal);
+    if (this.clients.size === 0) return;
+    this.log.warn(`${signal} received again: cutting ${this.clients.size} client(s) now`);
+    this.cutRemaining();
+  }
+
+  private cutRemaining(): void {
+    for (const socket of [...this.clients]) {
+      socket.data.cut = true;
+      socket.terminate(); // RST: the client can tell it did not get everything
+    }
+  }
+
+  private finishShutdown(): void {
+    clearTimeout(this.drainDeadline);
+    const { served, bytesIn, bytesOut, drained, cut, discarded } = this.totals;
+    const refused = this.refused["max-clients"] + this.refused["max-per-ip"] + this.refused["shutting-down"];
+    const level = cut > 0 ? "warn" : "info";
+    this.log[level](`shutdown complete: ${drained} client(s) drained, ${cut} cut; since start ${served} served, ${refused} refused, ${bytesIn} bytes received and ${bytesOut} sent back, ${discarded} dropped after the signal`);
+    this.onStopped({ drained, cut, discarded, served, refused, receivedBytes: bytesIn, sentBytes: bytesOut });
+  }
+}
+
+/** One worker process as the supervisor sees it. */
+interface WorkerSlot {
+  index: number;
+  proc: Subprocess<"ignore", "inherit", "inherit">;
+  startedAt: number;
+  listening: boolean;
+  /** Its last counters, kept so a worker that dies does not take its share of the totals with it. */
+  last: Counters | undefined;
+  report: DrainReport | undefined;
+}
+
+const METRICS_TIMEOUT_MS = 1000;
+
+/**
+ * Runs the workers: starts them, prints the listening line when they all listen, replaces any that dies, serves
+ * the metrics, and stops them all on SIGINT/SIGTERM.
+ */
+class Supervisor {
+  private readonly log: Logger;
+  private readonly slots: Array<WorkerSlot | undefined>;
+  private port: number;
+  private announced = false;
+  private stopping = false;
+  private restarts = 0;
+  /** Counters of workers that are gone, so that the whole-server totals never go backwards. */
+  private readonly retired: Counters = emptyCounters();
+  private metricsServer: ReturnType<typeof Bun.serve> | undefined;
+  private metricsSeq = 0;
+  private readonly pendingMetrics = new Map<string, (counters: Counters) => void>();
+  private hardDeadline: Timer | undefined;
+
+  constructor(private readonly config: EchoServerConfig) {
+    this.log = new Logger(config.logLevel, config.logFormat, undefined);
+    this.slots = new Array<WorkerSlot | undefined>(config.workers).fill(undefined);
+    this.port = config.port;
+  }
+
+  start(): void {
+    const { workers, maxClients, maxPerIp } = this.config;
+    this.log.info(`starting ${workers} worker(s) on ${formatAddress(this.config.host, this.port)}; each serves at most ${Math.ceil(maxClients / workers)} clients${maxPerIp > 0 ? ` and ${maxPerIp} per address` : ""}`);
+    // With --port 0 the first worker picks the port and the others join it; a fixed port they can all bind at once.
+    this.spawn(0);
+    if (this.port !== 0) for (let index = 1; index < workers; index++) this.spawn(index);
+  }
+
+  private spawn(index: number): void {
+    const { workers, maxClients } = this.config;
+    const workerConfig: EchoServerConfig = { ...this.config, port: this.port, maxClients: Math.ceil(maxClients / workers) };
+    const proc = Bun.spawn([process.execPath, import.meta.path], {
+      env: { ...process.env, ECHO_WORKER: String(index), ECHO_WORKER_CONFIG: JSON.stringify(workerConfig) },
+      stdio: ["ignore", "inherit", "inherit"],
+      ipc: (message: FromWorker) => this.onMessage(slot, message),
+    });
+    const slot: WorkerSlot = { index, proc, startedAt: performance.now(), listening: false, last: undefined, report: undefined };
+    this.slots[index] = slot;
+    this.log.info(`worker ${index} started (pid ${proc.pid})`);
+    void proc.exited.then((code) => this.onExit(slot, code));
+  }
+
+  private onMessage(slot: WorkerSlot, message: FromWorker): void {
+    switch (message.type) {
+      case "listening":
+        slot.listening = true;
+        if (this.announced) this.log.info(`worker ${slot.index} (pid ${slot.proc.pid}) is back: ${this.config.workers} worker(s) listening`);
+        if (this.port === 0) {
+          this.port = message.port;
+          for (let index = 1; index < this.config.workers; index++) this.spawn(index);
+        }
+        if (!this.announced && this.slots.every((s) => s?.listening)) void this.announce();
+        break;
+      case "failed":
+        if (!this.announced) {
+          // Nothing is serving yet: the configuration is wrong (port in use, bad address). Stop, as 006 would.
+          console.error(`error: cannot listen on ${formatAddress(this.config.host, this.port)}: ${message.reason}`);
+          for (const s of this.slots) s?.proc.kill("SIGKILL");
+          process.exit(1);
+        }
+        this.log.error(`worker ${slot.index} cannot listen: ${message.reason}`);
+        break;
+      case "metrics":
+        slot.last = message.counters;
+        this.pendingMetrics.get(`${slot.index}:${message.seq}`)?.(message.counters);
+        break;
+      case "stopped":
+        slot.report = message.report;
+        break;
+    }
+  }
+
+  /** All workers listen: start the metrics endpoint, then print the one line on stdout. */
+  private async announce(): Promise<void> {
+    this.announced = true;
+    const { metricsPort, host } = this.config;
+    if (metricsPort !== undefined) {
+      try {
+        this.metricsServer = Bun.serve({
+          hostname: host,
+          port: metricsPort,
+          fetch: (request) => this.serveMetrics(request),
+        });
+        this.log.info(`metrics on http://${formatAddress(host, this.metricsServer.port ?? metricsPort)}/metrics`);
+      } catch (error) {
+        const { code, message } = error as NodeJS.ErrnoException;
+        console.error(`error: cannot serve metrics on ${formatAddress(host, metricsPort)}: ${code === "EADDRINUSE" ? "address already in use" : (code ?? message)}`);
+        for (const s of this.slots) s?.proc.kill("SIGKILL");
+        process.exit(1);
+      }
+    }
+    this.log.info(`all ${this.config.workers} worker(s) listening`);
+    console.log(`listening on ${formatAddress(host, this.port)}`);
+  }
+
+  private onExit(slot: WorkerSlot, code: number): void {
+    if (this.slots[slot.index] === slot && !this.stopping) {
+      this.slots[slot.index] = undefined;
+      addCounters(this.retired, slot.last);
+      if (!this.announced) {
+        console.error(`error: worker ${slot.index} exited with code ${code} before listening`);
+        for (const s of this.slots) s?.proc.kill("SIGKILL");
+        process.exit(1);
+      }
+      this.restarts++;
+      const how = slot.proc.signalCode ? `killed by ${slot.proc.signalCode}` : `exited with code ${code}`;
+      // A worker that dies straight after starting would die again at once: wait a little before each retry.
+      const delay = performance.now() - slot.startedAt < 1000 ? 1000 : 0;
+      this.log.warn(`worker ${slot.index} (pid ${slot.proc.pid}) ${how}: replacing it${delay ? ` in ${delay} ms` : ""}`);
+      setTimeout(() => {
+        if (!this.stopping) this.spawn(slot.index);
+      }, delay);
+      return;
+    }
+    if (this.stopping && this.slots.every((s) => s === undefined || s.proc.exitCode !== null || s.proc.signalCode !== null)) {
+      this.finish();
+    }
+  }
+
+  /** First signal: every worker drains. Second: every worker cuts. */
+  shutdown(signal: string): void {
+    const live = this.slots.filter((slot): slot is WorkerSlot => slot !== undefined);
+    if (this.stopping) {
+      this.log.warn(`${signal} received again: workers cut their clients now`);
+      for (const slot of live) this.send(slot, { type: "cut", signal });
+      return;
+    }
+    this.stopping = true;
+    this.log.info(`${signal} received: ${live.length} worker(s) stop accepting and drain, at most ${this.config.drainTimeout} s`);
+    for (const slot of live) this.send(slot, { type: "drain", signal });
+    // A worker that does not finish in time (stuck, or busy beyond the deadline) is killed.
+    this.hardDeadline = setTimeout(() => {
+      for (const slot of live) {
+        if (slot.proc.exitCode === null && slot.proc.signalCode === null) {
+          this.log.error(`worker ${slot.index} (pid ${slot.proc.pid}) did not stop in time: killing it`);
+          slot.proc.kill("SIGKILL");
+        }
+      }
+    }, this.config.drainTimeout * 1000 + 2000);
+    if (live.length === 0) this.finish();
+  }
+
+  private send(slot: WorkerSlot, message: ToWorker): void {
+    try {
+      slot.proc.send(message);
+    } catch {
+      // its channel is closed: it is exiting, and onExit will see it
+    }
+  }
+
+  private finish(): void {
+    clearTimeout(this.hardDeadline);
+    void this.metricsServer?.stop(true);
+    const total: DrainReport = { drained: 0, cut: 0, discarded: 0, served: 0, refused: 0, receivedBytes: 0, sentBytes: 0 };
+    let clean = true;
+    for (const slot of this.slots) {
+      if (slot === undefined) continue;
+      if (slot.proc.exitCode !== 0) clean = false;
+      for (const key of Object.keys(total) as Array<keyof DrainReport>) total[key] += slot.report?.[key] ?? 0;
+    }
+    const level = clean && total.cut === 0 ? "info" : "warn";
+    this.log[level](`shutdown complete: ${total.drained} client(s) drained, ${total.cut} cut across ${this.slots.length} worker(s); since start ${total.served} served, ${total.refused} refused, ${total.receivedBytes} bytes received and ${total.sentBytes} sent back, ${total.discarded} dropped after the signal; bye`);
+    process.exit(clean ? 0 : 1);
+  }
+
+  /** Asks every live worker for its counters (answers within a second, else its last known ones). */
+  private async gather(): Promise<Array<[index: number, counters: Counters]>> {
+    const seq = ++this.metricsSeq;
+    const live = this.slots.filter((slot): slot is WorkerSlot => slot !== undefined && slot.listening);
+    return Promise.all(
+      live.map(
+        (slot) =>
+          new Promise<[number, Counters]>((resolve) => {
+            const key = `${slot.index}:${seq}`;
+            const done = (counters: Counters | undefined): void => {
+              clearTimeout(timer);
+              this.pendingMetrics.delete(key);
+              resolve([slot.index, counters ?? emptyCounters()]);
+            };
+            const timer = setTimeout(() => done(slot.last), METRICS_TIMEOUT_MS);
+            this.pendingMetrics.set(key, done);
+            this.send(slot, { type: "metrics", seq });
+          }),
+      ),
+    );
+  }
+
+  private async serveMetrics(request: Request): Promise<Response> {
+    if (new URL(request.url).pathname !== "/metrics") return new Response("see /metrics\n", { status: 404 });
+    const perWorker = await this.gather();
+    const sum = emptyCounters();
+    addCounters(sum, this.retired);
+    for (const [, counters] of perWorker) addCounters(sum, counters);
+    // Gauges are about now: a retired worker's connections are gone.
+    sum.connectionsActive -= this.retired.connectionsActive;
+    sum.queuedBytes -= this.retired.queuedBytes;
+    const text = renderMetrics(sum, perWorker, {
+      workers: perWorker.length,
+      restarts: this.restarts,
+    });
+    return new Response(text, { headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" } });
+  }
+}
+
+function emptyCounters(): Counters {
+  return {
+    connectionsActive: 0,
+    connectionsTotal: 0,
+    refused: { "max-clients": 0, "max-per-ip": 0, "shutting-down": 0 },
+    receivedBytes: 0,
+    sentBytes: 0,
+    errors: 0,
+    queuedBytes: 0,
+  };
+}
+
+function addCounters(into: Counters, from: Counters | undefined): void {
+  if (from === undefined) return;
+  into.connectionsActive += from.connectionsActive;
+  into.connectionsTotal += from.connectionsTotal;
+  for (const reason of REFUSAL_REASONS) into.refused[reason] += from.refused[reason];
+  into.receivedBytes += from.receivedBytes;
+  into.sentBytes += from.sentBytes;
+  into.errors += from.errors;
+  into.queuedBytes += from.queuedBytes;
+}
+
+/** Prometheus text exposition format 0.0.4: HELP and TYPE before each family, then its samples. */
+function renderMetrics(sum: Counters, perWorker: Array<[number, Counters]>, supervisor: { workers: number; restarts: number }): string {
+  const lines: string[] = [];
+  const family = (name: string, type: "counter" | "gauge", help: string, samples: Array<[labels: string, value: number]>): void => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const [labels, value] of samples) lines.push(`${name}${labels} ${value}`);
+  };
+  const fields: Array<[name: string, type: "counter" | "gauge", help: string, pick: (c: Counters) => number]> = [
+    ["connections_active", "gauge", "Client connections being served now.", (c) => c.connectionsActive],
+    ["connections_total", "counter", "Client connections served (admitted) since start.", (c) => c.connectionsTotal],
+    ["received_bytes_total", "counter", "Bytes received from clients and echoed.", (c) => c.receivedBytes],
+    ["sent_bytes_total", "counter", "Reply bytes handed to the kernel.", (c) => c.sentBytes],
+    ["errors_total", "counter", "Connections that ended with an error (reset by the peer, ...).", (c) => c.errors],
+    ["queued_bytes", "gauge", "Reply bytes waiting for slow readers.", (c) => c.queuedBytes],
+  ];
+  for (const [name, type, help, pick] of fields) family(`echo_${name}`, type, help, [["", pick(sum)]]);
+  family(
+    "echo_connections_refused_total",
+    "counter",
+    "Connections refused, by the limit that refused them.",
+    REFUSAL_REASONS.map((reason) => [`{reason="${reason}"}`, sum.refused[reason]]),
+  );
+  family("echo_workers", "gauge", "Worker processes running.", [["", supervisor.workers]]);
+  family("echo_worker_restarts_total", "counter", "Workers that died and were replaced.", [["", supervisor.restarts]]);
+  // Per worker under their own names, so that sum() over a family never counts a connection twice.
+  for (const [name, type, help, pick] of fields) {
+    family(`echo_worker_${name}`, type, `${help} Per worker.`, perWorker.map(([index, c]) => [`{worker="${index}"}`, pick(c)]));
+  }
+  family(
+    "echo_worker_connections_refused_total",
+    "counter",
+    "Connections refused, by the limit that refused them. Per worker.",
+    perWorker.flatMap(([index, c]) => REFUSAL_REASONS.map((reason): [string, number] => [`{worker="${index}",reason="${reason}"}`, c.refused[reason]])),
+  );
+  return `${lines.join("\n")}\n`;
+}
+
+function formatOptions(fd: number | undefined): string {
+  const options = fd === undefined ? {} : EchoServer.getSocketOptions(fd);
+  const entries = Object.entries(options);
+  return entries.length === 0 ? "unavailable on this platform" : entries.map(([k, v]) => `${k}=${v}`).join(" ");
+}
+
+function formatAddress(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+function formatBytes(bytes: number): string {
+  if (bytes % (1024 * 1024) === 0) return `${bytes / (1024 * 1024)} MiB`;
+  if (bytes % 1024 === 0) return `${bytes / 1024} KiB`;
+  return `${bytes} bytes`;
+}
+
+const HELP = `Usage: bun tcp_echo_server/007-every-core-observable.ts [options]
+
+Serves every client at once on every core, each message uppercased (ASCII a-z), whatever the client does.
+Worker processes share the port; a worker that dies is replaced. Clients over a limit are refused.
+SIGINT/SIGTERM: stop accepting, deliver the replies owed, close; a second signal cuts at once.
+
+Options (each also read from the environment variable in brackets; an option given here wins):
+  --host HOST           address to listen on (default 127.0.0.1)                               [HOST]
+  --port PORT           port to listen on, 0 for a free one (default 5000)                      [PORT]
+  --workers N           worker processes (default: the CPUs this process may use, here ${availableParallelism()})    [WORKERS]
+  --max-clients N       clients served at once, shared out between the workers (default 10000) [MAX_CLIENTS]
+  --max-per-ip N        connections from one address, 0 = no limit (default 0)                 [MAX_PER_IP]
+  --max-buffer BYTES    unsent reply bytes per client before its reading pauses; k and m
+                        suffixes for KiB and MiB (default 256k)                                [MAX_BUFFER]
+  --idle-timeout S      close a client silent for S seconds, 0 = never (default 60)            [IDLE_TIMEOUT]
+  --drain-timeout S     on SIGINT/SIGTERM, cut the clients still connected after S seconds
+                        (default 8)                                                            [DRAIN_TIMEOUT]
+  --metrics-port PORT   serve Prometheus metrics at http://HOST:PORT/metrics, 0 for a free
+                        port (default: no metrics)                                             [METRICS_PORT]
+  --log-level LEVEL     debug, info, warn or error (default info)                              [LOG_LEVEL]
+  --log-format FORMAT   text or json, one object a line (default text)                         [LOG_FORMAT]
+  -h, --help            show this help
+`;
+
+class UsageError extends Error {}
+
+/** Option name -> environment variable, for containers (`docker run -e PORT=7000 ...`). */
+const ENVIRONMENT: Record<string, string> = {
+  host: "HOST",
+  port: "PORT",
+  workers: "WORKERS",
+  "max-clients": "MAX_CLIENTS",
+  "max-per-ip": "MAX_PER_IP",
+  "max-buffer": "MAX_BUFFER",
+  "idle-timeout": "IDLE_TIMEOUT",
+  "drain-timeout": "DRAIN_TIMEOUT",
+  "metrics-port": "METRICS_PORT",
+  "log-level": "LOG_LEVEL",
+  "log-format": "LOG_FORMAT",
+};
+
+const DEFAULTS: Record<string, string | undefined> = {
+  host: "127.0.0.1",
+  port: "5000",
+  workers: String(availableParallelism()),
+  "max-clients": "10000",
+  "max-per-ip": "0",
+  "max-buffer": "256k",
+  "idle-timeout": "60",
+  "drain-timeout": "8",
+  "metrics-port": undefined,
+  "log-level": "info",
+  "log-format": "text",
+};
+
+function parseConfig(argv: string[], env: Record<string, string | undefined>): EchoServerConfig | "help" {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        ...Object.fromEntries(Object.keys(ENVIRONMENT).map((name) => [name, { type: "string" as const }])),
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  if (values.help) return "help";
+  // The value of an option and how to name it in an error: the flag if given, else the environment variable.
+  const option = (name: string): { value: string | undefined; label: string } => {
+    const flag = values[name];
+    if (typeof flag === "string") return { value: flag, label: `--${name}` };
+    const fromEnv = env[ENVIRONMENT[name]!];
+    if (fromEnv !== undefined && fromEnv !== "") return { value: fromEnv, label: ENVIRONMENT[name]! };
+    return { value: DEFAULTS[name], label: `--${name}` };
+  };
+  const integer = (name: string, min: number, max: number, what: string): number => {
+    const { value, label } = option(name);
+    if (value === undefined || !/^\d+$/.test(value) || Number(value) < min || Number(value) > max) {
+      throw new UsageError(`${label} must be ${what}, got "${value}"`);
+    }
+    return Number(value);
+  };
+  const seconds = (name: string, what: string): number => {
+    const { value, label } = option(name);
+    if (value === undefined || !/^\d+(\.\d+)?$/.test(value)) throw new UsageError(`${label} must be ${what}, got "${value}"`);
+    return Number(value);
+  };
+  const oneOf = <T extends string>(name: string, allowed: readonly T[]): T => {
+    const { value, label } = option(name);
+    if (!allowed.includes(value as T)) throw new UsageError(`${label} must be one of ${allowed.join(", ")}, got "${value}"`);
+    return value as T;
+  };
+
+  const port = integer("port", 0, 65535, "an integer from 0 to 65535");
+  const logLevel = oneOf("log-level", LEVELS);
+  const logFormat = oneOf("log-format", LOG_FORMATS);
+  const host = option("host");
+  if (host.value === "" || host.value === undefined) throw new UsageError(`${host.label} must not be empty`);
+  const workers = integer("workers", 1, 1024, "an integer from 1 to 1024");
+  const maxClients = integer("max-clients", 1, Number.MAX_SAFE_INTEGER, "a positive integer");
+  const maxPerIp = integer("max-per-ip", 0, Number.MAX_SAFE_INTEGER, "an integer (0 = no limit)");
+  const buffer = option("max-buffer");
+  const size = /^(\d+)([km]?)$/i.exec(buffer.value ?? "");
+  const maxBuffer = size ? Number(size[1]) * { "": 1, k: 1024, m: 1024 * 1024 }[size[2]!.toLowerCase() as "" | "k" | "m"] : 0;
+  if (maxBuffer < 1) {
+    throw new UsageError(`${buffer.label} must be a positive number of bytes (k, m suffixes allowed), got "${buffer.value}"`);
+  }
+  const idleTimeout = seconds("idle-timeout", "a number of seconds (0 = never)");
+  const drainTimeout = seconds("drain-timeout", "a number of seconds");
+  const metrics = option("metrics-port");
+  const metricsPort = metrics.value === undefined ? undefined : integer("metrics-port", 0, 65535, "an integer from 0 to 65535");
+  return { host: host.value, port, logLevel, logFormat, workers, maxClients, maxPerIp, maxBuffer, idleTimeout, drainTimeout, metricsPort };
+}
+
+/** A worker: one EchoServer, driven by the supervisor over IPC. */
+function workerMain(index: number, config: EchoServerConfig): void {
+  const reply = (message: FromWorker): void => {
+    process.send?.(message);
+  };
+  const server = new EchoServer(config, index, (report) => {
+    reply({ type: "stopped", report });
+    process.disconnect?.(); // the IPC channel was the last thing open: the worker now exits with 0
+  });
+  try {
+    reply({ type: "listening", port: server.start() });
+  } catch (error) {
+    const { code, message } = error as NodeJS.ErrnoException;
+    reply({ type: "failed", reason: code === "EADDRINUSE" ? "address already in use" : (code ?? message) });
+    process.disconnect?.();
+    process.exitCode = 1;
+    return;
+  }
+  process.on("message", (message: ToWorker) => {
+    if (message.type === "metrics") reply({ type: "metrics", seq: message.seq, counters: server.counters() });
+    else if (message.type === "drain") server.shutdown(`${message.signal} received`);
+    else if (message.type === "cut") server.cutNow(message.signal);
+  });
+  // Ctrl-C in a terminal signals the whole process group: the supervisor handles it and tells the workers (so a
+  // worker does not count it twice). A SIGTERM sent to one worker alone makes it drain and exit; it is replaced.
+  process.on("SIGINT", () => {});
+  process.on("SIGTERM", () => server.shutdown("SIGTERM received"));
+  // The supervisor is gone (killed with SIGKILL?): do not keep serving on our own; drain and go.
+  process.on("disconnect", () => server.shutdown("supervisor gone"));
+}
+
+function main(): void {
+  const workerIndex = process.env.ECHO_WORKER;
+  const workerConfig = process.env.ECHO_WORKER_CONFIG;
+  if (workerIndex !== undefined && workerConfig !== undefined) {
+    workerMain(Number(workerIndex), JSON.parse(workerConfig) as EchoServerConfig);
+    return;
+  }
+  let config: EchoServerConfig | "help";
+  try {
+    config = parseConfig(process.argv.slice(2), process.env);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`error: ${error.message} (see --help)`);
+    process.exit(2);
+  }
+  if (config === "help") {
+    process.stdout.write(HELP);
+    return;
+  }
+  const supervisor = new Supervisor(config);
+  supervisor.start();
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => supervisor.shutdown(signal));
+}
+
+main();
