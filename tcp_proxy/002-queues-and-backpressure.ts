@@ -129,6 +129,8 @@ class Queue {
 
 let nextConnectionId = 1;
 
+const other = (side: Side): Side => (side === "client" ? "upstream" : "client");
+
 /** One client, its upstream connection, and a queue for each direction. */
 class Connection {
   readonly id = nextConnectionId++;
@@ -136,6 +138,8 @@ class Connection {
   upstream: Socket<Link> | undefined;
   readonly toUpstream = new Queue();
   readonly toClient = new Queue();
+  /** For the logs: `#id client-address:port` (read once: a closed socket no longer knows its peer). */
+  readonly name: string;
   closed = false;
   /** Set once one side has closed: the other is closed as soon as what is queued for it has been written. */
   private closing = false;
@@ -145,10 +149,16 @@ class Connection {
     private readonly log: Logger,
   ) {
     this.client = client;
+    this.name = `#${this.id} ${formatAddress(client.remoteAddress, client.remotePort)}`;
   }
 
-  get name(): string {
-    return `#${this.id} ${formatAddress(this.client.remoteAddress, this.client.remotePort)}`;
+  private socket(side: Side): Socket<Link> | undefined {
+    return side === "client" ? this.client : this.upstream;
+  }
+
+  /** The queue of bytes on their way to `side`. */
+  private queueTo(side: Side): Queue {
+    return side === "client" ? this.toClient : this.toUpstream;
   }
 
   /** The upstream connection is open: deliver what the client said meanwhile, then let it speak again. */
@@ -162,9 +172,9 @@ class Connection {
 
   /** Bytes arrived on `from`: pass them to the other side, or queue them and stop reading `from` for now. */
   forward(from: Side, chunk: Uint8Array): void {
-    const queue = from === "client" ? this.toUpstream : this.toClient;
-    const source = from === "client" ? this.client : this.upstream!;
-    const destination = from === "client" ? this.upstream : this.client;
+    const queue = this.queueTo(other(from));
+    const source = this.socket(from)!;
+    const destination = this.socket(other(from));
     if (destination === undefined) {
       // The upstream is not connected yet: keep the bytes, in order, but only so many.
       queue.push(chunk);
@@ -178,19 +188,17 @@ class Connection {
     } else {
       queue.push(chunk); // older bytes are still waiting: these go after them
     }
-    this.log.debug(`${this.name} ${from === "client" ? "upstream" : "client"} is slow, ${queue.bytes} bytes queued`);
+    this.log.debug(`${this.name} ${other(from)} is slow, ${queue.bytes} bytes queued`);
     source.pause(); // backpressure: read no more from this side until the other has taken the queue
   }
 
   /** `to` can take bytes again (`drain`, or the upstream just opened): write its queue, then read its peer again. */
   flush(to: Side): void {
-    const socket = to === "client" ? this.client : this.upstream;
+    const socket = this.socket(to);
     if (socket === undefined) return;
-    const queue = to === "client" ? this.toClient : this.toUpstream;
-    if (!queue.flushTo(socket)) return;
+    if (!this.queueTo(to).flushTo(socket)) return;
     if (this.closing) return void socket.end();
-    const source = to === "client" ? this.upstream : this.client;
-    source?.resume();
+    this.socket(other(to))?.resume();
   }
 
   /** One side has closed: close the other once what is queued for it is out. */
@@ -199,9 +207,8 @@ class Connection {
     this.closed = true;
     const reason = error ? `${side} connection failed: ${error.message}` : `${side} closed`;
     this.log.info(`${this.name} closed (${reason})`);
-    const other = side === "client" ? this.upstream : this.client;
-    const queue = side === "client" ? this.toUpstream : this.toClient;
-    if (queue.empty) other?.end();
+    const peer = this.socket(other(side));
+    if (this.queueTo(other(side)).empty) peer?.end();
     else this.closing = true; // `flush` ends the other side once its queue is out (or once it has connected)
   }
 }
