@@ -369,7 +369,7 @@ function formatAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
-const HELP = `Usage: bun tcp_proxy/002-queues-and-backpressure.ts --upstream HOST:PORT [options]
+const HELP = `Usage: bun tcp_proxy/003-half-close-and-timeouts.ts --upstream HOST:PORT [options]
 
 Forwards every TCP connection accepted on HOST:PORT to the upstream, bytes intact in both directions.
 
