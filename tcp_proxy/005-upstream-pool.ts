@@ -810,9 +810,10 @@ function main(): void {
   const proxy = new Proxy(config);
   try {
     const port = proxy.start();
-    console.log(`listening on ${formatAddress(config.host, port)}`);
+    // Before the listening line: whoever reads that line may signal at once.
     process.on("SIGINT", () => proxy.shutdown("SIGINT"));
     process.on("SIGTERM", () => proxy.shutdown("SIGTERM"));
+    console.log(`listening on ${formatAddress(config.host, port)}`);
   } catch (error) {
     const { code, message } = error as NodeJS.ErrnoException;
     const reason = code === "EADDRINUSE" ? "address already in use" : (code ?? message);
