@@ -534,8 +534,7 @@ class Proxy {
     this.pool.startChecks(this.timeouts.connectMs);
     this.log.info(
       `listening on ${formatAddress(this.host, listener.port)}, forwarding to ${upstreams} ` +
-        `(${this.pool.config.balance}) ` +
-        `(max ${this.limits.maxClients} clients${this.limits.maxPerIp > 0 ? `, ${this.limits.maxPerIp} per IP` : ""})`,
+        `(${this.pool.config.balance}, max ${this.limits.maxClients} clients${this.limits.maxPerIp > 0 ? `, ${this.limits.maxPerIp} per IP` : ""})`,
     );
     return listener.port;
   }

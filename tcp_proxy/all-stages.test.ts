@@ -13,6 +13,7 @@ const STAGES = [
   "tcp_proxy/003-half-close-and-timeouts.ts",
   "tcp_proxy/004-limits-and-lifecycle.ts",
   "tcp_proxy/005-upstream-pool.ts",
+  "tcp_proxy/006-observability-and-edges.ts",
 ];
 const HALF_CLOSE_FROM = 3;
 

@@ -117,6 +117,11 @@ export class TestClient {
     return this.state.chunks[0]!;
   }
 
+  /** The client's own port: what a proxy in front of the server reports as the source port. */
+  get localPort(): number {
+    return this.socket.localPort;
+  }
+
   get receivedLength(): number {
     return this.state.length;
   }
