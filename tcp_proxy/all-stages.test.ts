@@ -14,6 +14,7 @@ const STAGES = [
   "tcp_proxy/004-limits-and-lifecycle.ts",
   "tcp_proxy/005-upstream-pool.ts",
   "tcp_proxy/006-observability-and-edges.ts",
+  "tcp_proxy/007-fault-injection.ts",
 ];
 const HALF_CLOSE_FROM = 3;
 

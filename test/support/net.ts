@@ -26,6 +26,7 @@ export const decode = (bytes: Uint8Array): string => new TextDecoder().decode(by
 
 interface ClientState {
   chunks: Uint8Array[];
+  reads: number;
   length: number;
   pending: Uint8Array[];
   peerEnded: boolean;
@@ -44,6 +45,7 @@ export class TestClient {
   static async connect(port: number, host = "127.0.0.1"): Promise<TestClient> {
     const state: ClientState = {
       chunks: [],
+      reads: 0,
       length: 0,
       pending: [],
       peerEnded: false,
@@ -62,6 +64,7 @@ export class TestClient {
       socket: {
         data(_socket, chunk) {
           state.chunks.push(new Uint8Array(chunk));
+          state.reads++;
           state.length += chunk.length;
           notify();
         },
@@ -120,6 +123,11 @@ export class TestClient {
   /** The client's own port: what a proxy in front of the server reports as the source port. */
   get localPort(): number {
     return this.socket.localPort;
+  }
+
+  /** How many `data` events delivered the bytes: how sliced the stream arrived. */
+  get reads(): number {
+    return this.state.reads;
   }
 
   get receivedLength(): number {
