@@ -11,7 +11,7 @@
 
 import type { Subprocess } from "bun";
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { cpus, tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 
@@ -238,6 +238,8 @@ async function idleMemory(pid: number, port: number): Promise<number> {
 async function main(): Promise<void> {
   const iperf3 = which("iperf3");
   console.log(`proxy: ${PROXY_STAGE}; echo server: ${ECHO_STAGE}; ${SECONDS} s per run; ${CONNECTIONS} connections`);
+  const loadBefore = loadavg()[0]!;
+  console.log(`load average before: ${loadBefore.toFixed(2)} (other work on the machine skews every path alike, not evenly)`);
   console.log(`cores: ${cpus().length}, ${pinning ? "proxy on CPU 0, load and servers on CPU 1" : "no pinning (taskset missing or one core)"}`);
   console.log(`peers found: ${peers.map((peer) => peer.name).join(", ")}${iperf3 ? "" : " (iperf3 missing: no bulk test)"}`);
 
@@ -304,7 +306,7 @@ async function main(): Promise<void> {
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(
     out,
-    `${JSON.stringify({ date: new Date().toISOString(), proxy: PROXY_STAGE, echo: ECHO_STAGE, seconds: SECONDS, connections: CONNECTIONS, pinned: pinning, rows }, null, 2)}\n`,
+    `${JSON.stringify({ date: new Date().toISOString(), proxy: PROXY_STAGE, echo: ECHO_STAGE, seconds: SECONDS, connections: CONNECTIONS, pinned: pinning, loadBefore, loadAfter: loadavg()[0], rows }, null, 2)}\n`,
   );
   console.log(`\nwritten to ${values.out}`);
 }
