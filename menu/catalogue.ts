@@ -315,10 +315,16 @@ export function stageHelp(catalogue: Catalogue, stage: Stage, timeoutMs = 5000):
   return help;
 }
 
+/** FORCE_COLOR removed: even empty, it makes Bun's console.error colour its output. */
+function withoutForcedColour(env: NodeJS.ProcessEnv): Record<string, string | undefined> {
+  const { FORCE_COLOR: _ignored, ...rest } = env;
+  return rest;
+}
+
 async function fetchHelp(root: string, path: string, timeoutMs: number): Promise<Help | undefined> {
   const child = Bun.spawn([process.execPath, path, "--help"], {
     cwd: root,
-    env: { ...process.env, NO_COLOR: "1", FORCE_COLOR: "", PORT: "0" },
+    env: { ...withoutForcedColour(process.env), NO_COLOR: "1", PORT: "0" },
     stdin: "ignore",
     stdout: "pipe",
     stderr: "ignore",

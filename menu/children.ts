@@ -64,7 +64,14 @@ export interface SpawnOptions {
   root: string;
   /** "inherit": the child writes to the terminal itself; "pipe": the menu reads its output. */
   output: "inherit" | "pipe";
-  env?: Record<string, string>;
+  /** Changes to the menu's environment; `undefined` removes a variable. */
+  env?: Record<string, string | undefined>;
+}
+
+/** The menu's environment with `changes` applied; a variable set to `undefined` is removed. */
+export function childEnvironment(...changes: Record<string, string | undefined>[]): Record<string, string> {
+  const env: Record<string, string | undefined> = Object.assign({}, process.env, ...changes);
+  return Object.fromEntries(Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined));
 }
 
 /** Starts `command` from the project root; "bun" means this very bun binary. */
@@ -74,7 +81,7 @@ export function spawnCommand(command: Command, options: SpawnOptions): Subproces
   // Paths in a command are relative to the project root, which is the child's working directory.
   const child = Bun.spawn([executable, ...args], {
     cwd: options.root,
-    env: { ...process.env, ...options.env, ...command.env },
+    env: childEnvironment(options.env ?? {}, command.env),
     stdin: "ignore",
     stdout: options.output,
     stderr: options.output,
@@ -186,7 +193,7 @@ export class Service {
     readonly command: Command,
     root: string,
     private readonly print: (line: string) => void,
-    env: Record<string, string> = {},
+    env: Record<string, string | undefined> = {},
   ) {
     this.child = spawnCommand(command, { root, output: "pipe", env }) as Subprocess<"ignore", "pipe", "pipe">;
     this.pumps = [this.pump(this.child.stdout, "stdout"), this.pump(this.child.stderr, "stderr")];

@@ -65,7 +65,8 @@ export async function runDemo(catalogue: Catalogue, plan: DemoPlan, options: Dem
   const start = (name: string, command: Command): Service => {
     const prefix = colour(name, `${name.padEnd(6)}| `);
     // Children write to a pipe, so they would drop their colours; keep them when the menu's output has colour.
-    const env: Record<string, string> = options.colour ? { FORCE_COLOR: "1" } : { NO_COLOR: "1", FORCE_COLOR: "" };
+    // Without colour FORCE_COLOR must be absent, not empty: Bun's console.error colours for an empty one.
+    const env = options.colour ? { FORCE_COLOR: "1", NO_COLOR: undefined } : { NO_COLOR: "1", FORCE_COLOR: undefined };
     const service = new Service(name, command, catalogue.root, (line) => print(`${prefix}${line}`), env);
     services.push(service);
     print(colour(name, `> ${name}: ${service.describe()}`));
