@@ -172,12 +172,19 @@ process.on("exit", () => {
   for (const proc of live) proc.kill("SIGKILL");
 });
 
+/** The test's environment without colour (plain text to assert on), plus `extra`. */
+function childEnv(extra: Record<string, string> = {}): Record<string, string | undefined> {
+  const env: Record<string, string | undefined> = { ...process.env, NO_COLOR: "1", ...extra };
+  delete env.FORCE_COLOR; // any value, even "" or "0", turns colour on in picocolors and Bun's console
+  return env;
+}
+
 /** Spawns `bun <file> ...args` (file relative to the repo root) and returns as soon as it has started. */
 export function run(file: string, args: string[] = [], options: RunOptions = {}): Running {
   const command = [process.execPath, resolve(ROOT, file), ...args];
   const proc = Bun.spawn(command, {
     cwd: ROOT,
-    env: { ...process.env, NO_COLOR: "1", FORCE_COLOR: "", ...options.env },
+    env: childEnv(options.env),
     stdin: options.stdin ?? "ignore",
     stdout: "pipe",
     stderr: "pipe",
@@ -210,6 +217,16 @@ export async function runToExit(
   const code = await child.waitExit(options.timeoutMs ?? 10_000);
   const [stdout, stderr] = await Promise.all([child.stdout.ended(), child.stderr.ended()]);
   return { code, stdout, stderr };
+}
+
+/** True if `port` can be bound on 127.0.0.1 right now (it may be taken again a moment later). */
+export function portIsFree(port: number): boolean {
+  try {
+    Bun.listen({ hostname: "127.0.0.1", port, socket: { data() {} } }).stop(true);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
