@@ -172,7 +172,8 @@ export async function runForeground(command: Command, options: ForegroundOptions
   try {
     await child.exited;
     const outcome = stopping ? await stopping : outcomeOf(child, false);
-    return { ...outcome, pid: child.pid, interrupted };
+    // A child killed by SIGINT was interrupted even if its exit is seen before the menu's SIGINT handler runs.
+    return { ...outcome, pid: child.pid, interrupted: interrupted || outcome.signal === "SIGINT" };
   } finally {
     options.interrupted.removeEventListener("abort", onAbort);
   }

@@ -86,6 +86,8 @@ export async function runDemo(catalogue: Catalogue, plan: DemoPlan, options: Dem
       const client = start("client", await commandFor(catalogue, plan.client, values));
       const code = await unlessInterrupted(client.child.exited, interrupted);
       await client.drained();
+      // Killed by Ctrl-C's SIGINT, which can be handled here before the menu's own SIGINT handler has run.
+      if (client.child.signalCode === "SIGINT") throw new Interrupted();
       report.ok = code === 0;
       report.summary = client.stdout.trim() || lastLines(client.stderr, 10) || `(the client printed nothing; exit code ${code})`;
       if (code !== 0) report.summary += `\n(client exited with code ${code})`;
@@ -96,7 +98,8 @@ export async function runDemo(catalogue: Catalogue, plan: DemoPlan, options: Dem
       report.summary = check.summary;
     }
   } catch (error) {
-    if (error instanceof Interrupted || interrupted.aborted) {
+    const diedOfCtrlC = services.some((service) => service.child.signalCode === "SIGINT");
+    if (error instanceof Interrupted || interrupted.aborted || diedOfCtrlC) {
       report.interrupted = true;
       report.summary = "interrupted (Ctrl-C)";
     } else {

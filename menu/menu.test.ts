@@ -40,7 +40,7 @@ describe("without a terminal", () => {
 
 describe("in a terminal", () => {
   test("bun run menu --list on a terminal prints the catalogue and exits 0", async () => {
-    await using terminal = await Terminal.start("exec bun run menu --list");
+    await using terminal = await Terminal.start("bun run menu --list");
     expect(await terminal.exitStatus()).toBe(0);
     const screen = await terminal.screen();
     expect(screen).toContain("       bun tcp_echo_server/003-loop.ts --port 5000");
@@ -51,7 +51,7 @@ describe("in a terminal", () => {
     // The stage list starts on the newest echo stage; 003 is that many places up (stages land over time).
     const echo = stagesOf(loadCatalogue(ROOT), "echo");
     const upToLoop = echo.length - 1 - echo.findIndex((stage) => stage.file === "tcp_echo_server/003-loop.ts");
-    await using terminal = await Terminal.start("exec bun run menu");
+    await using terminal = await Terminal.start("bun run menu");
     const seen = new Set<number>();
     try {
       await terminal.waitFor(TOP_PROMPT);
@@ -69,7 +69,7 @@ describe("in a terminal", () => {
       const listening = await terminal.waitFor(/^listening on 127\.0\.0\.1:(\d+)$/m, 10_000, started.end);
       const stagePid = Number(started.match[1]);
       expect(isAlive(stagePid)).toBe(true);
-      const menuTree = descendants(await terminal.panePid()); // bun run -> the menu -> the stage
+      const menuTree = descendants(await terminal.panePid()); // sh -> bun run -> the menu -> the stage
       for (const pid of menuTree) seen.add(pid);
       expect(menuTree).toContain(stagePid);
 
@@ -93,7 +93,7 @@ describe("in a terminal", () => {
       "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" },
       "test/001-client-hang.ts": { from: "menu/fixtures/hanging-client.ts" },
     });
-    await using terminal = await Terminal.start(`exec bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
+    await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
     const seen = new Set<number>();
     try {
       await terminal.waitFor(TOP_PROMPT);

@@ -289,12 +289,14 @@ let terminalCount = 0;
 export class Terminal implements AsyncDisposable {
   private constructor(readonly socket: string) {}
 
-  /** Starts `shellCommand` (run by sh; prefix it with `exec` so that the pane's PID is the program's). */
+  /** Starts `shellCommand` (run by sh, which then prints its exit status for exitStatus()). */
   static async start(shellCommand: string, options: { cwd?: string; width?: number; height?: number } = {}): Promise<Terminal> {
     const terminal = new Terminal(`bun-tcp-lab-test-${process.pid}-${++terminalCount}`);
     const size = ["-x", String(options.width ?? 140), "-y", String(options.height ?? 50)];
-    // remain-on-exit keeps the pane after the program exits, so its exit status can be read.
-    await terminal.tmux(["new-session", "-d", ...size, "-c", options.cwd ?? ROOT, shellCommand, ";", "set-option", "-g", "remain-on-exit", "on"]);
+    // The status is printed rather than read from tmux (#{pane_dead_status} is sometimes never set, tmux 3.3a);
+    // remain-on-exit keeps the pane, and what it shows, after the shell exits.
+    const command = `${shellCommand}; echo "[exit status $?]"`;
+    await terminal.tmux(["new-session", "-d", ...size, "-c", options.cwd ?? ROOT, command, ";", "set-option", "-g", "remain-on-exit", "on"]);
     return terminal;
   }
 
@@ -331,19 +333,14 @@ export class Terminal implements AsyncDisposable {
     }
   }
 
+  /** The PID of the shell that runs the command: the program and its children are its descendants(). */
   async panePid(): Promise<number> {
     return Number((await this.tmux(["display-message", "-p", "#{pane_pid}"])).trim());
   }
 
-  /** Waits for the program to exit and returns its exit status. */
+  /** Waits for the program to exit and returns its exit status (128 + N if signal N killed it, as sh says). */
   async exitStatus(timeoutMs = 10_000): Promise<number> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      const [dead, status] = (await this.tmux(["display-message", "-p", "#{pane_dead} #{pane_dead_status}"])).trim().split(" ");
-      if (dead === "1") return Number(status);
-      if (performance.now() > deadline) throw new Error(`the program did not exit within ${timeoutMs} ms; screen:\n${await this.screen()}`);
-      await Bun.sleep(30);
-    }
+    return Number((await this.waitFor(/^\[exit status (\d+)\]$/m, timeoutMs)).match[1]);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
