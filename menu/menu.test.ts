@@ -65,7 +65,7 @@ describe("in a terminal", () => {
       await terminal.press("Enter");
       await terminal.waitFor(/Log level/);
       await terminal.press("Enter"); // info, its default
-      const started = await terminal.waitFor(/bun tcp_echo_server\/003-loop\.ts --port 0\n[^\n]*\n\(pid (\d+)\)\n/);
+      const started = await terminal.waitFor(/bun tcp_echo_server\/003-loop\.ts --port 0\n[\s\S]*?\(pid (\d+)\)/);
       const listening = await terminal.waitFor(/^listening on 127\.0\.0\.1:(\d+)$/m, 10_000, started.end);
       const stagePid = Number(started.match[1]);
       expect(isAlive(stagePid)).toBe(true);
@@ -82,6 +82,56 @@ describe("in a terminal", () => {
       await terminal.press("C-c");
       expect(await terminal.exitStatus()).toBe(0);
       expect(await terminal.screen()).toContain("Bye.");
+      await waitGone([...seen], 2000);
+    } finally {
+      for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");
+    }
+  });
+
+  test("a proxy stage that did not exist: its questions come from its --help; what changed shows the diff", async () => {
+    using tree = new TempTree({
+      "tcp_echo_server/002-logging-class-cli.ts": { from: "tcp_echo_server/002-logging-class-cli.ts" },
+      "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" },
+      "tcp_proxy/001-fake.ts": { from: "menu/fixtures/fake-proxy.ts" },
+    });
+    await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
+    const seen = new Set<number>();
+    try {
+      await terminal.waitFor(TOP_PROMPT);
+      await terminal.press("Down", "Down", "Down"); // Echo server, Proxy, (Client: none, skipped), Guided demo, Tools
+      await terminal.waitFor(/● Tools/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/● What changed/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/● tcp_echo_server\/002 -> 003  a loop, and the socket options/);
+      await terminal.press("Enter");
+      const diff = await terminal.waitFor(/^\+ \* 003 - a loop, and the socket options$/m);
+      const done = await terminal.waitFor(/git diff \(pid \d+\) exited with code 1 \(the files differ\)/, 10_000, diff.end);
+      await terminal.waitFor(TOP_PROMPT, 10_000, done.end);
+
+      await terminal.press("Up", "Up"); // the menu is back on Tools: up past Guided demo (and Client, none) to Proxy
+      await terminal.waitFor(/● Proxy \(1 stage in tcp_proxy\/\)/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/● 001  a fake proxy, for the menu's tests/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/Port to listen on, 0 for a free one  \(--port\)/);
+      await terminal.type("0");
+      await terminal.press("Enter");
+      await terminal.waitFor(/The server to forward to  \(--upstream\)/);
+      await terminal.press("Enter"); // its default, 127.0.0.1:5000
+      await terminal.waitFor(/Other options\? \(--idle-timeout SECONDS; Enter for none\)/);
+      await terminal.type("--idle-timeout 5");
+      await terminal.press("Enter");
+      const started = await terminal.waitFor(/bun tcp_proxy\/001-fake\.ts --port 0 --upstream 127\.0\.0\.1:5000 --idle-timeout 5\n[\s\S]*?\(pid (\d+)\)/);
+      await terminal.waitFor(/^listening on 127\.0\.0\.1:\d+$/m, 10_000, started.end);
+      for (const pid of descendants(await terminal.panePid())) seen.add(pid);
+
+      await terminal.press("C-c");
+      const stopped = await terminal.waitFor(/tcp_proxy\/001-fake\.ts \(pid \d+\) exited with code 0/, 10_000, started.end);
+      await terminal.waitFor(TOP_PROMPT, 10_000, stopped.end);
+      expect(isAlive(Number(started.match[1]))).toBe(false);
+      await terminal.press("C-c");
+      expect(await terminal.exitStatus()).toBe(0);
       await waitGone([...seen], 2000);
     } finally {
       for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");

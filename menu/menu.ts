@@ -10,6 +10,7 @@
  */
 
 import * as p from "@clack/prompts";
+import { writeSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import pc from "picocolors";
@@ -120,20 +121,31 @@ async function ask(option: StageOption): Promise<string | undefined> {
   return p.isCancel(typed) ? undefined : typed.trim() || option.default;
 }
 
-async function runInForeground(catalogue: Catalogue, command: Command, what: string): Promise<void> {
-  p.log.step(`${pc.bold(commandLine(command))}\n${pc.dim("Ctrl-C stops it and comes back to the menu")}`);
+interface ForegroundDisplay {
+  /** Exit codes that are not failures, and what they mean. */
+  meanings?: Record<number, string>;
+  /** The command line to show, when the one run has extras a person would not type. */
+  shown?: string;
+}
+
+/** Runs `command` on the terminal until it ends or Ctrl-C, and says how it ended. */
+async function runInForeground(catalogue: Catalogue, command: Command, what: string, display: ForegroundDisplay = {}): Promise<void> {
+  const { meanings = {}, shown = commandLine(command) } = display;
+  p.log.step(`${pc.bold(shown)}\n${pc.dim("Ctrl-C stops it and comes back to the menu")}`);
   const outcome = await interruptible((interrupted) =>
     runForeground(command, {
       root: catalogue.root,
       interrupted,
       // The PID, for `ps -p PID -T -f` or `ss -tp` in another terminal.
-      onStart: (pid) => console.log(pc.dim(`(pid ${pid})`)),
+      // Written at once (not buffered) so that it comes before the child's first line.
+      onStart: (pid) => void writeSync(1, `${pc.dim(`(pid ${pid})`)}\n`),
       onInterrupt: (graceMs) =>
         console.log(pc.dim(`\nCtrl-C: waiting up to ${graceMs / 1000} s for ${what} to stop (then it is killed)`)),
     }),
   );
-  const message = `${what} (pid ${outcome.pid}) ${describeOutcome(outcome)}`;
-  if (outcome.interrupted || outcome.code === 0) p.log.info(message);
+  const meaning = outcome.code === null ? undefined : meanings[outcome.code];
+  const message = `${what} (pid ${outcome.pid}) ${describeOutcome(outcome)}${meaning ? ` (${meaning})` : ""}`;
+  if (outcome.interrupted || outcome.code === 0 || meaning) p.log.info(message);
   else p.log.warn(message);
 }
 
@@ -235,9 +247,11 @@ async function tools(catalogue: Catalogue): Promise<void> {
     const previous = previousStage(catalogue, stage)!;
     if (stage.header.adds) p.note(stage.header.adds, `${stage.label} adds`);
     const command = diffCommand(previous, stage, pc.isColorSupported);
-    p.log.step(pc.bold(commandLine(diffCommand(previous, stage, false))));
-    // No pager: a pager would be a grandchild, left running if git were interrupted.
-    await runInForeground(catalogue, { ...command, env: { GIT_PAGER: "cat" } }, "git diff");
+    // No pager: it would be a grandchild, left running if git were interrupted.
+    await runInForeground(catalogue, { ...command, env: { GIT_PAGER: "cat" } }, "git diff", {
+      meanings: { 1: "the files differ" },
+      shown: commandLine(diffCommand(previous, stage, false)),
+    });
   } else if (choice === "about") {
     const stage = await pickStage(catalogue.stages, "About which stage?", (candidate) => `${candidate.file}  ${candidate.header.lesson}`);
     if (!stage) return;

@@ -313,7 +313,7 @@ export class Terminal implements AsyncDisposable {
   }
 
   async type(text: string): Promise<void> {
-    await this.tmux(["send-keys", "-l", text]);
+    await this.tmux(["send-keys", "-l", "--", text]); // "--": text may start with a dash
   }
 
   /** Everything the program printed (scrollback included), wrapped lines joined, colours dropped. */
