@@ -3,6 +3,7 @@
 // and no process it started is left behind (checked by PID in /proc).
 
 import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { ROOT, TempTree, Terminal, descendants, isAlive, runToExit, waitGone } from "../test/support/process.ts";
 import { loadCatalogue, stagesOf } from "./catalogue.ts";
 
@@ -133,6 +134,30 @@ describe("in a terminal", () => {
       await terminal.press("C-c");
       expect(await terminal.exitStatus()).toBe(0);
       await waitGone([...seen], 2000);
+    } finally {
+      for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");
+    }
+  });
+
+  test("the menu is sent SIGTERM while a stage runs: it stops the stage, then exits 143; nothing left", async () => {
+    using tree = new TempTree({ "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" } });
+    await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
+    const seen = new Set<number>();
+    try {
+      await terminal.waitFor(TOP_PROMPT);
+      await terminal.press("Enter", "Enter"); // Echo server, 003
+      await terminal.waitFor(/Port to listen on/);
+      await terminal.type("0");
+      await terminal.press("Enter", "Enter"); // port 0, log level info
+      const started = await terminal.waitFor(/\(pid (\d+)\)/);
+      await terminal.waitFor(/^listening on 127\.0\.0\.1:\d+$/m, 10_000, started.end);
+      const processes = descendants(await terminal.panePid());
+      for (const pid of processes) seen.add(pid);
+      const menuPid = processes.find((pid) => readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("menu/menu.ts"))!;
+      // Not Ctrl-C: the terminal does not signal the stage, so the menu must pass it on.
+      process.kill(menuPid, "SIGTERM");
+      expect(await terminal.exitStatus()).toBe(143);
+      await waitGone([...seen], 5000);
     } finally {
       for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");
     }

@@ -266,7 +266,9 @@ async function tools(catalogue: Catalogue): Promise<void> {
 
 async function interactive(root: string): Promise<void> {
   installSignalHandlers((signal) => {
-    process.stdout.write("\x1b[?25h\n"); // a prompt may have hidden the cursor
+    // A prompt may be showing: give the terminal back as it was (cooked mode, cursor visible).
+    if (process.stdin.isTTY) process.stdin.setRawMode(false);
+    process.stdout.write("\x1b[?25h\n");
     process.exit(signal === "SIGHUP" ? 129 : 143);
   });
   p.intro(pc.bold("bun-tcp-lab"));
