@@ -218,7 +218,7 @@ async function guidedDemo(catalogue: Catalogue): Promise<void> {
       colour: pc.isColorSupported,
     }),
   );
-  p.note(report.summary, report.interrupted ? "Demo interrupted" : "Client summary");
+  p.note(report.summary, report.interrupted ? "Demo interrupted" : client ? "Client summary" : "Built-in check");
   if (report.interrupted) p.log.info("Stopped everything.");
   else if (report.ok) p.log.success("Demo done: everything stopped.");
   else p.log.error("The demo failed (see above); everything stopped.");
