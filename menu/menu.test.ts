@@ -144,11 +144,16 @@ describe("in a terminal", () => {
     await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
     const seen = new Set<number>();
     try {
+      // One key per prompt, each once the prompt is shown: keys pressed between two prompts are lost.
       await terminal.waitFor(TOP_PROMPT);
-      await terminal.press("Enter", "Enter"); // Echo server, 003
+      await terminal.press("Enter"); // Echo server
+      await terminal.waitFor(/● 003  a loop/);
+      await terminal.press("Enter");
       await terminal.waitFor(/Port to listen on/);
       await terminal.type("0");
-      await terminal.press("Enter", "Enter"); // port 0, log level info
+      await terminal.press("Enter");
+      await terminal.waitFor(/● info/);
+      await terminal.press("Enter");
       const started = await terminal.waitFor(/\(pid (\d+)\)/);
       await terminal.waitFor(/^listening on 127\.0\.0\.1:\d+$/m, 10_000, started.end);
       const processes = descendants(await terminal.panePid());
@@ -177,7 +182,7 @@ describe("in a terminal", () => {
       await terminal.press("Enter");
       await terminal.waitFor(/Which echo server\?/);
       await terminal.press("Enter");
-      await terminal.waitFor(/003 serves one client and exits/);
+      await terminal.waitFor(/003 serves one client and exits[\s\S]*How many connections  \(-n\)/);
       await terminal.press("Enter"); // connections: 1
       const client = await terminal.waitFor(/^client\| connected to 127\.0\.0\.1:\d+, waiting forever$/m);
       const screen = await terminal.screen();
