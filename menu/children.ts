@@ -91,7 +91,7 @@ export function spawnCommand(command: Command, options: SpawnOptions): Subproces
   return child;
 }
 
-export function hasExited(child: Subprocess): boolean {
+function hasExited(child: Subprocess): boolean {
   return child.exitCode !== null || child.signalCode !== null;
 }
 

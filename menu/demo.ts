@@ -7,7 +7,6 @@ import {
   type Command,
   type RuleId,
   type Stage,
-  commandLine,
   stageCommand,
   stageHelp,
   stageOptions,
@@ -177,9 +176,4 @@ export async function builtInCheck(host: string, port: number, timeoutMs = 5000)
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** What the demo does, as commands a person can type in three terminals. */
-export function demoByHand(commands: Command[]): string[] {
-  return commands.map((command) => commandLine(command));
 }
