@@ -287,6 +287,9 @@ let terminalCount = 0;
  * pane. Keys go in with send-keys; the screen comes back with capture-pane, polled (tmux gives no event).
  */
 export class Terminal implements AsyncDisposable {
+  /** The server's socket file, which kill-server leaves behind. */
+  private socketPath = "";
+
   private constructor(readonly socket: string) {}
 
   /** Starts `shellCommand` (run by sh, which then prints its exit status for exitStatus()). */
@@ -297,6 +300,7 @@ export class Terminal implements AsyncDisposable {
     // remain-on-exit keeps the pane, and what it shows, after the shell exits.
     const command = `${shellCommand}; echo "[exit status $?]"`;
     await terminal.tmux(["new-session", "-d", ...size, "-c", options.cwd ?? ROOT, command, ";", "set-option", "-g", "remain-on-exit", "on"]);
+    terminal.socketPath = (await terminal.tmux(["display-message", "-p", "#{socket_path}"])).trim();
     return terminal;
   }
 
@@ -349,6 +353,7 @@ export class Terminal implements AsyncDisposable {
     } catch {
       // already gone
     }
+    if (this.socketPath) rmSync(this.socketPath, { force: true });
   }
 }
 
