@@ -7,12 +7,14 @@
  *         slot in arrival order. Each connection runs in a handleConn method. Every log line carries the
  *         connection id and the number of active clients: the Bun counterpart of the original's thread id and
  *         running-thread count, since here one event loop thread serves every connection and a connection id is
- *         what tells them apart. An idle timeout per client (--idle-timeout, 0 = none) with Bun's socket
- *         timeout, re-armed by every message. Graceful shutdown on SIGINT/SIGTERM closes every client, served or
- *         waiting, and exits at once: nothing blocks, so nothing can hang (the original's threads did).
+ *         what tells them apart. An idle timeout per served client (--idle-timeout, 0 = none): a timer that
+ *         every message re-arms. (Not Bun's socket.timeout(): it is checked on a 4-second tick, so it fires up
+ *         to 4 s late, and under 4 s it cuts even a client that keeps talking.) Graceful shutdown on
+ *         SIGINT/SIGTERM closes every client, served or waiting, and exits at once: nothing blocks, so nothing
+ *         can hang (the original's threads did).
  * Lacks:  partial writes are not handled, so a client that sends a lot and never reads can lose reply bytes; no
- *         per-IP limit; the built-in socket timeout is coarse (it can fire seconds late); shutdown cuts replies
- *         in flight instead of draining them (006 fixes all of these).
+ *         per-IP limit, and no cap on waiting clients below the open-files limit; shutdown cuts replies in
+ *         flight instead of draining them (006 fixes these).
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000 --max-clients 2 --idle-timeout 30
  *         open three `telnet 127.0.0.1 5000` sessions: the third waits until one of the first two quits.
@@ -96,8 +98,9 @@ class Semaphore {
     return this.size - this.free;
   }
 
-  get waiting(): number {
-    return this.queue.length;
+  /** Forgets every waiter (at shutdown: their clients are being closed, none will be served). */
+  abandonWaiters(): void {
+    this.queue.length = 0;
   }
 }
 
@@ -142,6 +145,7 @@ interface Client {
   /** Holds a semaphore slot (is being served). */
   served: boolean;
   closed: boolean;
+  idleTimer: Timer | undefined;
 }
 
 class EchoServer {
@@ -206,7 +210,6 @@ class EchoServer {
         open: (socket) => this.onOpen(socket),
         data: (socket, data) => this.onData(socket, data),
         end: (socket) => this.onEnd(socket),
-        timeout: (socket) => this.onTimeout(socket),
         close: (socket, error) => this.onClose(socket, error),
       },
     });
@@ -217,7 +220,7 @@ class EchoServer {
   }
 
   private onOpen(socket: Socket<Client>): void {
-    socket.data = { id: this.nextId++, served: false, closed: false };
+    socket.data = { id: this.nextId++, served: false, closed: false, idleTimer: undefined };
     this.clients.add(socket);
     this.log.debug(`socket options: ${formatOptions((socket as WithFd).fd)}`, socket.data.id);
     void this.handleConn(socket);
@@ -228,7 +231,7 @@ class EchoServer {
     const client = socket.data;
     if (this.slots.taken >= this.maxClients) {
       socket.pause();
-      this.log.info(`from ${socket.remoteAddress}: all ${this.maxClients} slots taken, waiting (${this.slots.waiting + 1} waiting)`, client.id);
+      this.log.info(`from ${peerAddress(socket)}: all ${this.maxClients} slots taken, waiting (${this.clients.size - this.slots.taken} waiting)`, client.id);
     }
     await this.slots.acquire();
     if (client.closed || this.stopping) {
@@ -237,15 +240,15 @@ class EchoServer {
     }
     client.served = true;
     socket.resume();
-    if (this.idleTimeout > 0) socket.timeout(this.idleTimeout);
-    this.log.info(`serving ${socket.remoteAddress}`, client.id);
+    if (this.idleTimeout > 0) client.idleTimer = setTimeout(() => this.onIdle(socket), this.idleTimeout * 1000);
+    this.log.info(`serving ${peerAddress(socket)}`, client.id);
   }
 
   // The loop: Bun calls this for every chunk a served client sends, for as long as its connection is open.
   private onData(socket: Socket<Client>, data: Uint8Array): void {
     const client = socket.data;
     this.log.debug(`received ${data.length} bytes`, client.id);
-    if (this.idleTimeout > 0) socket.timeout(this.idleTimeout); // activity: start the idle clock again
+    client.idleTimer?.refresh(); // activity: start the idle clock again
     const reply = toUpperAscii(data);
     socket.write(reply);
     this.log.debug(`replied ${reply.length} bytes`, client.id);
@@ -257,7 +260,7 @@ class EchoServer {
     this.log.info("client closed its side (FIN)", socket.data.id);
   }
 
-  private onTimeout(socket: Socket<Client>): void {
+  private onIdle(socket: Socket<Client>): void {
     this.log.info(`idle for ${this.idleTimeout} s: closing`, socket.data.id);
     socket.end();
   }
@@ -265,6 +268,7 @@ class EchoServer {
   private onClose(socket: Socket<Client>, error?: Error): void {
     const client = socket.data;
     client.closed = true;
+    clearTimeout(client.idleTimer);
     this.clients.delete(socket);
     if (error) this.log.warn(`failed: ${error.message}`, client.id);
     if (client.served) {
@@ -284,6 +288,7 @@ class EchoServer {
     this.listener?.stop();
     const active = this.slots.taken;
     const waiting = this.clients.size - active;
+    this.slots.abandonWaiters(); // so that the slots released below are not handed to clients being closed
     for (const socket of this.clients) socket.end();
     this.log.info(`closed ${active} active and ${waiting} waiting client(s); bye`);
   }
@@ -293,6 +298,11 @@ function formatOptions(fd: number | undefined): string {
   const options = fd === undefined ? {} : EchoServer.getSocketOptions(fd);
   const entries = Object.entries(options);
   return entries.length === 0 ? "unavailable on this platform" : entries.map(([k, v]) => `${k}=${v}`).join(" ");
+}
+
+// Bun has no address for a client that reset its connection before we asked.
+function peerAddress(socket: Socket<unknown>): string {
+  return socket.remoteAddress || "(a client already gone)";
 }
 
 function formatAddress(host: string, port: number): string {
@@ -315,6 +325,8 @@ Options:
 
 class UsageError extends Error {}
 
+const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+
 function parseConfig(argv: string[]): EchoServerConfig | "help" {
   let values;
   try {
@@ -332,7 +344,8 @@ function parseConfig(argv: string[]): EchoServerConfig | "help" {
       allowPositionals: false,
     }));
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // parseArgs can explain over several lines; a usage error is one.
+    throw new UsageError((error as Error).message.replace(/\s*\n\s*/g, " "));
   }
   if (values.help) return "help";
   if (!/^\d+$/.test(values.port) || Number(values.port) > 65535) {
@@ -348,8 +361,11 @@ function parseConfig(argv: string[]): EchoServerConfig | "help" {
     throw new UsageError(`--max-clients must be a positive integer, got "${values["max-clients"]}"`);
   }
   const idleTimeout = Number(values["idle-timeout"]);
-  if (!/^\d+(\.\d+)?$/.test(values["idle-timeout"])) {
-    throw new UsageError(`--idle-timeout must be a number of seconds (0 = never), got "${values["idle-timeout"]}"`);
+  // setTimeout() takes at most 2^31-1 ms (about 24.8 days); beyond that it would fire at once.
+  if (!/^\d+(\.\d+)?$/.test(values["idle-timeout"]) || idleTimeout > MAX_TIMER_SECONDS) {
+    throw new UsageError(
+      `--idle-timeout must be a number of seconds from 0 (never) to ${MAX_TIMER_SECONDS}, got "${values["idle-timeout"]}"`,
+    );
   }
   return { host: values.host, port: Number(values.port), logLevel: logLevel as Level, maxClients, idleTimeout };
 }

@@ -11,8 +11,9 @@
  *         --max-clients at once and --max-per-ip from one address; a client over a limit is refused (closed at
  *         once) with a log line saying which limit. --max-clients is capped below the process's open-files
  *         limit, and the log says so, so the server never runs into EMFILE. Graceful shutdown drains: stop
- *         accepting, stop echoing, deliver every reply already owed, send FIN, wait for the clients to close,
- *         cut whoever is left at --drain-timeout, log the counts. A second signal cuts at once.
+ *         accepting, stop echoing, deliver every reply already owed, send FIN, give each client up to 2 s to
+ *         close too (a lingering close: no RST while its bytes still arrive), cut whoever is left at
+ *         --drain-timeout, log the counts. A second signal cuts at once.
  * Lacks:  one process on one core; no metrics; configuration only from the command line (007 adds workers on
  *         every core, Prometheus metrics, JSON logs and environment variables).
  *
@@ -118,6 +119,9 @@ const SOCKET_OPTIONS: ReadonlyArray<[name: string, level: number, option: number
 /** Bun sockets expose their file descriptor, but the typings do not say so. */
 type WithFd = { fd?: number };
 
+/** How long a draining server waits for a client to close after its FIN (Apache's lingering close waits 2 s). */
+const LINGER_MS = 2000;
+
 /** File descriptors kept free for the server itself (listener, stdio, event loop, a log file, a DNS lookup...). */
 const RESERVED_FDS = 32;
 
@@ -157,6 +161,8 @@ interface Client {
   /** Closed by us at the drain deadline (or on a second signal) with replies still owed. */
   cut: boolean;
   idleTimer: Timer | undefined;
+  /** After our FIN in a drain: how long we keep reading (and discarding) before closing anyway. */
+  lingerTimer: Timer | undefined;
   bytesIn: number;
   bytesOut: number;
   closed: boolean;
@@ -264,6 +270,7 @@ class EchoServer {
       finSent: false,
       cut: false,
       idleTimer: undefined,
+      lingerTimer: undefined,
       bytesIn: 0,
       bytesOut: 0,
       closed: false,
@@ -369,11 +376,15 @@ class EchoServer {
       socket.end(); // the client FINned earlier and now has its complete reply
     } else if (client.draining && !client.finSent) {
       client.finSent = true;
-      socket.shutdown(); // FIN after the last reply byte; keep reading so we see the client close
+      socket.shutdown(); // FIN after the last reply byte
+      // Lingering close: keep reading (and discarding) until the client closes too, for at most LINGER_MS. Closing
+      // while its bytes are still arriving would answer them with RST, and an RST makes the client's kernel drop
+      // the reply bytes it has not read yet.
       if (client.paused) {
         client.paused = false;
         socket.resume();
       }
+      client.lingerTimer = setTimeout(() => socket.end(), LINGER_MS);
     }
   }
 
@@ -396,6 +407,7 @@ class EchoServer {
     if (client.closed) return;
     client.closed = true;
     clearTimeout(client.idleTimer);
+    clearTimeout(client.lingerTimer);
     if (!client.admitted) return;
     this.clients.delete(socket);
     const fromIp = (this.perIp.get(client.ip) ?? 1) - 1;
@@ -413,7 +425,8 @@ class EchoServer {
 
   /**
    * Stops accepting and drains: every client gets the replies it is owed, then FIN; the server closes each
-   * connection when the client closes its side. Whoever is still connected at --drain-timeout is cut (RST).
+   * connection when the client closes its side, or LINGER_MS later. Whoever is still connected at
+   * --drain-timeout (a client that does not read its replies) is cut (RST).
    * A second signal cuts at once.
    */
   shutdown(signal: string): void {

@@ -8,7 +8,7 @@
 
 import { describe, expect, test } from "bun:test";
 import { connectMany, decode, encode, TestClient, upperAscii } from "./net.ts";
-import { memoryKiB, processTree, resetMemoryPeak, startStage, type Running } from "./process.ts";
+import { descendants, memoryKiB, resetMemoryPeak, startStage, type Running } from "./process.ts";
 
 const MiB = 1024 * 1024;
 
@@ -32,13 +32,17 @@ export function sumOf(text: string, pattern: RegExp): number {
   return sum;
 }
 
-/** Waits until the server's stderr has `pattern` `count` times. */
+/** Waits until the server's stderr has `pattern` `count` times (one occurrence after another: no backtracking). */
 export async function waitForCount(server: Running, pattern: RegExp, count: number, timeoutMs = 15_000): Promise<void> {
-  const every = new RegExp(`(?:[\\s\\S]*?${pattern.source}){${count}}`);
-  await server.waitForLog(every, timeoutMs).catch((error: Error) => {
-    const seen = server.stderr.text.match(new RegExp(pattern.source, "g"))?.length ?? 0;
-    throw new Error(`saw ${pattern} ${seen} of ${count} times: ${error.message.slice(0, 2000)}`);
-  });
+  const deadline = performance.now() + timeoutMs;
+  let from = 0;
+  for (let seen = 0; seen < count; seen++) {
+    const left = Math.max(1, deadline - performance.now());
+    const match = await server.waitForLog(pattern, left, from).catch((error: Error) => {
+      throw new Error(`saw ${pattern} ${seen} of ${count} times: ${error.message.slice(0, 3000)}`);
+    });
+    from += match.index! + match[0].length;
+  }
 }
 
 /** The closing line of a graceful shutdown: the stage's own (006), or the supervisor's sum over its workers. */
@@ -83,7 +87,7 @@ export function hardenedEchoTests({ file, args = [], exactLimitArgs = [] }: Hard
         client.close();
       }),
     );
-    const pids = processTree(server.pid);
+    const pids = [server.pid, ...descendants(server.pid)]; // a supervisor and its workers, or one process
     resetMemoryPeak(pids);
     const before = memoryKiB(pids);
     const client = await TestClient.connect(server.port);
@@ -264,6 +268,21 @@ export function hardenedEchoTests({ file, args = [], exactLimitArgs = [] }: Hard
       expect([Number(drained), Number(cut)]).toEqual([1002, 0]);
       expect(Number(bytesOut)).toBe(Number(bytesIn));
       expect(received.reduce((sum, reply) => sum + reply.length, 0)).toBe(Number(bytesOut));
+    });
+
+    test("a client that reads but never closes is closed 2 s after the server's FIN (lingering close), drained", async () => {
+      await using server = await start(["--drain-timeout", "20"]);
+      const client = await TestClient.connect(server.port);
+      client.write("last words");
+      await client.readAtLeast(10);
+      const signalled = performance.now();
+      server.proc.kill("SIGTERM");
+      expect(decode(await client.readToEnd())).toBe("LAST WORDS"); // our FIN, and then we do not close
+      expect(await server.waitExit(10_000)).toBe(0);
+      const took = performance.now() - signalled;
+      expect(took).toBeGreaterThan(1500);
+      expect(took).toBeLessThan(5000);
+      await server.waitForLog(/shutdown complete: 1 client\(s\) drained, 0 cut/);
     });
 
     test("a client that never reads is cut at --drain-timeout; the server still exits 0", async () => {
