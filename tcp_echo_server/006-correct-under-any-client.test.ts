@@ -25,7 +25,7 @@ describe("006 correct under any client", () => {
     const errors: Array<[string[], string]> = [
       [["--max-buffer", "lots"], 'error: --max-buffer must be a positive number of bytes (k, m suffixes allowed), got "lots" (see --help)\n'],
       [["--max-per-ip", "some"], 'error: --max-per-ip must be an integer (0 = no limit), got "some" (see --help)\n'],
-      [["--drain-timeout", "soon"], 'error: --drain-timeout must be a number of seconds, got "soon" (see --help)\n'],
+      [["--drain-timeout", "soon"], 'error: --drain-timeout must be a number of seconds from 0 to 2147483, got "soon" (see --help)\n'],
     ];
     for (const [args, message] of errors) {
       expect(await runToExit(STAGE, args)).toEqual({ code: 2, stdout: "", stderr: message });

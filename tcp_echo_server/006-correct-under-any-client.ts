@@ -6,8 +6,8 @@
  *         `drain`, in order, never dropped. While a client's queue is over --max-buffer its reading is paused, so a
  *         client that sends but never reads costs at most --max-buffer plus one read (<= 512 KiB) of memory.
  *         Half-close: a client that sends and then FINs gets its complete reply, then the server closes
- *         (allowHalfOpen, so Bun no longer closes for us before the queue is flushed). An exact idle timeout with
- *         a JS timer per connection, re-armed by traffic either way. Limits instead of a waiting room: at most
+ *         (allowHalfOpen, so Bun no longer closes for us before the queue is flushed). The idle timer is also
+ *         re-armed by the client's reading (a slow reader is not idle). Limits instead of a waiting room: at most
  *         --max-clients at once and --max-per-ip from one address; a client over a limit is refused (closed at
  *         once) with a log line saying which limit. --max-clients is capped below the process's open-files
  *         limit, and the log says so, so the server never runs into EMFILE. Graceful shutdown drains: stop
@@ -260,7 +260,7 @@ class EchoServer {
   private onOpen(socket: Socket<Client>): void {
     socket.data = {
       id: this.nextId++,
-      ip: socket.remoteAddress,
+      ip: peerAddress(socket),
       admitted: false,
       queue: [],
       queued: 0,
@@ -476,6 +476,11 @@ function formatOptions(fd: number | undefined): string {
   return entries.length === 0 ? "unavailable on this platform" : entries.map(([k, v]) => `${k}=${v}`).join(" ");
 }
 
+// Bun has no address for a client that reset its connection before we asked.
+function peerAddress(socket: Socket<unknown>): string {
+  return socket.remoteAddress || "(a client already gone)";
+}
+
 function formatAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
@@ -507,6 +512,9 @@ Options:
 
 class UsageError extends Error {}
 
+// setTimeout() takes at most 2^31-1 ms (about 24.8 days); beyond that it would fire at once.
+const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+
 function parseConfig(argv: string[]): EchoServerConfig | "help" {
   let values;
   try {
@@ -527,7 +535,8 @@ function parseConfig(argv: string[]): EchoServerConfig | "help" {
       allowPositionals: false,
     }));
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // parseArgs can explain over several lines; a usage error is one.
+    throw new UsageError((error as Error).message.replace(/\s*\n\s*/g, " "));
   }
   if (values.help) return "help";
   if (!/^\d+$/.test(values.port) || Number(values.port) > 65535) {
@@ -551,8 +560,9 @@ function parseConfig(argv: string[]): EchoServerConfig | "help" {
     throw new UsageError(`--max-buffer must be a positive number of bytes (k, m suffixes allowed), got "${values["max-buffer"]}"`);
   }
   for (const name of ["idle-timeout", "drain-timeout"] as const) {
-    if (!/^\d+(\.\d+)?$/.test(values[name])) {
-      throw new UsageError(`--${name} must be a number of seconds${name === "idle-timeout" ? " (0 = never)" : ""}, got "${values[name]}"`);
+    if (!/^\d+(\.\d+)?$/.test(values[name]) || Number(values[name]) > MAX_TIMER_SECONDS) {
+      const from = name === "idle-timeout" ? "0 (never)" : "0";
+      throw new UsageError(`--${name} must be a number of seconds from ${from} to ${MAX_TIMER_SECONDS}, got "${values[name]}"`);
     }
   }
   return {

@@ -357,7 +357,7 @@ class EchoServer {
   private onOpen(socket: Socket<Client>): void {
     socket.data = {
       id: this.nextId++,
-      ip: socket.remoteAddress,
+      ip: peerAddress(socket),
       admitted: false,
       queue: [],
       queued: 0,
@@ -886,6 +886,11 @@ function formatOptions(fd: number | undefined): string {
   return entries.length === 0 ? "unavailable on this platform" : entries.map(([k, v]) => `${k}=${v}`).join(" ");
 }
 
+// Bun has no address for a client that reset its connection before we asked.
+function peerAddress(socket: Socket<unknown>): string {
+  return socket.remoteAddress || "(a client already gone)";
+}
+
 function formatAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
@@ -921,6 +926,9 @@ Options (each also read from the environment variable in brackets; an option giv
 `;
 
 class UsageError extends Error {}
+
+// setTimeout() takes at most 2^31-1 ms (about 24.8 days); beyond that it would fire at once.
+const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
 
 /** Option name -> environment variable, for containers (`docker run -e PORT=7000 ...`). */
 const ENVIRONMENT: Record<string, string> = {
@@ -964,7 +972,8 @@ function parseConfig(argv: string[], env: Record<string, string | undefined>): E
       allowPositionals: false,
     }));
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // parseArgs can explain over several lines; a usage error is one.
+    throw new UsageError((error as Error).message.replace(/\s*\n\s*/g, " "));
   }
   if (values.help) return "help";
   // The value of an option and how to name it in an error: the flag if given, else the environment variable.
@@ -982,9 +991,11 @@ function parseConfig(argv: string[], env: Record<string, string | undefined>): E
     }
     return Number(value);
   };
-  const seconds = (name: string, what: string): number => {
+  const seconds = (name: string, from: string): number => {
     const { value, label } = option(name);
-    if (value === undefined || !/^\d+(\.\d+)?$/.test(value)) throw new UsageError(`${label} must be ${what}, got "${value}"`);
+    if (value === undefined || !/^\d+(\.\d+)?$/.test(value) || Number(value) > MAX_TIMER_SECONDS) {
+      throw new UsageError(`${label} must be a number of seconds from ${from} to ${MAX_TIMER_SECONDS}, got "${value}"`);
+    }
     return Number(value);
   };
   const oneOf = <T extends string>(name: string, allowed: readonly T[]): T => {
@@ -1007,8 +1018,8 @@ function parseConfig(argv: string[], env: Record<string, string | undefined>): E
   if (maxBuffer < 1) {
     throw new UsageError(`${buffer.label} must be a positive number of bytes (k, m suffixes allowed), got "${buffer.value}"`);
   }
-  const idleTimeout = seconds("idle-timeout", "a number of seconds (0 = never)");
-  const drainTimeout = seconds("drain-timeout", "a number of seconds");
+  const idleTimeout = seconds("idle-timeout", "0 (never)");
+  const drainTimeout = seconds("drain-timeout", "0");
   const metrics = option("metrics-port");
   const metricsPort = metrics.value === undefined ? undefined : integer("metrics-port", 0, 65535, "an integer from 0 to 65535");
   return { host: host.value, port, logLevel, logFormat, workers, maxClients, maxPerIp, maxBuffer, idleTimeout, drainTimeout, metricsPort };
