@@ -1,0 +1,365 @@
+#!/usr/bin/env bun
+// Echo benchmark (not a test): the last echo stage and stage 005 against two references kept in bench/reference/
+// (a minimal Bun.listen echo and a Node.js node:net echo), under the same load, side by side, in one run:
+//   100 / 1000 connections  closed loop, one 64-byte message in flight per connection: messages/s, p50/p99 RTT
+//   flood                   10 connections with 128 64-byte messages in flight each: echo bandwidth (MiB/s)
+//   held                    10,000 idle connections: KiB of server RSS per connection
+// plus the server's peak RSS and CPU time per message (from /proc: robust when the machine is shared).
+// With two cores and taskset, the server runs on CPU 0 and the load (bench/echo-load.ts) on CPU 1; the stage then
+// runs one worker, as its default (the CPUs it may use) says. Every server is measured --rounds times,
+// interleaved, and the median is kept. Writes bench/results/echo.json and echo.svg (the README shows the chart).
+// Usage: bun bench/echo.ts [--seconds 4] [--rounds 3] [--out-dir bench/results]
+
+import type { Subprocess } from "bun";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+
+const ROOT = resolve(import.meta.dir, "..");
+const { values } = parseArgs({
+  options: {
+    seconds: { type: "string", default: "4" },
+    warmup: { type: "string", default: "1" },
+    rounds: { type: "string", default: "3" },
+    held: { type: "string", default: "10000" },
+    "out-dir": { type: "string", default: "bench/results" },
+  },
+  strict: true,
+});
+const SECONDS = Number(values.seconds);
+const ROUNDS = Number(values.rounds);
+const HELD = Number(values.held);
+const OUT_DIR = resolve(ROOT, values["out-dir"]);
+
+const LAST_STAGE = lastStage();
+const which = (tool: string): string | null => Bun.which(tool);
+const pinning = which("taskset") !== null && cpus().length >= 2;
+const onServerCore = (command: string[]): string[] => (pinning ? ["taskset", "-c", "0", ...command] : command);
+const onLoadCore = (command: string[]): string[] => (pinning ? ["taskset", "-c", "1", ...command] : command);
+
+function lastStage(): string {
+  const stages = readdirSync(join(ROOT, "tcp_echo_server")).filter((name) => /^\d{3}-.*\.ts$/.test(name) && !name.includes(".test."));
+  return join("tcp_echo_server", stages.sort().at(-1)!);
+}
+
+interface Server {
+  name: string;
+  command: string[];
+}
+
+const SERVERS: Server[] = [
+  { name: "Bun minimal", command: [process.execPath, "bench/reference/bun-echo.ts"] },
+  ...(which("node") ? [{ name: "Node net", command: ["node", "bench/reference/node-echo.mjs"] }] : []),
+  {
+    name: "stage 005",
+    command: [process.execPath, "tcp_echo_server/005-bounded-concurrency.ts", "--max-clients", "20000", "--idle-timeout", "0", "--log-level", "warn"],
+  },
+  {
+    name: `stage ${LAST_STAGE.match(/(\d{3})-/)![1]}`,
+    command: [process.execPath, LAST_STAGE, "--max-clients", "20000", "--log-level", "warn"],
+  },
+];
+const STAGE_NAME = SERVERS.at(-1)!.name;
+
+interface Scenario {
+  name: string;
+  args: string[];
+}
+
+const SCENARIOS: Scenario[] = [
+  { name: "100 connections", args: ["--connections", "100", "--size", "64", "--pipeline", "1"] },
+  { name: "1000 connections", args: ["--connections", "1000", "--size", "64", "--pipeline", "1"] },
+  { name: "flood", args: ["--connections", "10", "--size", "64", "--pipeline", "128"] },
+];
+
+/** What bench/echo-load.ts prints with --json. */
+interface LoadResult {
+  msgsPerSec: number;
+  replyMiBPerSec: number;
+  latencyUs: { p50: number; p90: number; p99: number; max: number };
+  serverCpuUsPerMsg: number | null;
+  wrongBytes: number;
+  unexpectedCloses: number;
+  stalled: number;
+}
+
+interface Measurement {
+  scenarios: Record<string, LoadResult>;
+  peakRssKiB: number;
+  kibPerHeldConnection: number;
+  processes: number;
+}
+
+const children = new Set<Subprocess>();
+process.on("exit", () => {
+  for (const child of children) child.kill("SIGKILL");
+});
+
+function spawn(command: string[], stdin: "ignore" | "pipe" = "ignore"): Subprocess<"ignore" | "pipe", "pipe", "pipe"> {
+  const child = Bun.spawn(command, { cwd: ROOT, stdin, stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+  children.add(child);
+  return child;
+}
+
+/** Reads `child`'s stdout until `pattern` matches; keeps draining both streams afterwards. */
+async function waitForLine(child: Subprocess<"ignore" | "pipe", "pipe", "pipe">, pattern: RegExp, what: string, timeoutMs = 60_000): Promise<RegExpMatchArray> {
+  const reader = child.stdout.getReader();
+  let text = "";
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const match = text.match(pattern);
+    if (match) {
+      reader.releaseLock();
+      void child.stdout.pipeTo(new WritableStream());
+      return match;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: no ${pattern} in ${timeoutMs} ms: ${text}`);
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${what} ended: ${text}${await new Response(child.stderr).text()}`);
+    text += new TextDecoder().decode(value);
+  }
+}
+
+/** The server's process and its descendants (a supervisor's workers), from /proc. */
+function tree(pid: number): number[] {
+  const pids = [pid];
+  for (let i = 0; i < pids.length; i++) {
+    try {
+      for (const task of readdirSync(`/proc/${pids[i]}/task`)) {
+        const children = readFileSync(`/proc/${pids[i]}/task/${task}/children`, "utf8").trim();
+        if (children !== "") pids.push(...children.split(" ").map(Number));
+      }
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+/** RSS now and peak (VmHWM), KiB, summed over `pids`. */
+function memory(pids: number[]): { rss: number; peak: number } {
+  const total = { rss: 0, peak: 0 };
+  for (const pid of pids) {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    total.rss += Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+    total.peak += Number(/^VmHWM:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+  }
+  return total;
+}
+
+function loadCommand(port: number, args: string[]): string[] {
+  return onLoadCore([process.execPath, "bench/echo-load.ts", "--port", String(port), ...args]);
+}
+
+async function runLoad(port: number, pids: number[], scenario: Scenario): Promise<LoadResult> {
+  const args = [...scenario.args, "--duration", String(SECONDS), "--warmup", values.warmup, "--json", "--cpu-of", pids.join(",")];
+  const load = spawn(loadCommand(port, args));
+  const [output, code] = await Promise.all([new Response(load.stdout).text(), load.exited]);
+  children.delete(load);
+  if (code !== 0) throw new Error(`load for ${scenario.name} exited ${code}: ${output}${await new Response(load.stderr).text()}`);
+  return JSON.parse(output) as LoadResult;
+}
+
+/** Opens HELD idle connections and returns the server's RSS growth per connection, KiB. */
+async function heldConnections(port: number, pids: number[]): Promise<number> {
+  await Bun.sleep(500); // let the previous load's sockets close
+  const before = memory(pids).rss;
+  const load = spawn(loadCommand(port, ["--connections", String(HELD), "--hold"]), "pipe");
+  await waitForLine(load, /"held":\d+/, "held connections", 120_000);
+  await Bun.sleep(1000);
+  const after = memory(pids).rss;
+  void load.stdin?.end(); // the load resets its connections and exits
+  await load.exited;
+  children.delete(load);
+  return (after - before) / HELD;
+}
+
+async function measure(server: Server): Promise<Measurement> {
+  const child = spawn(onServerCore([...server.command, "--port", "0"]));
+  try {
+    const [, port] = await waitForLine(child, /listening on .*:(\d+)/, server.name, 10_000);
+    void child.stderr.pipeTo(new WritableStream());
+    await Bun.sleep(200); // workers settle
+    const pids = tree(child.pid);
+    const scenarios: Record<string, LoadResult> = {};
+    for (const scenario of SCENARIOS) scenarios[scenario.name] = await runLoad(Number(port), pids, scenario);
+    const peakRssKiB = memory(pids).peak;
+    const kibPerHeldConnection = await heldConnections(Number(port), pids);
+    return { scenarios, peakRssKiB, kibPerHeldConnection, processes: pids.length };
+  } finally {
+    child.kill("SIGKILL");
+    for (const pid of tree(child.pid).slice(1)) process.kill(pid, "SIGKILL");
+    await child.exited;
+    children.delete(child);
+  }
+}
+
+const median = (numbers: number[]): number => {
+  const sorted = [...numbers].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+};
+const round = (value: number, digits = 2): number => Number(value.toFixed(digits));
+
+interface ScenarioSummary {
+  msgsPerSec: number;
+  replyMiBPerSec: number;
+  p50Us: number;
+  p99Us: number;
+  serverCpuUsPerMsg: number;
+  /** Wrong reply bytes, unexpected closes and stalled connections, over all rounds: 0 when all went well. */
+  problems: number;
+}
+
+/** Median over rounds of every number in the scenario results. */
+function summarise(runs: Measurement[]) {
+  const scenarios: Record<string, ScenarioSummary> = {};
+  for (const { name } of SCENARIOS) {
+    const pick = (get: (r: LoadResult) => number): number => median(runs.map((run) => get(run.scenarios[name]!)));
+    scenarios[name] = {
+      msgsPerSec: Math.round(pick((r) => r.msgsPerSec)),
+      replyMiBPerSec: round(pick((r) => r.replyMiBPerSec)),
+      p50Us: Math.round(pick((r) => r.latencyUs.p50)),
+      p99Us: Math.round(pick((r) => r.latencyUs.p99)),
+      serverCpuUsPerMsg: round(pick((r) => r.serverCpuUsPerMsg ?? NaN), 3),
+      problems: runs.reduce((sum, run) => sum + run.scenarios[name]!.wrongBytes + run.scenarios[name]!.unexpectedCloses + run.scenarios[name]!.stalled, 0),
+    };
+  }
+  return {
+    scenarios,
+    peakRssMiB: round(median(runs.map((run) => run.peakRssKiB)) / 1024, 1),
+    kibPerHeldConnection: round(median(runs.map((run) => run.kibPerHeldConnection))),
+    processes: runs[0]!.processes,
+    rounds: runs.map((run) => ({
+      msgsPerSec: Object.fromEntries(SCENARIOS.map(({ name }) => [name, run.scenarios[name]!.msgsPerSec])),
+      kibPerHeldConnection: round(run.kibPerHeldConnection),
+    })),
+  };
+}
+
+type Summary = ReturnType<typeof summarise>;
+
+// ---------------------------------------------------------------------------------------------------------------
+// The chart: one panel per measure, one bar per server, the stage's ratio to the minimal reference on top.
+
+const COLOURS = ["#8c8c8c", "#6a9955", "#d19a66", "#4f7cc9"];
+
+function escape(text: string): string {
+  return text.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
+}
+
+function chart(results: Record<string, Summary>, meta: { date: string; pinned: boolean; load: number }): string {
+  const names = SERVERS.map((server) => server.name);
+  const panels: Array<{ title: string; unit: string; better: "higher" | "lower"; value: (s: Summary) => number; target?: string }> = [
+    { title: "100 connections", unit: "msgs/s", better: "higher", value: (s) => s.scenarios["100 connections"]!.msgsPerSec, target: ">= 1.0x" },
+    { title: "1,000 connections", unit: "msgs/s", better: "higher", value: (s) => s.scenarios["1000 connections"]!.msgsPerSec, target: ">= 1.0x" },
+    { title: "flood: 10 conns x 128 in flight", unit: "MiB/s echoed", better: "higher", value: (s) => s.scenarios.flood!.replyMiBPerSec, target: ">= 1.4x" },
+    { title: "10,000 held connections", unit: "KiB per connection", better: "lower", value: (s) => s.kibPerHeldConnection, target: "<= 2 KiB" },
+  ];
+  const panelWidth = 230;
+  const panelHeight = 220;
+  const top = 70;
+  const width = panels.length * panelWidth + 20;
+  const height = top + panelHeight + 110;
+  const out: string[] = [];
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`);
+  out.push(`<rect width="${width}" height="${height}" fill="#ffffff"/>`);
+  out.push(`<text x="10" y="22" font-size="16" font-weight="bold">Echo servers, same load, one run (median of ${ROUNDS} rounds)</text>`);
+  out.push(`<text x="10" y="42" fill="#555">${escape(`${meta.date.slice(0, 10)}, ${cpus().length} cores${meta.pinned ? ", server on CPU 0, load on CPU 1" : ""}, load average ${meta.load.toFixed(1)}; ratio = ${STAGE_NAME} / Bun minimal`)}</text>`);
+  panels.forEach((panel, p) => {
+    const x0 = 10 + p * panelWidth;
+    const values = names.map((name) => panel.value(results[name]!));
+    const max = Math.max(...values) * 1.15 || 1;
+    const barWidth = (panelWidth - 50) / names.length;
+    out.push(`<text x="${x0 + panelWidth / 2}" y="${top - 8}" text-anchor="middle" font-weight="bold">${escape(panel.title)}</text>`);
+    out.push(`<line x1="${x0 + 10}" y1="${top + panelHeight}" x2="${x0 + panelWidth - 20}" y2="${top + panelHeight}" stroke="#999"/>`);
+    values.forEach((value, i) => {
+      const h = (value / max) * (panelHeight - 20);
+      const x = x0 + 15 + i * barWidth;
+      const y = top + panelHeight - h;
+      out.push(`<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(barWidth - 6).toFixed(1)}" height="${h.toFixed(1)}" fill="${COLOURS[i % COLOURS.length]}"/>`);
+      const label = value >= 10_000 ? `${(value / 1000).toFixed(0)}k` : value >= 100 ? value.toFixed(0) : value.toFixed(2);
+      out.push(`<text x="${(x + (barWidth - 6) / 2).toFixed(1)}" y="${(y - 4).toFixed(1)}" text-anchor="middle" font-size="11">${label}</text>`);
+    });
+    const stage = panel.value(results[STAGE_NAME]!);
+    const reference = panel.value(results["Bun minimal"]!);
+    const ratio = panel.better === "lower" ? `${stage.toFixed(2)} KiB` : `${(stage / reference).toFixed(2)}x`;
+    out.push(`<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 20}" text-anchor="middle" fill="#555">${escape(panel.unit)}</text>`);
+    out.push(`<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 40}" text-anchor="middle" font-weight="bold" fill="${COLOURS[3]}">${escape(`${STAGE_NAME}: ${ratio} (target ${panel.target})`)}</text>`);
+  });
+  const legendY = top + panelHeight + 70;
+  names.forEach((name, i) => {
+    const x = 10 + i * 170;
+    out.push(`<rect x="${x}" y="${legendY}" width="12" height="12" fill="${COLOURS[i % COLOURS.length]}"/>`);
+    out.push(`<text x="${x + 18}" y="${legendY + 11}">${escape(name)}</text>`);
+  });
+  out.push(`<text x="10" y="${legendY + 32}" fill="#555">${escape("msgs/s: 64-byte messages, one in flight per connection. Higher is better, except KiB per connection.")}</text>`);
+  out.push("</svg>");
+  return `${out.join("\n")}\n`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+const started = Date.now();
+const loadBefore = loadavg()[0]!;
+console.log(`echo bench: ${SERVERS.map((s) => s.name).join(", ")}; ${ROUNDS} round(s) of ${SECONDS} s per scenario; ${cpus().length} cores, ${pinning ? "server on CPU 0, load on CPU 1" : "no pinning"}; load average ${loadBefore.toFixed(2)}`);
+const runs: Record<string, Measurement[]> = Object.fromEntries(SERVERS.map((server) => [server.name, []]));
+for (let r = 1; r <= ROUNDS; r++) {
+  for (const server of SERVERS) {
+    const result = await measure(server);
+    runs[server.name]!.push(result);
+    const cells = SCENARIOS.map(({ name }) => `${name} ${result.scenarios[name]!.msgsPerSec} msgs/s`).join(", ");
+    console.log(`round ${r} ${server.name.padEnd(12)} ${cells}, flood ${result.scenarios.flood!.replyMiBPerSec} MiB/s, held ${result.kibPerHeldConnection.toFixed(2)} KiB/conn`);
+  }
+}
+
+const results = Object.fromEntries(SERVERS.map((server) => [server.name, summarise(runs[server.name]!)]));
+const stage = results[STAGE_NAME]!;
+const reference = results["Bun minimal"]!;
+const ratio = (scenario: string, field: "msgsPerSec" | "replyMiBPerSec"): number =>
+  round(stage.scenarios[scenario]![field]! / reference.scenarios[scenario]![field]!);
+const targets = {
+  "msgs/s at 100 connections vs Bun minimal (>= 1.0)": ratio("100 connections", "msgsPerSec"),
+  "msgs/s at 1000 connections vs Bun minimal (>= 1.0)": ratio("1000 connections", "msgsPerSec"),
+  "flood bandwidth vs Bun minimal (>= 1.4)": ratio("flood", "replyMiBPerSec"),
+  "KiB per held connection (<= 2)": stage.kibPerHeldConnection,
+};
+const met = {
+  "msgs/s at 100 connections vs Bun minimal (>= 1.0)": targets["msgs/s at 100 connections vs Bun minimal (>= 1.0)"] >= 1.0,
+  "msgs/s at 1000 connections vs Bun minimal (>= 1.0)": targets["msgs/s at 1000 connections vs Bun minimal (>= 1.0)"] >= 1.0,
+  "flood bandwidth vs Bun minimal (>= 1.4)": targets["flood bandwidth vs Bun minimal (>= 1.4)"] >= 1.4,
+  "KiB per held connection (<= 2)": targets["KiB per held connection (<= 2)"] <= 2,
+};
+const date = new Date().toISOString();
+const loadAfter = loadavg()[0]!;
+const report = {
+  date,
+  stage: LAST_STAGE,
+  machine: { cores: cpus().length, pinned: pinning, bun: Bun.version, node: which("node") ? (await new Response(spawn(["node", "--version"]).stdout).text()).trim() : null, loadBefore, loadAfter },
+  config: { seconds: SECONDS, warmup: Number(values.warmup), rounds: ROUNDS, held: HELD, scenarios: SCENARIOS },
+  servers: SERVERS.map((server) => ({ name: server.name, command: server.command.map((part) => (part === process.execPath ? "bun" : part)).join(" ") })),
+  results,
+  ratios: targets,
+  met,
+  minutes: round((Date.now() - started) / 60_000, 1),
+};
+mkdirSync(OUT_DIR, { recursive: true });
+writeFileSync(join(OUT_DIR, "echo.json"), `${JSON.stringify(report, null, 2)}\n`);
+writeFileSync(join(OUT_DIR, "echo.svg"), chart(results, { date, pinned: pinning, load: (loadBefore + loadAfter) / 2 }));
+
+console.log("\nmedian            " + SCENARIOS.map(({ name }) => name.padStart(18)).join("") + "   flood MiB/s   p99 @1000   KiB/held   peak RSS");
+for (const server of SERVERS) {
+  const s = results[server.name]!;
+  console.log(
+    server.name.padEnd(18) +
+      SCENARIOS.map(({ name }) => `${s.scenarios[name]!.msgsPerSec} msgs/s`.padStart(18)).join("") +
+      `${s.scenarios.flood!.replyMiBPerSec}`.padStart(14) +
+      `${s.scenarios["1000 connections"]!.p99Us} us`.padStart(12) +
+      `${s.kibPerHeldConnection}`.padStart(11) +
+      `${s.peakRssMiB} MiB`.padStart(11),
+  );
+}
+console.log("\ntargets for " + STAGE_NAME);
+for (const [name, value] of Object.entries(targets)) console.log(`  ${met[name as keyof typeof met] ? "met    " : "NOT MET"} ${name}: ${value}`);
+console.log(`\nwrote ${join(values["out-dir"], "echo.json")} and echo.svg in ${report.minutes} min`);
