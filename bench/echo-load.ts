@@ -82,7 +82,8 @@ interface Conn {
 }
 
 let measuring = false;
-let running = true;
+/** Whether a reply triggers the next message: not for held connections, which exchange one message only. */
+let running = !values.hold;
 let messages = 0;
 let replyBytes = 0;
 let wrongBytes = 0;
@@ -205,7 +206,6 @@ await rampUp();
 const rampMs = performance.now() - rampStart;
 
 if (values.hold) {
-  running = false; // held connections stay idle
   console.log(JSON.stringify({ held: sockets.length, rampMs: Math.round(rampMs) }));
   const release = (): void => {
     for (const socket of sockets) socket.terminate();
