@@ -8,7 +8,7 @@
 // With two cores and taskset, the server runs on CPU 0 and the load (bench/echo-load.ts) on CPU 1; the stage then
 // runs one worker, as its default (the CPUs it may use) says. Every server is measured --rounds times,
 // interleaved, and the median is kept. Writes bench/results/echo.json and echo.svg (the README shows the chart).
-// Usage: bun bench/echo.ts [--seconds 3] [--rounds 3] [--held 10000] [--out-dir bench/results]
+// Usage: bun bench/echo.ts [--seconds 3] [--rounds 5] [--held 10000] [--out-dir bench/results]
 
 import type { Subprocess } from "bun";
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -21,7 +21,7 @@ const { values } = parseArgs({
   options: {
     seconds: { type: "string", default: "3" },
     warmup: { type: "string", default: "1" },
-    rounds: { type: "string", default: "3" },
+    rounds: { type: "string", default: "5" },
     held: { type: "string", default: "10000" },
     "out-dir": { type: "string", default: "bench/results" },
   },
