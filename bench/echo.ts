@@ -9,6 +9,7 @@
 // runs one worker, as its default (the CPUs it may use) says. Every server is measured --rounds times,
 // interleaved, and the median is kept. Writes bench/results/echo.json and echo.svg (the README shows the chart).
 // Usage: bun bench/echo.ts [--seconds 3] [--rounds 5] [--held 10000] [--out-dir bench/results]
+//        bun bench/echo.ts --chart-only      (redraws echo.svg from echo.json)
 
 import type { Subprocess } from "bun";
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -24,6 +25,7 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "5" },
     held: { type: "string", default: "10000" },
     "out-dir": { type: "string", default: "bench/results" },
+    "chart-only": { type: "boolean", default: false },
   },
   strict: true,
 });
@@ -249,7 +251,7 @@ function escape(text: string): string {
   return text.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
 }
 
-function chart(results: Record<string, Summary>, meta: { date: string; pinned: boolean; load: number }): string {
+function chart(results: Record<string, Summary>, meta: { date: string; pinned: boolean; load: number; rounds: number }): string {
   const names = SERVERS.map((server) => server.name);
   const panels: Array<{ title: string; unit: string; better: "higher" | "lower"; value: (s: Summary) => number; target?: string }> = [
     { title: "100 connections", unit: "msgs/s", better: "higher", value: (s) => s.scenarios["100 connections"]!.msgsPerSec, target: ">= 1.0x" },
@@ -261,11 +263,11 @@ function chart(results: Record<string, Summary>, meta: { date: string; pinned: b
   const panelHeight = 220;
   const top = 70;
   const width = panels.length * panelWidth + 20;
-  const height = top + panelHeight + 110;
+  const height = top + panelHeight + 125;
   const out: string[] = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`);
   out.push(`<rect width="${width}" height="${height}" fill="#ffffff"/>`);
-  out.push(`<text x="10" y="22" font-size="16" font-weight="bold">Echo servers, same load, one run (median of ${ROUNDS} rounds)</text>`);
+  out.push(`<text x="10" y="22" font-size="16" font-weight="bold">Echo servers, same load, one run (median of ${meta.rounds} rounds)</text>`);
   out.push(`<text x="10" y="42" fill="#555">${escape(`${meta.date.slice(0, 10)}, ${cpus().length} cores${meta.pinned ? ", server on CPU 0, load on CPU 1" : ""}, load average ${meta.load.toFixed(1)}; ratio = ${STAGE_NAME} / Bun minimal`)}</text>`);
   panels.forEach((panel, p) => {
     const x0 = 10 + p * panelWidth;
@@ -286,9 +288,10 @@ function chart(results: Record<string, Summary>, meta: { date: string; pinned: b
     const reference = panel.value(results["Bun minimal"]!);
     const ratio = panel.better === "lower" ? `${stage.toFixed(2)} KiB` : `${(stage / reference).toFixed(2)}x`;
     out.push(`<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 20}" text-anchor="middle" fill="#555">${escape(panel.unit)}</text>`);
-    out.push(`<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 40}" text-anchor="middle" font-weight="bold" fill="${COLOURS[3]}">${escape(`${STAGE_NAME}: ${ratio} (target ${panel.target})`)}</text>`);
+    out.push(`<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 40}" text-anchor="middle" font-weight="bold" fill="${COLOURS[3]}">${escape(`${STAGE_NAME}: ${ratio}`)}</text>`);
+    out.push(`<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 56}" text-anchor="middle" fill="#555">${escape(`target ${panel.target}`)}</text>`);
   });
-  const legendY = top + panelHeight + 70;
+  const legendY = top + panelHeight + 84;
   names.forEach((name, i) => {
     const x = 10 + i * 170;
     out.push(`<rect x="${x}" y="${legendY}" width="12" height="12" fill="${COLOURS[i % COLOURS.length]}"/>`);
@@ -300,6 +303,19 @@ function chart(results: Record<string, Summary>, meta: { date: string; pinned: b
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+
+if (values["chart-only"]) {
+  const saved = JSON.parse(readFileSync(join(OUT_DIR, "echo.json"), "utf8")) as {
+    date: string;
+    machine: { pinned: boolean; loadBefore: number; loadAfter: number };
+    config: { rounds: number };
+    results: Record<string, Summary>;
+  };
+  const { date, machine, config, results } = saved;
+  writeFileSync(join(OUT_DIR, "echo.svg"), chart(results, { date, pinned: machine.pinned, load: (machine.loadBefore + machine.loadAfter) / 2, rounds: config.rounds }));
+  console.log(`redrew ${join(values["out-dir"], "echo.svg")} from echo.json`);
+  process.exit(0);
+}
 
 const started = Date.now();
 const loadBefore = loadavg()[0]!;
@@ -346,7 +362,7 @@ const report = {
 };
 mkdirSync(OUT_DIR, { recursive: true });
 writeFileSync(join(OUT_DIR, "echo.json"), `${JSON.stringify(report, null, 2)}\n`);
-writeFileSync(join(OUT_DIR, "echo.svg"), chart(results, { date, pinned: pinning, load: (loadBefore + loadAfter) / 2 }));
+writeFileSync(join(OUT_DIR, "echo.svg"), chart(results, { date, pinned: pinning, load: (loadBefore + loadAfter) / 2, rounds: ROUNDS }));
 
 console.log("\nmedian            " + SCENARIOS.map(({ name }) => name.padStart(18)).join("") + "   flood MiB/s   p99 @1000   KiB/held   peak RSS");
 for (const server of SERVERS) {
