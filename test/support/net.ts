@@ -232,7 +232,9 @@ export type Fault =
   /** Accepts and reads, never replies. */
   | { kind: "silent" }
   /** Holds every reply until `connections` clients are connected at the same time, then echoes normally. */
-  | { kind: "barrier"; connections: number };
+  | { kind: "barrier"; connections: number }
+  /** Answers every chunk, on any connection, with the uppercase of the first chunk it ever received (a stale cache). */
+  | { kind: "replay" };
 
 export interface FaultyServer extends Disposable {
   readonly host: string;
@@ -261,6 +263,7 @@ export function startFaultyEchoServer(fault: Fault, onlyConnection?: number): Fa
   let accepted = 0;
   const connected = new Set<Socket<FaultyConnection>>();
   let released = false; // the barrier has opened
+  let firstReply: Uint8Array | undefined; // for "replay"
   const sendQueued = (socket: Socket<FaultyConnection>): void => {
     const state = socket.data;
     while (state.pending.length > 0) {
@@ -298,6 +301,12 @@ export function startFaultyEchoServer(fault: Fault, onlyConnection?: number): Fa
         const faulty = onlyConnection === undefined || onlyConnection === state.number;
         if (faulty && fault.kind === "silent") return;
         let reply = upperAscii(chunk);
+        if (faulty && fault.kind === "replay") {
+          firstReply ??= reply;
+          const stale = new Uint8Array(reply.length);
+          for (let i = 0; i < stale.length; i++) stale[i] = firstReply[i % firstReply.length]!;
+          reply = stale;
+        }
         if (faulty && fault.kind === "barrier" && !released) {
           state.held.push(reply);
           return;

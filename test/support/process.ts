@@ -94,6 +94,11 @@ export interface RunOptions {
   /** Milliseconds to wait for the listening line. */
   readyTimeoutMs?: number;
   stdin?: "pipe" | "ignore";
+  /**
+   * A command to run bun under, e.g. `["prlimit", "--nofile=64:64"]` for a lower open-files limit (set both soft
+   * and hard: Bun raises its soft limit to the hard one at start), or a namespace wrapper.
+   */
+  prefix?: string[];
 }
 
 /** A spawned bun process with its output captured. */
@@ -172,7 +177,7 @@ process.on("exit", () => {
 
 /** Spawns `bun <file> ...args` (file relative to the repo root) and returns as soon as it has started. */
 export function run(file: string, args: string[] = [], options: RunOptions = {}): Running {
-  const command = [process.execPath, resolve(ROOT, file), ...args];
+  const command = [...(options.prefix ?? []), process.execPath, resolve(ROOT, file), ...args];
   const proc = Bun.spawn(command, {
     cwd: ROOT,
     env: { ...process.env, NO_COLOR: "1", FORCE_COLOR: "", ...options.env },
