@@ -17,7 +17,7 @@
  *         bun test/001-client.ts -n 3 --port 5999           (nothing listens there: 3 refused, exit code 1)
  */
 
-import { openSync, closeSync } from "node:fs";
+import { closeSync, openSync, writeSync } from "node:fs";
 import net from "node:net";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
@@ -142,12 +142,33 @@ function runConnection(config: ClientConfig): Promise<Outcome> {
     });
     socket.on("error", (error: NodeJS.ErrnoException) => {
       const cause = classify(error);
-      finish({ ok: false, cause, detail: cause === "refused" ? `${error.code} from ${formatAddress(config.host, config.port)}` : `${error.code ?? ""} ${error.message}`.trim() });
+      const detail =
+        cause === "refused"
+          ? `${error.code} from ${formatAddress(config.host, config.port)}`
+          : cause === "EMFILE" && error.code === "ECONNREFUSED"
+            ? "no file descriptor left for a new socket (Bun reports that as ECONNREFUSED)"
+            : `${error.code ?? ""} ${error.message}`.trim();
+      finish({ ok: false, cause, detail });
     });
     socket.on("close", () => {
       finish({ ok: false, cause: "closed", detail: `closed after ${received} of ${expected.length} reply bytes` });
     });
   });
+}
+
+/**
+ * Writes straight to the file descriptor, synchronously. A run can end with every descriptor used up, and then
+ * Bun's asynchronous process.stdout can drop what is written just before process.exit(): the summary must survive.
+ */
+function print(fd: 1 | 2, text: string): void {
+  const bytes = Buffer.from(text);
+  for (let offset = 0; offset < bytes.length; ) {
+    try {
+      offset += writeSync(fd, bytes, offset);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EAGAIN") throw error; // a full non-blocking pipe: try again
+    }
+  }
 }
 
 function formatAddress(host: string, port: number): string {
@@ -188,7 +209,7 @@ function printSummary(config: ClientConfig, summary: Summary): void {
     lines.push(`    ${"".padEnd(14)} ${"".padStart(6)}  first: ${entry.first}`);
   }
   lines.push(`  elapsed  ${(summary.elapsedMs / 1000).toFixed(3)} s`);
-  process.stdout.write(`${lines.join("\n")}\n`);
+  print(1, `${lines.join("\n")}\n`);
 }
 
 const HELP = `Usage: bun test/001-client.ts [options]
@@ -253,17 +274,17 @@ async function main(): Promise<void> {
     config = parseConfig(process.argv.slice(2));
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
-    process.stderr.write(`error: ${error.message} (see --help)\n`);
+    print(2, `error: ${error.message} (see --help)\n`);
     process.exit(2);
   }
   if (config === "help") {
-    process.stdout.write(HELP);
+    print(1, HELP);
     return;
   }
   const summary = await runClient(config);
   printSummary(config, summary);
   if (summary.failed.get("refused")?.count === config.connections) {
-    process.stderr.write(`error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`);
+    print(2, `error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`);
   }
   process.exit(summary.ok === config.connections ? 0 : 1);
 }

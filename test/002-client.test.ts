@@ -83,6 +83,19 @@ describe("002-client", () => {
     expect(code).toBe(1);
   });
 
+  // Bun reports a socket() that failed for want of a descriptor as ECONNREFUSED; the client must not believe it.
+  test.skipIf(Bun.which("prlimit") === null)("out of file descriptors: counted as EMFILE, not refused", async () => {
+    await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
+    const { code, stdout } = await runToExit(CLIENT, ["-n", "100", "--delay", "0", "--port", String(server.port)], {
+      prefix: ["prlimit", "--nofile=60:60"],
+      timeoutMs: 20_000,
+    });
+    expect(stdout).toMatch(/^ {4}EMFILE +\d+ {2}this process ran out of file descriptors \(ulimit -n\)$/m);
+    expect(stdout).toContain("no file descriptor left for a new socket (Bun reports that as ECONNREFUSED)");
+    expect(stdout).not.toContain("refused");
+    expect(code).toBe(1);
+  });
+
   test("usage: --help on stdout with exit 0; a bad option is one line on stderr with exit 2", async () => {
     const help = await client("--help");
     expect(help.code).toBe(0);

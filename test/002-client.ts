@@ -18,7 +18,7 @@
  */
 
 import type { Socket } from "bun";
-import { openSync, closeSync } from "node:fs";
+import { closeSync, openSync, writeSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
 
@@ -163,6 +163,9 @@ class Connection {
       }
       const cause = classify(error as NodeJS.ErrnoException);
       const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+      if (cause === "EMFILE" && code === "ECONNREFUSED") {
+        throw { cause, detail: "no file descriptor left for a new socket (Bun reports that as ECONNREFUSED)" } satisfies Failure;
+      }
       throw { cause, detail: `${code} from ${formatAddress(this.config.host, this.config.port)}` } satisfies Failure;
     } finally {
       clearTimeout(this.timer);
@@ -250,6 +253,21 @@ const HANDLERS = {
   },
 };
 
+/**
+ * Writes straight to the file descriptor, synchronously. A run can end with every descriptor used up, and then
+ * Bun's asynchronous process.stdout can drop what is written just before process.exit(): the summary must survive.
+ */
+function print(fd: 1 | 2, text: string): void {
+  const bytes = Buffer.from(text);
+  for (let offset = 0; offset < bytes.length; ) {
+    try {
+      offset += writeSync(fd, bytes, offset);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EAGAIN") throw error; // a full non-blocking pipe: try again
+    }
+  }
+}
+
 function formatAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
@@ -294,7 +312,7 @@ function printSummary(config: ClientConfig, summary: Summary): void {
     lines.push(`    ${"".padEnd(14)} ${"".padStart(6)}  first: ${entry.first}`);
   }
   lines.push(`  elapsed  ${(summary.elapsedMs / 1000).toFixed(3)} s`);
-  process.stdout.write(`${lines.join("\n")}\n`);
+  print(1, `${lines.join("\n")}\n`);
 }
 
 const HELP = `Usage: bun test/002-client.ts [options]
@@ -369,17 +387,17 @@ async function main(): Promise<void> {
     config = parseConfig(process.argv.slice(2));
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
-    process.stderr.write(`error: ${error.message} (see --help)\n`);
+    print(2, `error: ${error.message} (see --help)\n`);
     process.exit(2);
   }
   if (config === "help") {
-    process.stdout.write(HELP);
+    print(1, HELP);
     return;
   }
   const summary = await runClient(config);
   printSummary(config, summary);
   if (summary.failed.get("refused")?.count === config.connections) {
-    process.stderr.write(`error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`);
+    print(2, `error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`);
   }
   process.exit(summary.ok === config.connections ? 0 : 1);
 }

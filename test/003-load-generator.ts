@@ -27,7 +27,7 @@
 
 import type { Socket } from "bun";
 import * as hdr from "hdr-histogram-js";
-import { closeSync, openSync, readdirSync, readFileSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
 
@@ -576,6 +576,21 @@ class LoadRun {
 // ---------------------------------------------------------------------------------------------------------------
 // Reporting.
 
+/**
+ * Writes straight to the file descriptor, synchronously. A run can end with every descriptor used up, and then
+ * Bun's asynchronous process.stdout can drop what is written just before process.exit(): the summary must survive.
+ */
+function print(fd: 1 | 2, text: string): void {
+  const bytes = Buffer.from(text);
+  for (let offset = 0; offset < bytes.length; ) {
+    try {
+      offset += writeSync(fd, bytes, offset);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EAGAIN") throw error; // a full non-blocking pipe: try again
+    }
+  }
+}
+
 function formatAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
@@ -826,25 +841,26 @@ async function main(): Promise<void> {
     config = parseConfig(process.argv.slice(2));
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
-    process.stderr.write(`error: ${error.message} (see --help)\n`);
+    print(2, `error: ${error.message} (see --help)\n`);
     process.exit(2);
   }
   if (config === "help") {
-    process.stdout.write(HELP);
+    print(1, HELP);
     return;
   }
 
   // Human-readable text goes to stdout, unless --json claims stdout for the machine.
-  const human = config.json ? process.stderr : process.stdout;
+  const humanFd = config.json ? 2 : 1;
+  const human = { write: (text: string) => print(humanFd, text) };
   const limits = readLimits(config.connections);
   human.write(header(config));
   human.write(limitsLine(config, limits));
-  for (const problem of limits.problems) process.stderr.write(`warning: ${problem}\n`);
+  for (const problem of limits.problems) print(2, `warning: ${problem}\n`);
   human.write("\n");
 
   // The live line is for a person watching a terminal; piped output stays clean.
   const tty = process.stderr.isTTY === true;
-  const progress = tty ? (line: string) => process.stderr.write(`\r\x1b[K${pc.dim(line)}`) : undefined;
+  const progress = tty ? (line: string) => print(2, `\r\x1b[K${pc.dim(line)}`) : undefined;
   const run = new LoadRun(config);
   let signals = 0;
   const onSignal = (): void => {
@@ -854,12 +870,12 @@ async function main(): Promise<void> {
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   const results = await run.run(progress);
-  if (tty) process.stderr.write("\r\x1b[K");
+  if (tty) print(2, "\r\x1b[K");
 
   human.write(textSummary(config, results));
-  if (config.json) process.stdout.write(jsonSummary(config, limits, results));
+  if (config.json) print(1, jsonSummary(config, limits, results));
   if (results.connected === 0 && results.errors.refused === config.connections) {
-    process.stderr.write(`error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`);
+    print(2, `error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`);
   }
   const failed = CLASSES.some((c) => results.errors[c] > 0);
   process.exit(failed ? 1 : 0);
