@@ -6,7 +6,9 @@
 // `await using` disposes of it (SIGKILL if still alive), so no test leaves a process behind even when it fails.
 
 import type { Subprocess } from "bun";
-import { resolve } from "node:path";
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
 
 export const ROOT = resolve(import.meta.dir, "..", "..");
 
@@ -175,12 +177,19 @@ process.on("exit", () => {
   for (const proc of live) proc.kill("SIGKILL");
 });
 
+/** The test's environment without colour (plain text to assert on), plus `extra`. */
+function childEnv(extra: Record<string, string> = {}): Record<string, string | undefined> {
+  const env: Record<string, string | undefined> = { ...process.env, NO_COLOR: "1", ...extra };
+  delete env.FORCE_COLOR; // any value, even "" or "0", turns colour on in picocolors and Bun's console
+  return env;
+}
+
 /** Spawns `bun <file> ...args` (file relative to the repo root) and returns as soon as it has started. */
 export function run(file: string, args: string[] = [], options: RunOptions = {}): Running {
   const command = [...(options.prefix ?? []), process.execPath, resolve(ROOT, file), ...args];
   const proc = Bun.spawn(command, {
     cwd: ROOT,
-    env: { ...process.env, NO_COLOR: "1", FORCE_COLOR: "", ...options.env },
+    env: childEnv(options.env),
     stdin: options.stdin ?? "ignore",
     stdout: "pipe",
     stderr: "pipe",
@@ -213,4 +222,168 @@ export async function runToExit(
   const code = await child.waitExit(options.timeoutMs ?? 10_000);
   const [stdout, stderr] = await Promise.all([child.stdout.ended(), child.stderr.ended()]);
   return { code, stdout, stderr };
+}
+
+/** True if `port` can be bound on 127.0.0.1 right now (it may be taken again a moment later). */
+export function portIsFree(port: number): boolean {
+  try {
+    Bun.listen({ hostname: "127.0.0.1", port, socket: { data() {} } }).stop(true);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Processes by PID, and programs driven in a real pseudo-terminal (the interactive menu).
+
+/** True while the process exists (an unreaped zombie counts as gone: it runs no code and holds no socket). */
+export function isAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** Every living descendant of `pid` (children, grandchildren, ...), from /proc. */
+export function descendants(pid: number): number[] {
+  const found: number[] = [];
+  const visit = (parent: number): void => {
+    let tasks: string[];
+    try {
+      tasks = readdirSync(`/proc/${parent}/task`);
+    } catch {
+      return; // gone meanwhile
+    }
+    for (const task of tasks) {
+      let children = "";
+      try {
+        children = readFileSync(`/proc/${parent}/task/${task}/children`, "utf8");
+      } catch {
+        continue;
+      }
+      for (const child of children.split(" ").filter(Boolean).map(Number)) {
+        found.push(child);
+        visit(child);
+      }
+    }
+  };
+  visit(pid);
+  return found;
+}
+
+/** Resolves once none of `pids` is alive; rejects after `timeoutMs` naming the survivors. */
+export async function waitGone(pids: number[], timeoutMs = 5000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const alive = pids.filter(isAlive);
+    if (alive.length === 0) return;
+    if (performance.now() > deadline) throw new Error(`processes still alive after ${timeoutMs} ms: ${alive.join(", ")}`);
+    await Bun.sleep(25); // /proc gives no event for a process exit that is not our child's
+  }
+}
+
+let terminalCount = 0;
+
+/**
+ * A program running in a real pseudo-terminal: a private tmux server (its own socket, killed on disposal) with one
+ * pane. Keys go in with send-keys; the screen comes back with capture-pane, polled (tmux gives no event).
+ */
+export class Terminal implements AsyncDisposable {
+  /** The server's socket file, which kill-server leaves behind. */
+  private socketPath = "";
+
+  private constructor(readonly socket: string) {}
+
+  /** Starts `shellCommand` (run by sh, which then prints its exit status for exitStatus()). */
+  static async start(shellCommand: string, options: { cwd?: string; width?: number; height?: number } = {}): Promise<Terminal> {
+    const terminal = new Terminal(`bun-tcp-lab-test-${process.pid}-${++terminalCount}`);
+    const size = ["-x", String(options.width ?? 140), "-y", String(options.height ?? 50)];
+    // The status is printed rather than read from tmux (#{pane_dead_status} is sometimes never set, tmux 3.3a);
+    // remain-on-exit keeps the pane, and what it shows, after the shell exits.
+    const command = `${shellCommand}; echo "[exit status $?]"`;
+    await terminal.tmux(["new-session", "-d", ...size, "-c", options.cwd ?? ROOT, command, ";", "set-option", "-g", "remain-on-exit", "on"]);
+    terminal.socketPath = (await terminal.tmux(["display-message", "-p", "#{socket_path}"])).trim();
+    return terminal;
+  }
+
+  private async tmux(args: string[]): Promise<string> {
+    const proc = Bun.spawn(["tmux", "-L", this.socket, "-f", "/dev/null", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    if (code !== 0) throw new Error(`tmux ${args.join(" ")} failed (${code}): ${err.trim()}`);
+    return out;
+  }
+
+  /** tmux key names, one key each: "Down", "Up", "Enter", "C-c"; text goes through type(). */
+  async press(...keys: string[]): Promise<void> {
+    for (const key of keys) await this.tmux(["send-keys", key]);
+  }
+
+  async type(text: string): Promise<void> {
+    await this.tmux(["send-keys", "-l", "--", text]); // "--": text may start with a dash
+  }
+
+  /** Everything the program printed (scrollback included), wrapped lines joined, colours dropped. */
+  async screen(): Promise<string> {
+    return this.tmux(["capture-pane", "-p", "-J", "-S", "-"]);
+  }
+
+  /** Waits until `pattern` matches the screen text after character `from`; returns the match and its end offset. */
+  async waitFor(pattern: RegExp, timeoutMs = 10_000, from = 0): Promise<{ match: RegExpMatchArray; end: number }> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const text = await this.screen();
+      const match = text.slice(from).match(pattern);
+      if (match) return { match, end: from + match.index! + match[0].length };
+      if (performance.now() > deadline) throw new Error(`no ${pattern} on the terminal after ${timeoutMs} ms; screen:\n${text}`);
+      await Bun.sleep(30);
+    }
+  }
+
+  /** The PID of the shell that runs the command: the program and its children are its descendants(). */
+  async panePid(): Promise<number> {
+    return Number((await this.tmux(["display-message", "-p", "#{pane_pid}"])).trim());
+  }
+
+  /** Waits for the program to exit and returns its exit status (128 + N if signal N killed it, as sh says). */
+  async exitStatus(timeoutMs = 10_000): Promise<number> {
+    return Number((await this.waitFor(/^\[exit status (\d+)\]$/m, timeoutMs)).match[1]);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    try {
+      await this.tmux(["kill-server"]);
+    } catch {
+      // already gone
+    }
+    if (this.socketPath) rmSync(this.socketPath, { force: true });
+  }
+}
+
+/**
+ * A throwaway project tree for tests that need files the repository does not have (a stage that does not exist
+ * yet, a fake one): `files` maps a relative path to its content, or to `{ from }`, a file of this repository to
+ * copy. Removed on disposal.
+ */
+export class TempTree implements Disposable {
+  readonly root: string;
+
+  constructor(files: Record<string, string | { from: string }> = {}) {
+    this.root = mkdtempSync(join(tmpdir(), "bun-tcp-lab-tree-"));
+    for (const [path, content] of Object.entries(files)) this.write(path, content);
+  }
+
+  write(path: string, content: string | { from: string }): string {
+    const target = join(this.root, path);
+    mkdirSync(dirname(target), { recursive: true });
+    if (typeof content === "string") writeFileSync(target, content);
+    else copyFileSync(resolve(ROOT, content.from), target);
+    return target;
+  }
+
+  [Symbol.dispose](): void {
+    rmSync(this.root, { recursive: true, force: true });
+  }
 }

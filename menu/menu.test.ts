@@ -1,0 +1,206 @@
+// The menu end to end: without a terminal it prints the catalogue and exits; in a real pseudo-terminal (a private
+// tmux server) it is driven with the arrow keys, runs a stage, comes back on Ctrl-C and exits on a second one,
+// and no process it started is left behind (checked by PID in /proc).
+
+import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { ROOT, TempTree, Terminal, descendants, isAlive, runToExit, waitGone } from "../test/support/process.ts";
+import { loadCatalogue, stagesOf } from "./catalogue.ts";
+
+const TOP_PROMPT = /What would you like to explore\?/;
+
+describe("without a terminal", () => {
+  test("stdin and stdout not terminals: the catalogue with a command line per stage, exit 0, promptly", async () => {
+    const started = performance.now();
+    const { code, stdout, stderr } = await runToExit("menu/menu.ts", [], { timeoutMs: 10_000 });
+    const elapsed = performance.now() - started;
+    expect({ code, stderr }).toEqual({ code: 0, stderr: "" });
+    for (const stage of loadCatalogue(ROOT).stages) expect(stdout).toContain(`  ${stage.label}  ${stage.header.lesson}\n`);
+    expect(stdout).toContain("  001  simple one echo\n       PORT=5000 bun tcp_echo_server/001-simple-one-echo.ts\n");
+    expect(stdout).toContain("  003  a loop, and the socket options\n       bun tcp_echo_server/003-loop.ts --port 5000\n");
+    expect(stdout).not.toContain("\x1b["); // not a terminal: no colour
+    console.log(`catalogue without a terminal: ${elapsed.toFixed(0)} ms`);
+  });
+
+  test("stdin an open pipe that never ends: it still does not wait for input", async () => {
+    const { code, stdout } = await runToExit("menu/menu.ts", [], { stdin: "pipe", timeoutMs: 10_000 });
+    expect(code).toBe(0);
+    expect(stdout).toContain("Echo server  (tcp_echo_server/)");
+  });
+
+  test("--help, and a usage error in one line with exit 2", async () => {
+    const help = await runToExit("menu/menu.ts", ["--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toStartWith("Usage: bun run menu [options]");
+    const wrong = await runToExit("menu/menu.ts", ["--colour"]);
+    expect(wrong.code).toBe(2);
+    expect(wrong.stdout).toBe("");
+    expect(wrong.stderr).toMatch(/^error: .*--colour.* \(see --help\)\n$/);
+  });
+});
+
+describe("in a terminal", () => {
+  test("bun run menu --list on a terminal prints the catalogue and exits 0", async () => {
+    await using terminal = await Terminal.start("bun run menu --list");
+    expect(await terminal.exitStatus()).toBe(0);
+    const screen = await terminal.screen();
+    expect(screen).toContain("       bun tcp_echo_server/003-loop.ts --port 5000");
+    expect(screen).not.toMatch(TOP_PROMPT);
+  });
+
+  test("arrow keys to 003, it listens, Ctrl-C stops it and the menu is back, Ctrl-C again exits; nothing left", async () => {
+    // The stage list starts on the newest echo stage; 003 is that many places up (stages land over time).
+    const echo = stagesOf(loadCatalogue(ROOT), "echo");
+    const upToLoop = echo.length - 1 - echo.findIndex((stage) => stage.file === "tcp_echo_server/003-loop.ts");
+    await using terminal = await Terminal.start("bun run menu");
+    const seen = new Set<number>();
+    try {
+      await terminal.waitFor(TOP_PROMPT);
+      await terminal.press("Enter"); // Echo server: the first area
+      await terminal.waitFor(/Echo server: which stage\?/);
+      await terminal.press(...Array<string>(upToLoop).fill("Up"));
+      await terminal.waitFor(/● 003  a loop, and the socket options/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/Port to listen on, 0 for a free one/);
+      await terminal.type("0");
+      await terminal.press("Enter");
+      await terminal.waitFor(/Log level/);
+      await terminal.press("Enter"); // info, its default
+      const started = await terminal.waitFor(/bun tcp_echo_server\/003-loop\.ts --port 0\n[\s\S]*?\(pid (\d+)\)/);
+      const listening = await terminal.waitFor(/^listening on 127\.0\.0\.1:(\d+)$/m, 10_000, started.end);
+      const stagePid = Number(started.match[1]);
+      expect(isAlive(stagePid)).toBe(true);
+      const menuTree = descendants(await terminal.panePid()); // sh -> bun run -> the menu -> the stage
+      for (const pid of menuTree) seen.add(pid);
+      expect(menuTree).toContain(stagePid);
+
+      await terminal.press("C-c");
+      const stopped = await terminal.waitFor(new RegExp(`tcp_echo_server/003-loop\\.ts \\(pid ${stagePid}\\) stopped by SIGINT`), 10_000, listening.end);
+      await terminal.waitFor(TOP_PROMPT, 10_000, stopped.end); // back at the menu
+      expect(isAlive(stagePid)).toBe(false);
+      expect(descendants(await terminal.panePid()).filter((pid) => pid !== stagePid)).toEqual(menuTree.filter((pid) => pid !== stagePid));
+
+      await terminal.press("C-c");
+      expect(await terminal.exitStatus()).toBe(0);
+      expect(await terminal.screen()).toContain("Bye.");
+      await waitGone([...seen], 2000);
+    } finally {
+      for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");
+    }
+  });
+
+  test("a proxy stage that did not exist: its questions come from its --help; what changed shows the diff", async () => {
+    using tree = new TempTree({
+      "tcp_echo_server/002-logging-class-cli.ts": { from: "tcp_echo_server/002-logging-class-cli.ts" },
+      "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" },
+      "tcp_proxy/001-fake.ts": { from: "menu/fixtures/fake-proxy.ts" },
+    });
+    await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
+    const seen = new Set<number>();
+    try {
+      await terminal.waitFor(TOP_PROMPT);
+      await terminal.press("Down", "Down", "Down"); // Echo server, Proxy, (Client: none, skipped), Guided demo, Tools
+      await terminal.waitFor(/● Tools/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/● What changed/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/● tcp_echo_server\/002 -> 003  a loop, and the socket options/);
+      await terminal.press("Enter");
+      const diff = await terminal.waitFor(/^\+ \* 003 - a loop, and the socket options$/m);
+      const done = await terminal.waitFor(/git diff \(pid \d+\) exited with code 1 \(the files differ\)/, 10_000, diff.end);
+      await terminal.waitFor(TOP_PROMPT, 10_000, done.end);
+
+      await terminal.press("Up", "Up"); // the menu is back on Tools: up past Guided demo (and Client, none) to Proxy
+      await terminal.waitFor(/● Proxy \(1 stage in tcp_proxy\/\)/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/● 001  a fake proxy, for the menu's tests/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/Port to listen on, 0 for a free one  \(--port\)/);
+      await terminal.type("0");
+      await terminal.press("Enter");
+      await terminal.waitFor(/The server to forward to  \(--upstream\)/);
+      await terminal.press("Enter"); // its default, 127.0.0.1:5000
+      await terminal.waitFor(/Other options\? \(--idle-timeout SECONDS; Enter for none\)/);
+      await terminal.type("--idle-timeout 5");
+      await terminal.press("Enter");
+      const started = await terminal.waitFor(/bun tcp_proxy\/001-fake\.ts --port 0 --upstream 127\.0\.0\.1:5000 --idle-timeout 5\n[\s\S]*?\(pid (\d+)\)/);
+      await terminal.waitFor(/^listening on 127\.0\.0\.1:\d+$/m, 10_000, started.end);
+      for (const pid of descendants(await terminal.panePid())) seen.add(pid);
+
+      await terminal.press("C-c");
+      const stopped = await terminal.waitFor(/tcp_proxy\/001-fake\.ts \(pid \d+\) exited with code 0/, 10_000, started.end);
+      await terminal.waitFor(TOP_PROMPT, 10_000, stopped.end);
+      expect(isAlive(Number(started.match[1]))).toBe(false);
+      await terminal.press("C-c");
+      expect(await terminal.exitStatus()).toBe(0);
+      await waitGone([...seen], 2000);
+    } finally {
+      for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");
+    }
+  });
+
+  test("the menu is sent SIGTERM while a stage runs: it stops the stage, then exits 143; nothing left", async () => {
+    using tree = new TempTree({ "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" } });
+    await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
+    const seen = new Set<number>();
+    try {
+      // One key per prompt, each once the prompt is shown: keys pressed between two prompts are lost.
+      await terminal.waitFor(TOP_PROMPT);
+      await terminal.press("Enter"); // Echo server
+      await terminal.waitFor(/● 003  a loop/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/Port to listen on/);
+      await terminal.type("0");
+      await terminal.press("Enter");
+      await terminal.waitFor(/● info/);
+      await terminal.press("Enter");
+      const started = await terminal.waitFor(/\(pid (\d+)\)/);
+      await terminal.waitFor(/^listening on 127\.0\.0\.1:\d+$/m, 10_000, started.end);
+      const processes = descendants(await terminal.panePid());
+      for (const pid of processes) seen.add(pid);
+      const menuPid = processes.find((pid) => readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("menu/menu.ts"))!;
+      // Not Ctrl-C: the terminal does not signal the stage, so the menu must pass it on.
+      process.kill(menuPid, "SIGTERM");
+      expect(await terminal.exitStatus()).toBe(143);
+      await waitGone([...seen], 5000);
+    } finally {
+      for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");
+    }
+  });
+
+  test("guided demo, Ctrl-C while the client runs: echo server and client stopped, back at the menu; nothing left", async () => {
+    using tree = new TempTree({
+      "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" },
+      "test/001-client-hang.ts": { from: "menu/fixtures/hanging-client.ts" },
+    });
+    await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
+    const seen = new Set<number>();
+    try {
+      await terminal.waitFor(TOP_PROMPT);
+      await terminal.press("Down", "Down"); // Echo server, (Proxy: none, skipped), Client, Guided demo
+      await terminal.waitFor(/● Guided demo/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/Which echo server\?/);
+      await terminal.press("Enter");
+      await terminal.waitFor(/003 serves one client and exits[\s\S]*How many connections  \(-n\)/);
+      await terminal.press("Enter"); // connections: 1
+      const client = await terminal.waitFor(/^client\| connected to 127\.0\.0\.1:\d+, waiting forever$/m);
+      const screen = await terminal.screen();
+      const pids = [...screen.matchAll(/^> (?:echo|client): .*\(pid (\d+)\)$/gm)].map((match) => Number(match[1]));
+      expect(pids).toHaveLength(2);
+      for (const pid of [...pids, ...descendants(await terminal.panePid())]) seen.add(pid);
+      expect(pids.every(isAlive)).toBe(true);
+
+      await terminal.press("C-c");
+      const interrupted = await terminal.waitFor(/Demo interrupted/, 10_000, client.end);
+      await terminal.waitFor(TOP_PROMPT, 10_000, interrupted.end);
+      expect(pids.filter(isAlive)).toEqual([]);
+
+      await terminal.press("C-c");
+      expect(await terminal.exitStatus()).toBe(0);
+      await waitGone([...seen], 2000);
+    } finally {
+      for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");
+    }
+  });
+});

@@ -1,0 +1,40 @@
+import { describe, expect, test } from "bun:test";
+import { echoContractTests } from "../test/support/echo-contract.ts";
+import { decode, TestClient } from "../test/support/net.ts";
+import { portIsFree, startStage } from "../test/support/process.ts";
+
+const STAGE = "tcp_echo_server/001-simple-one-echo.ts";
+const onFreePort = { env: { PORT: "0" } };
+
+describe("001 simple one echo", () => {
+  test("replies once with the uppercased first chunk, closes the connection and exits 0", async () => {
+    await using server = await startStage(STAGE, [], onFreePort);
+    expect(server.host).toBe("127.0.0.1");
+    const client = await TestClient.connect(server.port);
+    client.write("hello world\n");
+    expect(decode(await client.readToEnd())).toBe("HELLO WORLD\n");
+    expect(await server.waitExit()).toBe(0);
+    expect(server.stdout.text).toContain("Connected by 127.0.0.1");
+  });
+
+  test("serves one client only: once it is done nobody else can connect", async () => {
+    await using server = await startStage(STAGE, [], onFreePort);
+    const first = await TestClient.connect(server.port);
+    first.write("one");
+    expect(decode(await first.readToEnd())).toBe("ONE");
+    expect(await server.waitExit()).toBe(0);
+    await expect(TestClient.connect(server.port)).rejects.toThrow();
+  });
+
+  // Port 5000 may be taken on a shared machine; the default is only checked when it is free.
+  test.skipIf(!portIsFree(5000))("listens on 127.0.0.1:5000 by default", async () => {
+    await using server = await startStage(STAGE);
+    expect([server.host, server.port]).toEqual(["127.0.0.1", 5000]);
+    const client = await TestClient.connect(5000);
+    client.write("default port");
+    expect(decode(await client.readToEnd())).toBe("DEFAULT PORT");
+    expect(await server.waitExit()).toBe(0);
+  });
+
+  echoContractTests({ file: STAGE, options: onFreePort });
+});
