@@ -73,7 +73,7 @@ describe("003-load-generator", () => {
 
   test("pipelining and messages that TCP splits: every reply still verified, exact counts", async () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
-    // 4 x 70000 bytes in flight: one write and one read can span the 65521-byte message pool several times.
+    // 4 x 70000 bytes in flight: one write and one read can span the 4093-byte message pool many times over.
     const { code, report } = await generateJson(["-c", "4", "-m", "100", "-s", "70000", "--pipeline", "4", "--port", String(server.port)]);
     expect(report.messages).toBe(400);
     expect(report.bytesSent).toBe(400 * 70_000);
