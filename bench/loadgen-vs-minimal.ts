@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 // Is test/003-load-generator.ts the bottleneck? Runs it (A) and bench/minimal-client.ts (B) against the same echo
-// server, with the same connections, message size, warmup and duration, alternately (A, B, A, B, ...) so that
-// noise from the machine falls on both. For each connection count it prints the msgs/s of every run, the ratio
+// server, with the same connections, message size, warmup and duration, alternately in the order A B B A A B B A
+// ... so that noise from the machine, and any drift during the run, falls on both alike. For each connection count it prints the msgs/s of every run, the ratio
 // of the medians and the median of the ratios of neighbouring A/B pairs (load generator / minimal), and the CPU
 // time each client spent per message. A msgs/s ratio of 1.0 or more means the generator, which verifies every
 // byte and times every message, drives the server at least as hard as a client that does nothing else.
@@ -99,7 +99,7 @@ const common = ["-d", values.duration, "--warmup", values.warmup, "-s", values.s
 
 console.log(
   `server: ${serverFile}; ${values.size}-byte messages, ${values.warmup}s warmup + ${values.duration}s per run, ` +
-    `${rounds} rounds of A (load generator) then B (minimal client)${PIN ? "; server on CPU 0, clients on CPU 1" : ""}`,
+    `${rounds} rounds of A (load generator) and B (minimal client), ordered A B B A ...${PIN ? "; server on CPU 0, clients on CPU 1" : ""}`,
 );
 console.log("");
 console.log("| connections | A msgs/s (runs) | B msgs/s (runs) | A/B, medians | A/B, median of pairs | CPU µs/msg A, B |");
@@ -110,9 +110,20 @@ try {
     const a: RunResult[] = [];
     const b: RunResult[] = [];
     const port = String(server.port);
-    for (let round = 0; round < rounds; round++) {
+    const runA = async (): Promise<void> => {
       a.push(await runClient(["test/003-load-generator.ts", "--port", port, "-c", String(connections), ...common, "--json"]));
+    };
+    const runB = async (): Promise<void> => {
       b.push(await runClient(["bench/minimal-client.ts", "--port", port, "-c", String(connections), ...common]));
+    };
+    for (let round = 0; round < rounds; round++) {
+      if (round % 2 === 0) {
+        await runA();
+        await runB();
+      } else {
+        await runB();
+        await runA();
+      }
     }
     const rateA = a.map((r) => r.messagesPerSecond);
     const rateB = b.map((r) => r.messagesPerSecond);

@@ -152,6 +152,14 @@ describe("003-load-generator", () => {
     expect(code).toBe(1);
   });
 
+  test("a flipped byte inside a long reply (checked by the native comparison, not the short-chunk loop)", async () => {
+    using server = startFaultyEchoServer({ kind: "flip", atOffset: 150_000 });
+    const { code, report } = await generateJson(["-c", "1", "-m", "5", "-s", "100000", "--port", String(server.port)]);
+    expect(report.firstMismatch).toMatchObject({ connection: 1, message: 2, offset: 50_000, streamOffset: 150_000 });
+    expect(report.messages).toBe(1);
+    expect(code).toBe(1);
+  });
+
   // Messages differ from one another and from one connection to the next, so a server answering with stale or
   // someone else's bytes cannot pass: here it answers everything with its very first reply.
   test("a server that replays an old reply: caught on the next message and on the other connection", async () => {
