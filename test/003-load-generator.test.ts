@@ -127,6 +127,16 @@ describe("003-load-generator", () => {
     }
   });
 
+  test("stage 003 serves one client: the others fail (refused or reset), the one served completes", async () => {
+    await using server = await startStage("tcp_echo_server/003-loop.ts", ["--port", "0"]);
+    const { code, report } = await generateJson(["-c", "3", "--connect-rate", "20", "-m", "10", "--port", String(server.port)]);
+    expect(report.connected).toBeGreaterThanOrEqual(1);
+    expect(report.errors.refused! + report.errors.reset! + report.errors.closed!).toBe(2);
+    expect(report.messages).toBe(10);
+    expect(code).toBe(1);
+    expect(await server.waitExit()).toBe(0); // its one client finished and closed: 003 exits
+  });
+
   test("nothing listening: every connection refused, a clear message, exit 1", async () => {
     const port = unusedPort();
     const { code, stdout, stderr } = await generate(["-c", "5", "-m", "10", "--port", String(port)]);

@@ -432,6 +432,7 @@ class LoadRun {
     for (const conn of this.conns) {
       if (conn.state === OPEN) this.send(conn, this.pipeline, now);
     }
+    this.maybeFinish(); // every connection that opened may have failed already: then there is nothing to wait for
   }
 
   /** How many more messages `conn` may send now (at most `wanted`). */
