@@ -158,8 +158,10 @@ class Conn {
   sent = 0;
   answered = 0;
   measuredSent = 0;
-  /** Send time of each message in flight, by message number modulo the pipeline depth. */
+  /** Send time of each message in flight: a ring of `pipeline` slots, the next to fill and the oldest unanswered. */
   readonly sendTimes: Float64Array;
+  sendSlot = 0;
+  answerSlot = 0;
 
   constructor(
     readonly number: number,
@@ -264,6 +266,7 @@ class LoadRun {
   private readonly size: number;
   private readonly pipeline: number;
   private readonly timeoutNs: number;
+  private readonly messageLimit: number | undefined;
   private readonly latency = new BatchedRecorder(newHistogram());
   private readonly connectLatency = newHistogram();
   private readonly errors = Object.fromEntries(CLASSES.map((c) => [c, 0])) as Record<ErrorClass, number>;
@@ -294,6 +297,7 @@ class LoadRun {
     this.size = config.size;
     this.pipeline = config.pipeline;
     this.timeoutNs = config.timeoutSeconds * 1e9;
+    this.messageLimit = config.messagesPerConnection;
     ({ lower: this.lower, upper: this.upper } = buildPools(config.size, config.pipeline));
   }
 
@@ -438,7 +442,7 @@ class LoadRun {
   /** How many more messages `conn` may send now (at most `wanted`). */
   private allowance(conn: Conn, wanted: number, now: number): number {
     if (this.stopping) return 0;
-    const limit = this.config.messagesPerConnection;
+    const limit = this.messageLimit;
     if (limit === undefined || now < this.measureStartNs) return wanted;
     return Math.min(wanted, limit - conn.measuredSent);
   }
@@ -449,8 +453,12 @@ class LoadRun {
       if (conn.outstanding === 0) this.end(conn);
       return;
     }
+    // Ring indices wrap by comparison, not %: an integer division per message is measurable here.
     const times = conn.sendTimes;
-    for (let i = 0; i < count; i++) times[(conn.sent + i) % this.pipeline] = now;
+    for (let i = 0; i < count; i++) {
+      times[conn.sendSlot] = now;
+      if (++conn.sendSlot === this.pipeline) conn.sendSlot = 0;
+    }
     conn.sent += count;
     conn.outstanding += count;
     conn.queuedBytes += count * this.size;
@@ -467,7 +475,8 @@ class LoadRun {
     const written = conn.socket!.write(this.lower, conn.writePos, conn.queuedBytes);
     if (written <= 0) return; // full (drain will call again) or closed (close will report)
     conn.queuedBytes -= written;
-    conn.writePos = (conn.writePos + written) % POOL_PERIOD; // one write can span the pool several times
+    const position = conn.writePos + written;
+    conn.writePos = position < POOL_PERIOD ? position : position % POOL_PERIOD; // a write can span the pool many times
   }
 
   private onData(conn: Conn, chunk: Buffer): void {
@@ -479,14 +488,16 @@ class LoadRun {
       return this.onMismatch(conn, chunk, checked);
     }
     conn.received += length;
-    conn.readPos = (conn.readPos + length) % POOL_PERIOD; // one chunk can be up to 512 KiB: several pool periods
+    const position = conn.readPos + length;
+    conn.readPos = position < POOL_PERIOD ? position : position % POOL_PERIOD; // a chunk (up to 512 KiB) too
     conn.partial += length;
     if (conn.partial < this.size) return; // the reply is not complete yet: TCP split it
     const now = Bun.nanoseconds();
     let completed = 0;
     while (conn.partial >= this.size) {
       conn.partial -= this.size;
-      const sentAt = conn.sendTimes[conn.answered % this.pipeline]!;
+      const sentAt = conn.sendTimes[conn.answerSlot]!;
+      if (++conn.answerSlot === this.pipeline) conn.answerSlot = 0;
       conn.answered++;
       completed++;
       if (sentAt >= this.measureStartNs && !this.stopping) {
@@ -554,7 +565,7 @@ class LoadRun {
         this.recordError("timeout", `connection ${conn.number}: not connected after ${this.config.timeoutSeconds} s`);
         this.afterSettle();
       } else if (conn.state === OPEN && conn.outstanding > 0) {
-        const oldest = conn.sendTimes[conn.answered % this.pipeline]!;
+        const oldest = conn.sendTimes[conn.answerSlot]!;
         if (now - oldest > this.timeoutNs) {
           const detail = `connection ${conn.number}: no complete reply to message ${conn.answered + 1} after ${this.config.timeoutSeconds} s (${conn.partial} of ${this.size} bytes)`;
           this.fail(conn, "timeout", detail);
