@@ -85,11 +85,14 @@ async function runClient(args: string[]): Promise<RunResult> {
   return { messagesPerSecond: result.messagesPerSecond, cpuMicrosPerMessage: (result.clientCpu.total / result.messagesPerSecond) * 1e6 };
 }
 
-const median = (xs: number[]): number => {
+/** The q-quantile (0..1) of xs, interpolating between neighbours. */
+const quantile = (xs: number[], q: number): number => {
   const sorted = [...xs].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+  const at = (sorted.length - 1) * q;
+  const low = Math.floor(at);
+  return sorted[low]! + (sorted[Math.min(low + 1, sorted.length - 1)]! - sorted[low]!) * (at - low);
 };
+const median = (xs: number[]): number => quantile(xs, 0.5);
 const thousands = (x: number): string => Math.round(x).toLocaleString("en-US");
 
 const serverFile = values.server ?? latestServerStage();
@@ -102,7 +105,7 @@ console.log(
     `${rounds} rounds of A (load generator) and B (minimal client), ordered A B B A ...${PIN ? "; server on CPU 0, clients on CPU 1" : ""}`,
 );
 console.log("");
-console.log("| connections | A msgs/s (runs) | B msgs/s (runs) | A/B, medians | A/B, median of pairs | CPU µs/msg A, B |");
+console.log("| connections | A msgs/s (runs) | B msgs/s (runs) | A/B, medians | A/B, median of pairs (middle half) | CPU µs/msg A, B |");
 console.log("|---|---|---|---|---|---|");
 const server = await startServer(serverFile);
 try {
@@ -128,12 +131,14 @@ try {
     const rateA = a.map((r) => r.messagesPerSecond);
     const rateB = b.map((r) => r.messagesPerSecond);
     const ratioOfMedians = median(rateA) / median(rateB);
-    const medianOfPairs = median(rateA.map((x, i) => x / rateB[i]!));
+    const pairs = rateA.map((x, i) => x / rateB[i]!);
+    const medianOfPairs = median(pairs);
+    const middleHalf = `${quantile(pairs, 0.25).toFixed(2)}-${quantile(pairs, 0.75).toFixed(2)}`;
     const cpuA = median(a.map((r) => r.cpuMicrosPerMessage));
     const cpuB = median(b.map((r) => r.cpuMicrosPerMessage));
     console.log(
       `| ${connections} | ${rateA.map(thousands).join(", ")} | ${rateB.map(thousands).join(", ")} | ` +
-        `${ratioOfMedians.toFixed(2)}x | ${medianOfPairs.toFixed(2)}x | ${cpuA.toFixed(2)}, ${cpuB.toFixed(2)} |`,
+        `${ratioOfMedians.toFixed(2)}x | ${medianOfPairs.toFixed(2)}x (${middleHalf}) | ${cpuA.toFixed(2)}, ${cpuB.toFixed(2)} |`,
     );
   }
 } finally {
