@@ -7,8 +7,8 @@
 // byte and times every message, drives the server at least as hard as a client that does nothing else.
 // Not a test: `bun run bench:client` (about 2 x rounds x (warmup + duration) seconds per connection count).
 //
-//   bun bench/loadgen-vs-minimal.ts [--server tcp_echo_server/NNN-x.ts] [-c 1,10,50,200] [-d 3] [--warmup 1]
-//                                   [--rounds 5] [-s 64] [--pin]
+//   bun bench/loadgen-vs-minimal.ts [--server tcp_echo_server/NNN-x.ts] [-c 1,10,50,200] [-d 2] [--warmup 0.5]
+//                                   [--rounds 10] [-s 64] [--pin]
 // The server defaults to the highest-numbered echo stage from 005 on (the earlier ones serve one client at a time).
 // --pin (with taskset, 2+ cores) puts the server on CPU 0 and each client on CPU 1; without it the scheduler
 // places them, which is fairer on a machine that other work shares.
@@ -23,9 +23,9 @@ const { values } = parseArgs({
   options: {
     server: { type: "string" },
     connections: { type: "string", short: "c", default: "1,10,50,200" },
-    duration: { type: "string", short: "d", default: "3" },
-    warmup: { type: "string", default: "1" },
-    rounds: { type: "string", default: "5" },
+    duration: { type: "string", short: "d", default: "2" },
+    warmup: { type: "string", default: "0.5" },
+    rounds: { type: "string", default: "10" },
     size: { type: "string", short: "s", default: "64" },
     pin: { type: "boolean", default: false },
   },
