@@ -157,11 +157,11 @@ describe("--help", () => {
     expect(help?.summary).toContain("one client");
   });
 
-  test("001 takes no flags: it is not run with --help (it would start listening on 5000)", async () => {
+  test("001 takes no flags: its help lists none, and PORT (default 5000) is its one setting", async () => {
     const simple = stage(real, "tcp_echo_server/001-simple-one-echo.ts");
-    expect(simple.takesHelp).toBe(false);
-    expect(await stageHelp(real, simple)).toBeUndefined();
-    expect(simple.envDefaults.get("PORT")).toBe("5000"); // read from `process.env.PORT ?? 5000`
+    expect(simple.takesHelp).toBe(true);
+    expect((await stageHelp(real, simple))?.flags).toEqual([]);
+    expect(simple.envDefaults.get("PORT")).toBe("5000"); // read from `process.env.PORT || 5000`
   });
 
   test("a stage that mentions --help but starts listening instead is killed, and has no help", async () => {

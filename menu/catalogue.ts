@@ -197,7 +197,7 @@ function readStage(root: string, area: Area, name: string): Stage {
   const envDefaults = new Map<string, string>();
   for (const rule of FLAG_RULES) {
     if (!rule.env) continue;
-    const read = new RegExp(`process\\.env\\.${rule.env}\\b(?:\\s*\\?\\?\\s*["']?([\\w.:]+))?`).exec(source);
+    const read = new RegExp(`process\\.env\\.${rule.env}\\b(?:\\s*(?:\\?\\?|\\|\\|)\\s*["']?([\\w.:]+))?`).exec(source);
     if (read) envDefaults.set(rule.env, read[1] ?? rule.fallback);
   }
   return {
@@ -495,7 +495,7 @@ export function validateValue(kind: ValueKind, value: string): string | undefine
 
 /** A server stage documented as serving one client and exiting (001-003): the demo then sends one connection. */
 export function servesOneClient(stage: Stage, help: Help | undefined): boolean {
-  const description = help?.summary ?? stage.header.adds;
+  const description = help?.summary || stage.header.adds; // 001's help is a bare usage line: no summary
   return /\bone client\b(?! at a time)/i.test(description);
 }
 

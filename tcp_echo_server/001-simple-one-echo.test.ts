@@ -1,10 +1,11 @@
 import { describe, expect, test } from "bun:test";
 import { echoContractTests } from "../test/support/echo-contract.ts";
 import { decode, TestClient } from "../test/support/net.ts";
-import { portIsFree, startStage } from "../test/support/process.ts";
+import { portIsFree, runToExit, startStage } from "../test/support/process.ts";
 
 const STAGE = "tcp_echo_server/001-simple-one-echo.ts";
 const onFreePort = { env: { PORT: "0" } };
+const USAGE = "usage: [PORT=5000] bun tcp_echo_server/001-simple-one-echo.ts   (no options; stage 002 adds them)";
 
 describe("001 simple one echo", () => {
   test("replies once with the uppercased first chunk, closes the connection and exits 0", async () => {
@@ -34,6 +35,27 @@ describe("001 simple one echo", () => {
     client.write("default port");
     expect(decode(await client.readToEnd())).toBe("DEFAULT PORT");
     expect(await server.waitExit()).toBe(0);
+  });
+
+  test("takes no options: -h says so (exit 0), anything else is one line and exit 2", async () => {
+    const help = await runToExit(STAGE, ["-h"]);
+    expect([help.code, help.stdout]).toEqual([0, `${USAGE}\n`]);
+    const option = await runToExit(STAGE, ["--port", "5000"]);
+    expect([option.code, option.stderr]).toEqual([2, `error: unexpected argument "--port"; ${USAGE}\n`]);
+  });
+
+  test("a bad PORT is one line and exit 2; a port in use is one line and exit 1", async () => {
+    for (const port of ["abc", "70000", "-1"]) {
+      const bad = await runToExit(STAGE, [], { env: { PORT: port } });
+      expect([bad.code, bad.stderr]).toEqual([2, `error: PORT must be an integer from 0 to 65535, got "${port}"\n`]);
+    }
+    await using first = await startStage(STAGE, [], onFreePort);
+    const taken = await runToExit(STAGE, [], { env: { PORT: String(first.port) } });
+    expect([taken.code, taken.stdout, taken.stderr]).toEqual([
+      1,
+      "",
+      `error: cannot listen on 127.0.0.1:${first.port}: address already in use\n`,
+    ]);
   });
 
   echoContractTests({ file: STAGE, options: onFreePort });

@@ -13,11 +13,30 @@
  * Try it: bun tcp_echo_server/001-simple-one-echo.ts
  *         then, in another terminal: echo "hello" | nc -N 127.0.0.1 5000      ->  HELLO
  *         (or telnet 127.0.0.1 5000, type a line; the server answers it and hangs up)
- *         The tests run it on a free port through the PORT environment variable (PORT=0 picks one).
+ *         The tests run it on a free port through the PORT environment variable (PORT=0 picks one); that
+ *         is its only setting. It takes no options (002 adds them): -h says so, anything else is refused.
  */
 
+import type { SocketHandler, TCPSocketListener } from "bun";
+
 const HOST = "127.0.0.1";
-const PORT = Number(process.env.PORT ?? 5000);
+const PORT = Number(process.env.PORT || 5000);
+
+// Bad input gets one line and a non-zero exit, never a stack trace, even in the smallest stage.
+const USAGE = "usage: [PORT=5000] bun tcp_echo_server/001-simple-one-echo.ts   (no options; stage 002 adds them)";
+const [firstArgument] = process.argv.slice(2);
+if (firstArgument === "-h" || firstArgument === "--help") {
+  console.log(USAGE);
+  process.exit(0);
+}
+if (firstArgument !== undefined) {
+  console.error(`error: unexpected argument "${firstArgument}"; ${USAGE}`);
+  process.exit(2);
+}
+if (!Number.isInteger(PORT) || PORT < 0 || PORT > 65535) {
+  console.error(`error: PORT must be an integer from 0 to 65535, got "${process.env.PORT}"`);
+  process.exit(2);
+}
 
 // Bytes, not strings: a reply must be exactly as long as the request whatever the client sends.
 function toUpperAscii(bytes: Uint8Array): Uint8Array {
@@ -31,28 +50,33 @@ function toUpperAscii(bytes: Uint8Array): Uint8Array {
 
 let served = false;
 
-const listener = Bun.listen({
-  hostname: HOST,
-  port: PORT,
-  socket: {
-    open(socket) {
-      // One client only: stop accepting as soon as it is here. The process exits once its socket is closed.
-      // A second client that raced in before stop() is refused (RST), as the original's unaccepted ones were.
-      if (served) return void socket.terminate();
-      served = true;
-      listener.stop();
-      console.log(`Connected by ${socket.remoteAddress}`);
-    },
-    data(socket, data) {
-      const reply = toUpperAscii(data);
-      socket.write(reply);
-      console.log(`Received ${data.length} bytes, replied ${reply.length} bytes`);
-      socket.end();
-    },
-    close() {
-      console.log("Connection closed, bye");
-    },
+const handlers: SocketHandler = {
+  open(socket) {
+    // One client only: stop accepting as soon as it is here. The process exits once its socket is closed.
+    // A second client that raced in before stop() is refused (RST), as the original's unaccepted ones were.
+    if (served) return void socket.terminate();
+    served = true;
+    listener.stop();
+    console.log(`Connected by ${socket.remoteAddress}`);
   },
-});
+  data(socket, data) {
+    const reply = toUpperAscii(data);
+    socket.write(reply);
+    console.log(`Received ${data.length} bytes, replied ${reply.length} bytes`);
+    socket.end();
+  },
+  close() {
+    console.log("Connection closed, bye");
+  },
+};
+
+let listener: TCPSocketListener;
+try {
+  listener = Bun.listen({ hostname: HOST, port: PORT, socket: handlers });
+} catch (error) {
+  const { code, message } = error as NodeJS.ErrnoException;
+  console.error(`error: cannot listen on ${HOST}:${PORT}: ${code === "EADDRINUSE" ? "address already in use" : message}`);
+  process.exit(1);
+}
 
 console.log(`listening on ${HOST}:${listener.port}`);

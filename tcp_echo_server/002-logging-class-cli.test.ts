@@ -57,6 +57,10 @@ describe("002 logging, a class, a command line", () => {
     [["--port", "abc"], 'error: --port must be an integer from 0 to 65535, got "abc" (see --help)\n'],
     [["--port", "70000"], 'error: --port must be an integer from 0 to 65535, got "70000" (see --help)\n'],
     [["--log-level", "loud"], 'error: --log-level must be one of debug, info, warn, error, got "loud" (see --help)\n'],
+    [
+      ["--port", "-1"],
+      "error: Option '--port' argument is ambiguous. Did you forget to specify the option argument for '--port'? To specify an option argument starting with a dash use '--port=-XYZ'. (see --help)\n",
+    ],
     [["surplus"], "error: Unexpected argument 'surplus'. This command does not take positional arguments (see --help)\n"],
   ];
   for (const [args, message] of usageErrors) {

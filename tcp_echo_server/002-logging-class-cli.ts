@@ -109,7 +109,7 @@ class EchoServer {
     if (this.served) return void socket.terminate();
     this.served = true;
     this.listener?.stop();
-    this.log.info(`connected by ${socket.remoteAddress}`);
+    this.log.info(`connected by ${peerAddress(socket)}`);
   }
 
   private onData(socket: Socket, data: Uint8Array): void {
@@ -121,9 +121,14 @@ class EchoServer {
   }
 
   private onClose(socket: Socket, error?: Error): void {
-    if (error) this.log.warn(`connection from ${socket.remoteAddress} failed: ${error.message}`);
+    if (error) this.log.warn(`connection from ${peerAddress(socket)} failed: ${error.message}`);
     this.log.info("connection closed, exiting");
   }
+}
+
+// Bun has no address for a client that reset its connection before we asked.
+function peerAddress(socket: Socket<unknown>): string {
+  return socket.remoteAddress || "(a client already gone)";
 }
 
 function formatAddress(host: string, port: number): string {
@@ -158,7 +163,8 @@ function parseConfig(argv: string[]): EchoServerConfig | "help" {
       allowPositionals: false,
     }));
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // parseArgs can explain over several lines; a usage error is one.
+    throw new UsageError((error as Error).message.replace(/\s*\n\s*/g, " "));
   }
   if (values.help) return "help";
   if (!/^\d+$/.test(values.port) || Number(values.port) > 65535) {

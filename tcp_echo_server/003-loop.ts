@@ -178,7 +178,7 @@ class EchoServer {
     if (this.served) return void socket.terminate();
     this.served = true;
     this.listener?.stop();
-    this.log.info(`connected by ${socket.remoteAddress}`);
+    this.log.info(`connected by ${peerAddress(socket)}`);
     this.log.debug(`client socket options: ${formatOptions((socket as WithFd).fd)}`);
   }
 
@@ -193,11 +193,11 @@ class EchoServer {
   // The client has nothing more to send (it called shutdown() or close(); `nc -N` does at the end of its input).
   // The replies written so far are delivered; Bun then closes our side too, because allowHalfOpen is off.
   private onEnd(socket: Socket): void {
-    this.log.info(`client ${socket.remoteAddress} closed its side (FIN)`);
+    this.log.info(`client ${peerAddress(socket)} closed its side (FIN)`);
   }
 
   private onClose(socket: Socket, error?: Error): void {
-    if (error) this.log.warn(`connection from ${socket.remoteAddress} failed: ${error.message}`);
+    if (error) this.log.warn(`connection from ${peerAddress(socket)} failed: ${error.message}`);
     this.log.info("connection closed, exiting");
   }
 }
@@ -206,6 +206,11 @@ function formatOptions(fd: number | undefined): string {
   const options = fd === undefined ? {} : EchoServer.getSocketOptions(fd);
   const entries = Object.entries(options);
   return entries.length === 0 ? "unavailable on this platform" : entries.map(([k, v]) => `${k}=${v}`).join(" ");
+}
+
+// Bun has no address for a client that reset its connection before we asked.
+function peerAddress(socket: Socket<unknown>): string {
+  return socket.remoteAddress || "(a client already gone)";
 }
 
 function formatAddress(host: string, port: number): string {
@@ -241,7 +246,8 @@ function parseConfig(argv: string[]): EchoServerConfig | "help" {
       allowPositionals: false,
     }));
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // parseArgs can explain over several lines; a usage error is one.
+    throw new UsageError((error as Error).message.replace(/\s*\n\s*/g, " "));
   }
   if (values.help) return "help";
   if (!/^\d+$/.test(values.port) || Number(values.port) > 65535) {

@@ -8,7 +8,9 @@
  *         (docker stop, kill) trigger a graceful shutdown: stop accepting, close the current and the waiting
  *         clients, log what was closed, exit 0.
  * Lacks:  concurrency: a slow or idle client holds everyone else up (005 serves several at once, bounded); an idle
- *         timeout (005); partial writes are not handled (006).
+ *         timeout (005); partial writes are not handled (006); no cap on waiting clients: each holds a file
+ *         descriptor until its turn (a paused socket does not even notice its client's FIN), so enough of them
+ *         exhaust the open-files limit and the server stalls until they go (006 caps connections below it).
  *
  * Try it: bun tcp_echo_server/004-sequential-clients.ts --port 5000
  *         terminal 2: telnet 127.0.0.1 5000          (served: type lines, they come back uppercased)
@@ -171,13 +173,13 @@ class EchoServer {
     // Busy: hold the newcomer. Paused, Bun does not read from it, so its bytes wait in the kernel for its turn.
     socket.pause();
     this.waiting.push(socket);
-    this.log.info(`client #${socket.data.id} from ${socket.remoteAddress} waits (${this.waiting.length} waiting)`);
+    this.log.info(`client #${socket.data.id} from ${peerAddress(socket)} waits (${this.waiting.length} waiting)`);
   }
 
   private serve(socket: Socket<Client>): void {
     this.current = socket;
     socket.resume();
-    this.log.info(`serving client #${socket.data.id} from ${socket.remoteAddress}`);
+    this.log.info(`serving client #${socket.data.id} from ${peerAddress(socket)}`);
   }
 
   // The loop: Bun calls this for every chunk the client sends, for as long as the connection is open.
@@ -230,6 +232,11 @@ function formatOptions(fd: number | undefined): string {
   return entries.length === 0 ? "unavailable on this platform" : entries.map(([k, v]) => `${k}=${v}`).join(" ");
 }
 
+// Bun has no address for a client that reset its connection before we asked.
+function peerAddress(socket: Socket<unknown>): string {
+  return socket.remoteAddress || "(a client already gone)";
+}
+
 function formatAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
@@ -263,7 +270,8 @@ function parseConfig(argv: string[]): EchoServerConfig | "help" {
       allowPositionals: false,
     }));
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // parseArgs can explain over several lines; a usage error is one.
+    throw new UsageError((error as Error).message.replace(/\s*\n\s*/g, " "));
   }
   if (values.help) return "help";
   if (!/^\d+$/.test(values.port) || Number(values.port) > 65535) {

@@ -58,6 +58,21 @@ describe("005 concurrent clients, bounded by a semaphore", () => {
     }
   });
 
+  test("the waiting count leaves out clients that gave up (reset) while waiting", async () => {
+    await using server = await startStage(STAGE, ["--port", "0", "--max-clients", "1"]);
+    const holder = await TestClient.connect(server.port);
+    await server.waitForLog(/\[conn 1 \| active 1\/1\] serving/);
+    const quitters = await connectMany(server.port, 3);
+    await server.waitForLog(/\[conn 4 .*waiting \(3 waiting\)/);
+    for (const quitter of quitters) quitter.reset();
+    await server.waitForLog(/\[conn 4 \| active 1\/1\] left while waiting/);
+    const next = await TestClient.connect(server.port);
+    await server.waitForLog(/\[conn 5 \| active 1\/1\] .*waiting \(1 waiting\)/);
+    holder.close();
+    next.write("my turn");
+    expect(decode(await next.readAtLeast(7))).toBe("MY TURN");
+  });
+
   test("every log line carries the connection id (or server) and the active count", async () => {
     await using server = await startStage(STAGE, ["--port", "0", "--max-clients", "5", "--log-level", "debug"]);
     const client = await TestClient.connect(server.port);
@@ -91,7 +106,7 @@ describe("005 concurrent clients, bounded by a semaphore", () => {
     const clients = await connectMany(server.port, 5);
     await server.waitForLog(/\[conn 5 \| active 3\/3\] .*waiting \(2 waiting\)/);
     expect(await server.stop("SIGTERM")).toBe(0);
-    expect(server.stderr.text).toContain("closed 3 active and 2 waiting client(s); bye");
+    expect(server.stderr.text).toContain("[server | active 0/3] closed 3 active and 2 waiting client(s); bye");
     await Promise.all(clients.map((client) => client.readToEnd()));
   });
 
@@ -124,9 +139,14 @@ describe("005 concurrent clients, bounded by a semaphore", () => {
   test("a usage error in the new flags: one line, exit 2", async () => {
     const zero = await runToExit(STAGE, ["--max-clients", "0"]);
     expect([zero.code, zero.stderr]).toEqual([2, 'error: --max-clients must be a positive integer, got "0" (see --help)\n']);
-    const word = await runToExit(STAGE, ["--idle-timeout", "soon"]);
-    expect(word.code).toBe(2);
-    expect(word.stderr).toBe('error: --idle-timeout must be a number of seconds (0 = never), got "soon" (see --help)\n');
+    for (const value of ["soon", "2147484"]) {
+      // 2147484 s is past what setTimeout() can hold: it would fire at once and cut every client.
+      const bad = await runToExit(STAGE, ["--idle-timeout", value]);
+      expect([bad.code, bad.stderr]).toEqual([
+        2,
+        `error: --idle-timeout must be a number of seconds from 0 (never) to 2147483, got "${value}" (see --help)\n`,
+      ]);
+    }
   });
 
   echoContractTests({ file: STAGE, args: ["--port", "0"] });

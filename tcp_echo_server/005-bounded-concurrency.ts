@@ -13,7 +13,8 @@
  *         SIGINT/SIGTERM closes every client, served or waiting, and exits at once: nothing blocks, so nothing
  *         can hang (the original's threads did).
  * Lacks:  partial writes are not handled, so a client that sends a lot and never reads can lose reply bytes; no
- *         per-IP limit; shutdown cuts replies in flight instead of draining them (006 fixes these).
+ *         per-IP limit, and no cap on waiting clients below the open-files limit; shutdown cuts replies in
+ *         flight instead of draining them (006 fixes these).
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000 --max-clients 2 --idle-timeout 30
  *         open three `telnet 127.0.0.1 5000` sessions: the third waits until one of the first two quits.
@@ -97,8 +98,9 @@ class Semaphore {
     return this.size - this.free;
   }
 
-  get waiting(): number {
-    return this.queue.length;
+  /** Forgets every waiter (at shutdown: their clients are being closed, none will be served). */
+  abandonWaiters(): void {
+    this.queue.length = 0;
   }
 }
 
@@ -229,7 +231,7 @@ class EchoServer {
     const client = socket.data;
     if (this.slots.taken >= this.maxClients) {
       socket.pause();
-      this.log.info(`from ${socket.remoteAddress}: all ${this.maxClients} slots taken, waiting (${this.slots.waiting + 1} waiting)`, client.id);
+      this.log.info(`from ${peerAddress(socket)}: all ${this.maxClients} slots taken, waiting (${this.clients.size - this.slots.taken} waiting)`, client.id);
     }
     await this.slots.acquire();
     if (client.closed || this.stopping) {
@@ -239,7 +241,7 @@ class EchoServer {
     client.served = true;
     socket.resume();
     if (this.idleTimeout > 0) client.idleTimer = setTimeout(() => this.onIdle(socket), this.idleTimeout * 1000);
-    this.log.info(`serving ${socket.remoteAddress}`, client.id);
+    this.log.info(`serving ${peerAddress(socket)}`, client.id);
   }
 
   // The loop: Bun calls this for every chunk a served client sends, for as long as its connection is open.
@@ -286,6 +288,7 @@ class EchoServer {
     this.listener?.stop();
     const active = this.slots.taken;
     const waiting = this.clients.size - active;
+    this.slots.abandonWaiters(); // so that the slots released below are not handed to clients being closed
     for (const socket of this.clients) socket.end();
     this.log.info(`closed ${active} active and ${waiting} waiting client(s); bye`);
   }
@@ -295,6 +298,11 @@ function formatOptions(fd: number | undefined): string {
   const options = fd === undefined ? {} : EchoServer.getSocketOptions(fd);
   const entries = Object.entries(options);
   return entries.length === 0 ? "unavailable on this platform" : entries.map(([k, v]) => `${k}=${v}`).join(" ");
+}
+
+// Bun has no address for a client that reset its connection before we asked.
+function peerAddress(socket: Socket<unknown>): string {
+  return socket.remoteAddress || "(a client already gone)";
 }
 
 function formatAddress(host: string, port: number): string {
@@ -317,6 +325,8 @@ Options:
 
 class UsageError extends Error {}
 
+const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+
 function parseConfig(argv: string[]): EchoServerConfig | "help" {
   let values;
   try {
@@ -334,7 +344,8 @@ function parseConfig(argv: string[]): EchoServerConfig | "help" {
       allowPositionals: false,
     }));
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // parseArgs can explain over several lines; a usage error is one.
+    throw new UsageError((error as Error).message.replace(/\s*\n\s*/g, " "));
   }
   if (values.help) return "help";
   if (!/^\d+$/.test(values.port) || Number(values.port) > 65535) {
@@ -350,8 +361,11 @@ function parseConfig(argv: string[]): EchoServerConfig | "help" {
     throw new UsageError(`--max-clients must be a positive integer, got "${values["max-clients"]}"`);
   }
   const idleTimeout = Number(values["idle-timeout"]);
-  if (!/^\d+(\.\d+)?$/.test(values["idle-timeout"])) {
-    throw new UsageError(`--idle-timeout must be a number of seconds (0 = never), got "${values["idle-timeout"]}"`);
+  // setTimeout() takes at most 2^31-1 ms (about 24.8 days); beyond that it would fire at once.
+  if (!/^\d+(\.\d+)?$/.test(values["idle-timeout"]) || idleTimeout > MAX_TIMER_SECONDS) {
+    throw new UsageError(
+      `--idle-timeout must be a number of seconds from 0 (never) to ${MAX_TIMER_SECONDS}, got "${values["idle-timeout"]}"`,
+    );
   }
   return { host: values.host, port: Number(values.port), logLevel: logLevel as Level, maxClients, idleTimeout };
 }

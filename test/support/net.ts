@@ -1,7 +1,7 @@
 // A small, careful TCP client for the tests: it keeps every byte it receives, honours partial writes (Bun's
 // `write()` does not buffer) and can half-close, so assertions can be made on exact bytes.
 
-import type { Socket } from "bun";
+import type { Socket, TCPSocketListener } from "bun";
 
 /** The reference transformation every echo stage must apply: ASCII a-z uppercased, every other byte unchanged. */
 export function upperAscii(bytes: Uint8Array): Uint8Array {
@@ -26,6 +26,7 @@ export const decode = (bytes: Uint8Array): string => new TextDecoder().decode(by
 
 interface ClientState {
   chunks: Uint8Array[];
+  reads: number;
   length: number;
   pending: Uint8Array[];
   peerEnded: boolean;
@@ -44,6 +45,7 @@ export class TestClient {
   static async connect(port: number, host = "127.0.0.1"): Promise<TestClient> {
     const state: ClientState = {
       chunks: [],
+      reads: 0,
       length: 0,
       pending: [],
       peerEnded: false,
@@ -62,6 +64,7 @@ export class TestClient {
       socket: {
         data(_socket, chunk) {
           state.chunks.push(new Uint8Array(chunk));
+          state.reads++;
           state.length += chunk.length;
           notify();
         },
@@ -117,6 +120,16 @@ export class TestClient {
     return this.state.chunks[0]!;
   }
 
+  /** The client's own port: what a proxy in front of the server reports as the source port. */
+  get localPort(): number {
+    return this.socket.localPort;
+  }
+
+  /** How many `data` events delivered the bytes: how sliced the stream arrived. */
+  get reads(): number {
+    return this.state.reads;
+  }
+
   get receivedLength(): number {
     return this.state.length;
   }
@@ -154,6 +167,15 @@ export class TestClient {
     } catch {
       return false;
     }
+  }
+
+  /** Stops reading from the socket (the kernel buffers fill, then the peer's writes stall): a slow reader. */
+  pauseReading(): void {
+    this.socket.pause();
+  }
+
+  resumeReading(): void {
+    this.socket.resume();
   }
 
   close(): void {
@@ -358,4 +380,309 @@ export function unusedPort(): number {
   const port = listener.port;
   listener.stop(true);
   return port;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Upstreams for the proxy tests, in-process so a test can stop and restart them in a moment.
+
+interface EchoUpstreamConnection {
+  queue: Uint8Array[];
+  peerEnded: boolean;
+  head: Uint8Array[];
+  headLength: number;
+  index: number;
+}
+
+/** How many bytes of each connection an `EchoUpstream` keeps, for assertions on what arrived first (PROXY headers). */
+const HEAD_BYTES = 4096;
+
+/**
+ * A careful echo server (ASCII a-z uppercased) running inside the test process: it honours partial writes (queue,
+ * pause, flush on drain) and half-close (after the client's FIN it finishes its replies, then FINs), so a 64 MiB
+ * transfer through a proxy is limited by the proxy, not by the upstream. `stop()` closes the port and every
+ * connection; `restart()` listens again on the same port, for failover and health-check tests.
+ */
+export class EchoUpstream implements AsyncDisposable {
+  /** Connections accepted since start (across restarts). */
+  accepted = 0;
+  /** The first bytes each connection sent (up to 4 KiB each), in order of arrival. */
+  readonly heads: Uint8Array[] = [];
+  private listener: TCPSocketListener<EchoUpstreamConnection> | undefined;
+  private readonly sockets = new Set<Socket<EchoUpstreamConnection>>();
+  private wake = new Set<() => void>();
+
+  private constructor(
+    readonly host: string,
+    public port: number,
+  ) {}
+
+  static start(options: { host?: string; port?: number } = {}): EchoUpstream {
+    const upstream = new EchoUpstream(options.host ?? "127.0.0.1", options.port ?? 0);
+    upstream.listen();
+    return upstream;
+  }
+
+  /** `host:port`, as the proxies' --upstream takes it. */
+  get address(): string {
+    return this.host.includes(":") ? `[${this.host}]:${this.port}` : `${this.host}:${this.port}`;
+  }
+
+  get active(): number {
+    return this.sockets.size;
+  }
+
+  get listening(): boolean {
+    return this.listener !== undefined;
+  }
+
+  private listen(): void {
+    const notify = (): void => {
+      for (const wake of this.wake) wake();
+    };
+    this.listener = Bun.listen<EchoUpstreamConnection>({
+      hostname: this.host,
+      port: this.port,
+      allowHalfOpen: true,
+      socket: {
+        open: (socket) => {
+          socket.data = { queue: [], peerEnded: false, head: [], headLength: 0, index: this.heads.length };
+          this.sockets.add(socket);
+          this.accepted++;
+          this.heads.push(new Uint8Array(0));
+          notify();
+        },
+        data: (socket, chunk) => {
+          const state = socket.data;
+          if (state.headLength < HEAD_BYTES) {
+            state.head.push(chunk.slice(0, HEAD_BYTES - state.headLength));
+            state.headLength += Math.min(chunk.length, HEAD_BYTES - state.headLength);
+            this.heads[state.index] = concatBytes(state.head);
+            notify();
+          }
+          state.queue.push(upperAscii(chunk));
+          flushEcho(socket);
+        },
+        drain: (socket) => flushEcho(socket),
+        end: (socket) => {
+          socket.data.peerEnded = true;
+          flushEcho(socket);
+        },
+        close: (socket) => {
+          this.sockets.delete(socket);
+          notify();
+        },
+        error: () => {},
+      },
+    });
+    this.port = this.listener.port;
+  }
+
+  /** Stops listening (connects are refused from now on) and closes every open connection. */
+  stop(): void {
+    this.listener?.stop(true);
+    this.listener = undefined;
+    for (const socket of this.sockets) socket.terminate();
+    this.sockets.clear();
+  }
+
+  /** Listens again on the same port. */
+  restart(): void {
+    if (!this.listener) this.listen();
+  }
+
+  /** Waits until `accepted` reaches `count`. */
+  async waitAccepted(count: number, timeoutMs = 5000): Promise<void> {
+    await this.until(() => this.accepted >= count, timeoutMs, `${count} accepted connections`);
+  }
+
+  until(done: () => boolean, timeoutMs: number, what: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const check = (): void => {
+        if (!done()) return;
+        finish();
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        finish();
+        reject(new Error(`echo upstream: timed out after ${timeoutMs} ms waiting for ${what}`));
+      }, timeoutMs);
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.wake.delete(check);
+      };
+      this.wake.add(check);
+      check();
+    });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.stop();
+  }
+}
+
+/** Starts an in-process `EchoUpstream` on a free port (or `port`). */
+export function startEchoUpstream(options: { host?: string; port?: number } = {}): EchoUpstream {
+  return EchoUpstream.start(options);
+}
+
+function flushEcho(socket: Socket<EchoUpstreamConnection>): void {
+  const state = socket.data;
+  while (state.queue.length > 0) {
+    const head = state.queue[0]!;
+    const written = socket.write(head);
+    if (written < 0) return;
+    if (written < head.length) {
+      state.queue[0] = head.subarray(written);
+      socket.pause(); // stop reading until the client reads its replies: backpressure, not unbounded memory
+      return;
+    }
+    state.queue.shift();
+  }
+  socket.resume();
+  if (state.peerEnded) socket.end();
+}
+
+export function concatBytes(chunks: readonly Uint8Array[]): Uint8Array {
+  let length = 0;
+  for (const chunk of chunks) length += chunk.length;
+  const all = new Uint8Array(length);
+  let offset = 0;
+  for (const chunk of chunks) {
+    all.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return all;
+}
+
+/**
+ * A listening socket that never accepts, with a backlog of 0, made with libc through bun:ffi (Linux). Once
+ * `fill()` has parked a connection or two in its accept queue, the kernel drops further SYNs, so a connect to it
+ * hangs until the connecting side gives up: the loopback stand-in for an unreachable host, for connect timeouts.
+ */
+export class Blackhole implements AsyncDisposable {
+  private readonly parked: Socket[] = [];
+
+  private constructor(
+    private readonly fd: number,
+    readonly port: number,
+    private readonly closeFd: (fd: number) => void,
+  ) {}
+
+  static async open(): Promise<Blackhole> {
+    const { dlopen, FFIType, ptr } = await import("bun:ffi");
+    const libc = dlopen("libc.so.6", {
+      socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+      bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+      listen: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+      getsockname: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+      close: { args: [FFIType.i32], returns: FFIType.i32 },
+    });
+    const fd = libc.symbols.socket(2 /* AF_INET */, 1 /* SOCK_STREAM */, 0);
+    if (fd < 0) throw new Error("blackhole: socket() failed");
+    const address = new Uint8Array(16); // struct sockaddr_in: family, port (big-endian), 127.0.0.1, zero padding
+    new DataView(address.buffer).setUint16(0, 2, true);
+    address.set([127, 0, 0, 1], 4);
+    const length = new Uint32Array([16]);
+    if (libc.symbols.bind(fd, ptr(address), 16) !== 0 || libc.symbols.listen(fd, 0) !== 0) {
+      libc.symbols.close(fd);
+      throw new Error("blackhole: bind() or listen() failed");
+    }
+    libc.symbols.getsockname(fd, ptr(address), ptr(length));
+    const port = new DataView(address.buffer).getUint16(2, false);
+    return new Blackhole(fd, port, (descriptor) => void libc.symbols.close(descriptor));
+  }
+
+  /** Parks connections in the accept queue until a new connect no longer completes within 200 ms. */
+  async fill(): Promise<void> {
+    for (let i = 0; i < 8; i++) {
+      const attempt = Bun.connect({ hostname: "127.0.0.1", port: this.port, socket: { data() {}, error() {} } });
+      const timedOut = Symbol("timeout");
+      let timer: Timer | undefined;
+      const result = await Promise.race([
+        attempt,
+        new Promise<typeof timedOut>((resolve) => (timer = setTimeout(() => resolve(timedOut), 200))),
+      ]);
+      clearTimeout(timer);
+      if (result === timedOut) {
+        attempt.then((socket) => socket.terminate(), () => {});
+        return;
+      }
+      this.parked.push(result);
+    }
+    throw new Error("blackhole: the accept queue never filled");
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    for (const socket of this.parked) socket.terminate();
+    this.closeFd(this.fd);
+  }
+}
+
+/** `size` random bytes (crypto.getRandomValues fills at most 64 KiB per call). */
+export function randomBytes(size: number): Uint8Array {
+  const bytes = new Uint8Array(size);
+  for (let offset = 0; offset < size; offset += 65536) crypto.getRandomValues(bytes.subarray(offset, offset + 65536));
+  return bytes;
+}
+
+export function sha256(bytes: Uint8Array): string {
+  return new Bun.CryptoHasher("sha256").update(bytes).digest("hex");
+}
+
+/**
+ * Sends `data` through an echo path at `port` and reads the reply until it is complete or stops growing for
+ * `stallMs` (a proxy that lost bytes never completes it). With `halfClose`, FIN follows the data and the reply
+ * must end with the peer's FIN. `intact` is true when the reply is exactly upperAscii(data).
+ */
+export async function echoTransfer(
+  port: number,
+  data: Uint8Array,
+  options: { halfClose?: boolean; stallMs?: number; host?: string } = {},
+): Promise<{ intact: boolean; received: number; ended: boolean; seconds: number }> {
+  const stallMs = options.stallMs ?? 1000;
+  const started = performance.now();
+  const client = await TestClient.connect(port, options.host);
+  try {
+    client.write(data);
+    if (options.halfClose) void client.shutdown().catch(() => {});
+    let seen = -1;
+    while (client.receivedLength !== seen) {
+      seen = client.receivedLength;
+      try {
+        if (options.halfClose) await client.readToEnd(stallMs);
+        else await client.readAtLeast(data.length, stallMs);
+        break;
+      } catch {
+        if (client.peerEnded) break; // closed early: nothing more will come
+      }
+    }
+    const seconds = (performance.now() - started) / 1000;
+    const received = client.receivedLength;
+    const intact = received === data.length && sha256(client.received) === sha256(upperAscii(data));
+    return { intact, received, ended: client.peerEnded, seconds };
+  } finally {
+    client.close();
+  }
+}
+
+/**
+ * Did the bytes a client sends the moment it connects (before the proxy can have reached its upstream) get
+ * through? Sends "early", waits for the upstream to accept the proxy's connection, sends "|late", and checks
+ * that the echo reads "EARLY|LATE" in that order.
+ */
+export async function earlyBytesKept(proxyPort: number, upstream: EchoUpstream): Promise<boolean> {
+  const before = upstream.accepted;
+  const client = await TestClient.connect(proxyPort);
+  try {
+    client.write("early");
+    await upstream.waitAccepted(before + 1);
+    client.write("|late");
+    const first = await client.readAtLeast(5, 2000);
+    if (decode(first.subarray(0, 5)) !== "EARLY") return false;
+    return decode(await client.readAtLeast(10, 2000)) === "EARLY|LATE";
+  } catch {
+    return false;
+  } finally {
+    client.close();
+  }
 }

@@ -1,0 +1,315 @@
+#!/usr/bin/env bun
+// Proxy benchmark (not a test): the last proxy stage against a direct connection to the same servers, in one
+// run, with HAProxy (TCP mode) and socat as peers when they are installed.
+//   bulk   iperf3 client -> [proxy] -> iperf3 server, Gbit/s
+//   echo   closed-loop echo at --connections connections (bench/proxy-echo-load.ts) -> [proxy] -> echo stage,
+//          messages/s and p50/p99 round trip
+// With two or more cores and taskset, the proxy runs on CPU 0 and everything else (load, servers) on CPU 1, so
+// "direct" and "through a proxy" load the same core and the proxy pays for its own core only.
+// Usage: bun run bench:proxy [--seconds 5] [--connections 100] [--size 64] [--out bench/results/proxy.json]
+// Needs iperf3 for the bulk part (apt-get install iperf3; haproxy and socat are optional peers).
+
+import type { Subprocess } from "bun";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+
+const ROOT = resolve(import.meta.dir, "..");
+const { values } = parseArgs({
+  options: {
+    seconds: { type: "string", default: "5" },
+    connections: { type: "string", default: "100" },
+    size: { type: "string", default: "64" },
+    out: { type: "string", default: "bench/results/proxy.json" },
+  },
+  strict: true,
+});
+const SECONDS = Number(values.seconds);
+const CONNECTIONS = Number(values.connections);
+
+const PROXY_STAGE = lastStage("tcp_proxy");
+const ECHO_STAGE = lastStage("tcp_echo_server");
+const which = (tool: string): string | null => Bun.which(tool) ?? Bun.which(tool, { PATH: "/usr/sbin:/sbin:/usr/bin" });
+const pinning = which("taskset") !== null && cpus().length >= 2;
+const onProxyCore = (command: string[]): string[] => (pinning ? ["taskset", "-c", "0", ...command] : command);
+const onLoadCore = (command: string[]): string[] => (pinning ? ["taskset", "-c", "1", ...command] : command);
+
+function lastStage(folder: string): string {
+  const stages = readdirSync(join(ROOT, folder)).filter((name) => /^\d{3}-.*\.ts$/.test(name) && !name.includes(".test."));
+  return join(folder, stages.sort().at(-1)!);
+}
+
+const children = new Set<Subprocess>();
+process.on("exit", () => {
+  for (const child of children) child.kill("SIGKILL");
+});
+
+function spawn(command: string[]): Subprocess<"ignore", "pipe", "pipe"> {
+  const child = Bun.spawn(command, { cwd: ROOT, stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+  children.add(child);
+  return child;
+}
+
+async function stop(child: Subprocess): Promise<void> {
+  child.kill("SIGKILL");
+  await child.exited;
+  children.delete(child);
+}
+
+/** Spawns a stage and waits for its `listening on HOST:PORT` line. */
+async function startStage(file: string, args: string[], pin: (command: string[]) => string[]) {
+  const child = spawn(pin([process.execPath, file, "--port", "0", ...args]));
+  const reader = child.stdout.getReader();
+  let text = "";
+  const deadline = Date.now() + 10_000;
+  while (!/listening on .*:(\d+)/.test(text)) {
+    if (Date.now() > deadline) throw new Error(`${file} did not start: ${text}`);
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${file} exited: ${text}${await new Response(child.stderr).text()}`);
+    text += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  void child.stdout.pipeTo(new WritableStream()); // keep draining
+  void child.stderr.pipeTo(new WritableStream());
+  return { child, port: Number(text.match(/listening on .*:(\d+)/)![1]) };
+}
+
+function freePort(): number {
+  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = listener.port;
+  listener.stop(true);
+  return port;
+}
+
+async function waitForPort(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    try {
+      const socket = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
+      socket.end();
+      return;
+    } catch {
+      await Bun.sleep(50);
+    }
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
+
+/** Waits for a peer's port; if it never opens, says why (its stderr). */
+async function waitForPeer(child: Subprocess<"ignore", "pipe", "pipe">, port: number, name: string): Promise<void> {
+  try {
+    await Promise.race([
+      waitForPort(port),
+      child.exited.then(async (code) => {
+        throw new Error(`${name} exited with ${code}: ${await new Response(child.stderr).text()}`);
+      }),
+    ]);
+  } catch (error) {
+    child.kill("SIGKILL");
+    throw error;
+  }
+}
+
+function rss(pid: number): { rss: number; peak: number } {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kib = (key: string) => Number(status.match(new RegExp(`${key}:\\s+(\\d+)`))?.[1] ?? NaN) * 1024;
+    return { rss: kib("VmRSS"), peak: kib("VmHWM") };
+  } catch {
+    return { rss: NaN, peak: NaN };
+  }
+}
+
+interface Peer {
+  name: string;
+  /** Starts a proxy from a free port to `upstreamPort`; returns its port and process. */
+  start(upstreamPort: number): Promise<{ port: number; child: Subprocess }>;
+}
+
+const peers: Peer[] = [
+  {
+    name: "bun-tcp-lab",
+    start: (upstreamPort) =>
+      startStage(
+        PROXY_STAGE,
+        ["--upstream", `127.0.0.1:${upstreamPort}`, "--log-level", "warn", "--health-interval", "0",
+          "--idle-timeout", "0", "--max-clients", "100000"],
+        onProxyCore,
+      ),
+  },
+];
+const haproxy = which("haproxy");
+if (haproxy) {
+  peers.push({
+    name: "haproxy",
+    async start(upstreamPort) {
+      const port = freePort();
+      const config = join(tmpdir(), `bench-haproxy-${process.pid}-${port}.cfg`);
+      writeFileSync(
+        config,
+        [
+          "global", "  maxconn 4000", "  nbthread 1",
+          "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 1m", "  timeout server 1m",
+          "listen bench", `  bind 127.0.0.1:${port}`, `  server upstream 127.0.0.1:${upstreamPort}`, "",
+        ].join("\n"),
+      );
+      const child = spawn(onProxyCore([haproxy, "-db", "-f", config]));
+      await waitForPeer(child, port, "haproxy");
+      return { port, child };
+    },
+  });
+}
+const socat = which("socat");
+if (socat) {
+  peers.push({
+    name: "socat",
+    async start(upstreamPort) {
+      const port = freePort();
+      const child = spawn(onProxyCore([socat, `TCP-LISTEN:${port},bind=127.0.0.1,fork,reuseaddr`, `TCP:127.0.0.1:${upstreamPort}`]));
+      await waitForPeer(child, port, "socat");
+      return { port, child };
+    },
+  });
+}
+
+async function iperf(port: number): Promise<number> {
+  const client = spawn(onLoadCore([which("iperf3")!, "-c", "127.0.0.1", "-p", String(port), "-t", String(SECONDS), "-J"]));
+  const [out, code] = [await new Response(client.stdout).text(), await client.exited];
+  children.delete(client);
+  if (code !== 0) throw new Error(`iperf3 failed: ${out.slice(0, 500)}`);
+  const report = JSON.parse(out) as { error?: string; end?: { sum_received?: { bits_per_second: number } } };
+  const bitsPerSecond = report.end?.sum_received?.bits_per_second;
+  if (bitsPerSecond === undefined) throw new Error(`iperf3 through port ${port}: ${report.error ?? "no result"}`);
+  return bitsPerSecond / 1e9;
+}
+
+interface EchoResult {
+  msgsPerSec: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+}
+
+async function echoLoad(port: number): Promise<EchoResult> {
+  const load = spawn(onLoadCore([process.execPath, "bench/proxy-echo-load.ts", "--port", String(port),
+    "--connections", String(CONNECTIONS), "--seconds", String(SECONDS), "--size", values.size]));
+  const [out, code] = [await new Response(load.stdout).text(), await load.exited];
+  children.delete(load);
+  if (code !== 0) throw new Error(`echo load failed: ${out}${await new Response(load.stderr).text()}`);
+  return JSON.parse(out) as EchoResult;
+}
+
+interface Row {
+  name: string;
+  bulkGbps?: number;
+  echo?: EchoResult;
+  /** Peak RSS growth during the echo load, divided by the connections. */
+  memoryPerConnection?: number;
+  /** RSS growth with IDLE_CONNECTIONS open and idle, divided by them: the cost of a connection itself. */
+  idleMemoryPerConnection?: number;
+}
+
+const IDLE_CONNECTIONS = 1000;
+
+/** Opens IDLE_CONNECTIONS through the proxy (each makes one echo round trip), and measures the RSS they add. */
+async function idleMemory(pid: number, port: number): Promise<number> {
+  const before = rss(pid).rss;
+  const sockets = [];
+  for (let batch = 0; batch < IDLE_CONNECTIONS / 100; batch++) {
+    // In batches of 100: Bun's listen backlog is 512.
+    sockets.push(
+      ...(await Promise.all(
+        Array.from({ length: 100 }, async () => {
+          const replied = Promise.withResolvers<void>();
+          const socket = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data: () => replied.resolve() } });
+          socket.write("x");
+          await replied.promise;
+          return socket;
+        }),
+      )),
+    );
+  }
+  await Bun.sleep(200);
+  const after = rss(pid).rss;
+  for (const socket of sockets) socket.end();
+  return (after - before) / IDLE_CONNECTIONS;
+}
+
+async function main(): Promise<void> {
+  const iperf3 = which("iperf3");
+  console.log(`proxy: ${PROXY_STAGE}; echo server: ${ECHO_STAGE}; ${SECONDS} s per run; ${CONNECTIONS} connections`);
+  const loadBefore = loadavg()[0]!;
+  console.log(`load average before: ${loadBefore.toFixed(2)} (other work on the machine skews every path alike, not evenly)`);
+  console.log(`cores: ${cpus().length}, ${pinning ? "proxy on CPU 0, load and servers on CPU 1" : "no pinning (taskset missing or one core)"}`);
+  console.log(`peers found: ${peers.map((peer) => peer.name).join(", ")}${iperf3 ? "" : " (iperf3 missing: no bulk test)"}`);
+
+  const rows: Row[] = [{ name: "direct" }, ...peers.map((peer) => ({ name: peer.name }))];
+  const echo = await startStage(ECHO_STAGE, ["--max-clients", String(IDLE_CONNECTIONS * 2), "--idle-timeout", "0", "--log-level", "warn"], onLoadCore);
+  let iperfServer: Subprocess | undefined;
+  let iperfPort = 0;
+  if (iperf3) {
+    iperfPort = freePort();
+    iperfServer = spawn(onLoadCore([iperf3, "-s", "-p", String(iperfPort)]));
+    await waitForPort(iperfPort);
+  }
+  try {
+    for (const row of rows) {
+      const peer = peers.find((candidate) => candidate.name === row.name);
+      if (iperf3) {
+        const proxy = peer ? await peer.start(iperfPort) : undefined;
+        row.bulkGbps = await iperf(proxy?.port ?? iperfPort);
+        if (proxy) await stop(proxy.child);
+        console.log(`  ${row.name.padEnd(12)} bulk ${row.bulkGbps.toFixed(2)} Gbit/s`);
+      }
+      const proxy = peer ? await peer.start(echo.port) : undefined;
+      const idle = proxy ? rss(proxy.child.pid).rss : NaN;
+      row.echo = await echoLoad(proxy?.port ?? echo.port);
+      if (proxy) {
+        row.memoryPerConnection = (rss(proxy.child.pid).peak - idle) / CONNECTIONS;
+        if (row.name !== "socat") row.idleMemoryPerConnection = await idleMemory(proxy.child.pid, proxy.port);
+        await stop(proxy.child);
+      }
+      const { msgsPerSec, p50Ms, p99Ms } = row.echo;
+      console.log(`  ${row.name.padEnd(12)} echo ${Math.round(msgsPerSec)} msgs/s, p50 ${p50Ms.toFixed(3)} ms, p99 ${p99Ms.toFixed(3)} ms`);
+    }
+  } finally {
+    if (iperfServer) await stop(iperfServer);
+    await stop(echo.child);
+  }
+
+  const direct = rows[0]!;
+  const ratio = (value: number | undefined, base: number | undefined) => (value && base ? value / base : NaN);
+  const fmt = (value: number, digits = 2) => (Number.isFinite(value) ? value.toFixed(digits) : "-");
+  const lines = [
+    `| path | bulk Gbit/s | x direct | echo msgs/s | x direct | p50 ms | p99 ms | peak memory per connection | idle memory per connection |`,
+    `| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
+    ...rows.map((row) => {
+      const bulk = ratio(row.bulkGbps, direct.bulkGbps);
+      const msgs = ratio(row.echo?.msgsPerSec, direct.echo?.msgsPerSec);
+      const memory = row.memoryPerConnection === undefined || !Number.isFinite(row.memoryPerConnection)
+        ? "-" : row.name === "socat" ? "- (a process per connection)" : `${(row.memoryPerConnection / 1024).toFixed(1)} KiB`;
+      const idle = row.idleMemoryPerConnection === undefined ? "-" : `${(row.idleMemoryPerConnection / 1024).toFixed(1)} KiB`;
+      return `| ${row.name} | ${fmt(row.bulkGbps ?? NaN)} | ${row === direct ? "1" : fmt(bulk)} | ${Math.round(row.echo?.msgsPerSec ?? 0)} | ${row === direct ? "1" : fmt(msgs)} | ${fmt(row.echo?.p50Ms ?? NaN, 3)} | ${fmt(row.echo?.p99Ms ?? NaN, 3)} | ${memory} | ${idle} |`;
+    }),
+  ];
+  const bar = (value: number) => (Number.isFinite(value) ? `${"#".repeat(Math.round(value * 40))} ${value.toFixed(2)}` : "-");
+  const chart = [
+    "ratio to direct (40 # = 1.00)",
+    ...rows.slice(1).flatMap((row) => [
+      `${row.name.padEnd(12)} bulk ${bar(ratio(row.bulkGbps, direct.bulkGbps))}`,
+      `${"".padEnd(12)} echo ${bar(ratio(row.echo?.msgsPerSec, direct.echo?.msgsPerSec))}`,
+    ]),
+  ];
+  console.log(`\n${lines.join("\n")}\n\n${chart.join("\n")}`);
+
+  const out = resolve(ROOT, values.out);
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(
+    out,
+    `${JSON.stringify({ date: new Date().toISOString(), proxy: PROXY_STAGE, echo: ECHO_STAGE, seconds: SECONDS, connections: CONNECTIONS, pinned: pinning, loadBefore, loadAfter: loadavg()[0], rows }, null, 2)}\n`,
+  );
+  console.log(`\nwritten to ${values.out}`);
+}
+
+await main();
+process.exit(0);

@@ -1,0 +1,37 @@
+import { describe, expect, test } from "bun:test";
+import { allByteValues, decode, startEchoUpstream, TestClient, upperAscii } from "../test/support/net.ts";
+import { startStage } from "../test/support/process.ts";
+
+const STAGE = "tcp_proxy/001-naive-pipe.ts";
+
+describe("001 naive pipe", () => {
+  test("prints the listening line and forwards a conversation both ways", async () => {
+    await using upstream = startEchoUpstream();
+    await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address]);
+    expect(proxy.stdout.text).toBe(`listening on 127.0.0.1:${proxy.port}\n`);
+    const client = await TestClient.connect(proxy.port);
+    try {
+      await upstream.waitAccepted(1); // 001 drops what arrives before the upstream is connected
+      await Bun.sleep(50); // ...and until its connect promise has resolved, which no event tells from outside
+      client.write("hello\n");
+      expect(decode(await client.readAtLeast(6))).toBe("HELLO\n");
+      client.write(allByteValues());
+      const reply = await client.readAtLeast(6 + 282);
+      expect(reply.subarray(6)).toEqual(upperAscii(allByteValues())); // binary-safe
+    } finally {
+      client.close();
+    }
+  });
+
+  test("closes the client when the upstream closes, or refuses, and keeps running", async () => {
+    await using upstream = startEchoUpstream();
+    await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address]);
+    const client = await TestClient.connect(proxy.port);
+    await upstream.waitAccepted(1);
+    upstream.stop();
+    expect(await client.endsWithin(2000)).toBe(true);
+    const refused = await TestClient.connect(proxy.port); // upstream now down: the proxy hangs up at once
+    expect(await refused.endsWithin(2000)).toBe(true);
+    expect(proxy.proc.exitCode).toBeNull(); // still running
+  });
+});

@@ -1,0 +1,82 @@
+#!/usr/bin/env bun
+/*
+ * 001 - a naive pipe: one port forwarded to one upstream
+ *
+ * Adds:   the smallest TCP proxy. It listens on --host:--port (default 127.0.0.1:6000); for every client it opens
+ *         a connection to --upstream HOST:PORT and copies bytes both ways: what the client sends goes to the
+ *         upstream, what the upstream sends goes back to the client. When either side closes, so does the other.
+ * Lacks:  it is naive on purpose, and this is exactly what breaks (002 and 003 fix each one):
+ *         - bytes the client sends before the upstream connection is open are dropped: connecting takes at least
+ *           one turn of the event loop, and a client that speaks first (most do) loses its first message (002);
+ *         - write() in Bun does not buffer: it returns how many bytes the kernel took, and the rest is silently
+ *           lost. Small messages fit; a big transfer is truncated and corrupted the moment one side reads more
+ *           slowly than the other writes (002 queues the rest, waits for `drain`, pauses the sender);
+ *         - half-close: when the client has finished sending (FIN, `nc -N`), the proxy closes both connections at
+ *           once, so the upstream's reply never reaches it (003 forwards the FIN and keeps the other way open);
+ *         - an upstream that refuses the connection just closes the client, without a word (002 logs why);
+ *         - no logs, no --help, no input checks, no timeouts, no limits (002, 003, 004).
+ *
+ * Try it: bun tcp_echo_server/003-loop.ts --port 5000
+ *         bun tcp_proxy/001-naive-pipe.ts --port 6000 --upstream 127.0.0.1:5000
+ *         telnet 127.0.0.1 6000     (type a line: it comes back uppercased, through the proxy)
+ *         echo hello | nc -N 127.0.0.1 6000     -> nothing: the early bytes and the half-close both break here
+ */
+
+import type { Socket } from "bun";
+import { parseArgs } from "node:util";
+
+const { values } = parseArgs({
+  options: {
+    host: { type: "string", default: "127.0.0.1" },
+    port: { type: "string", default: "6000" },
+    upstream: { type: "string", default: "127.0.0.1:5000" },
+  },
+  strict: true,
+});
+
+const separator = values.upstream.lastIndexOf(":");
+const upstreamHost = values.upstream.slice(0, separator).replace(/^\[(.*)\]$/, "$1");
+const upstreamPort = Number(values.upstream.slice(separator + 1));
+
+/** Each accepted client holds its upstream socket once that connection is open (undefined until then). */
+type Pair = { upstream: Socket<Pair> | undefined; client: Socket<Pair> | undefined };
+
+const listener = Bun.listen<Pair>({
+  hostname: values.host,
+  port: Number(values.port),
+  socket: {
+    open(client) {
+      const pair: Pair = { upstream: undefined, client };
+      client.data = pair; // a fresh object per client: the listen-level `data` is one object shared by all
+      Bun.connect<Pair>({
+        hostname: upstreamHost,
+        port: upstreamPort,
+        data: pair,
+        socket: {
+          data(_upstream, bytes) {
+            pair.client?.write(bytes); // NAIVE: whatever the kernel does not take now is lost
+          },
+          close() {
+            pair.client?.end();
+            pair.client = undefined;
+          },
+        },
+      }).then(
+        (upstream) => {
+          if (pair.client) pair.upstream = upstream;
+          else upstream.end(); // the client left while we were connecting
+        },
+        () => pair.client?.end(), // refused or unreachable: hang up, say nothing
+      );
+    },
+    data(client, bytes) {
+      client.data.upstream?.write(bytes); // NAIVE: dropped if the upstream is not connected yet, or partly taken
+    },
+    close(client) {
+      client.data.upstream?.end();
+      client.data.client = undefined;
+    },
+  },
+});
+
+console.log(`listening on ${values.host.includes(":") ? `[${values.host}]` : values.host}:${listener.port}`);

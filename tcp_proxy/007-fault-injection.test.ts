@@ -1,0 +1,235 @@
+import { describe, expect, test } from "bun:test";
+import { decode, echoTransfer, randomBytes, startEchoUpstream, TestClient } from "../test/support/net.ts";
+import { runToExit, startStage, type Running } from "../test/support/process.ts";
+
+const STAGE = "tcp_proxy/007-fault-injection.ts";
+const MiB = 1024 * 1024;
+
+async function startProxy(args: string[]) {
+  const upstream = startEchoUpstream();
+  const proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, ...args]);
+  return {
+    upstream,
+    proxy,
+    async [Symbol.asyncDispose]() {
+      await proxy[Symbol.asyncDispose]();
+      upstream.stop();
+    },
+  };
+}
+
+/** Milliseconds for one message to go through the proxy and come back. */
+async function roundTrip(client: TestClient, message = "ping"): Promise<number> {
+  const already = client.receivedLength;
+  const started = performance.now();
+  client.write(message);
+  await client.readAtLeast(already + message.length, 5000);
+  return performance.now() - started;
+}
+
+async function apiUrl(proxy: Running): Promise<string> {
+  return (await proxy.waitForLog(/toxics API on (http:\/\/\S+)/))[1]!;
+}
+
+describe("007 toxics, measured", () => {
+  test("latency adds at least the configured delay, jitter stays within its bounds", async () => {
+    await using setup = await startProxy(["--toxic", "latency:downstream:latency=150,jitter=40"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    try {
+      for (let i = 0; i < 5; i++) {
+        const elapsed = await roundTrip(client);
+        expect(elapsed).toBeGreaterThanOrEqual(110 - 1);
+        expect(elapsed).toBeLessThan(190 + 100);
+      }
+    } finally {
+      client.close();
+    }
+  });
+
+  test("latency on both streams adds up", async () => {
+    await using setup = await startProxy(["--toxic", "latency:upstream:latency=100", "--toxic", "latency:downstream:latency=100"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    try {
+      expect(await roundTrip(client)).toBeGreaterThanOrEqual(200 - 1);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("bandwidth caps throughput within 20%", async () => {
+    const rateKiB = 2048; // 2 MiB/s: 1 MiB should take 0.5 s
+    await using setup = await startProxy(["--toxic", `bandwidth:downstream:rate=${rateKiB}`]);
+    const data = randomBytes(1 * MiB);
+    const { intact, seconds } = await echoTransfer(setup.proxy.port, data);
+    expect(intact).toBe(true);
+    const throughput = data.length / 1024 / seconds;
+    expect(throughput).toBeGreaterThan(rateKiB * 0.8);
+    expect(throughput).toBeLessThan(rateKiB * 1.2);
+  });
+
+  test("slicer delivers the stream in small pieces, intact", async () => {
+    await using setup = await startProxy(["--toxic", "slicer:downstream:average_size=10,size_variation=5,delay=1000"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    try {
+      const message = "abcdefghij".repeat(50); // 500 bytes: about 50 slices 1 ms apart
+      client.write(message);
+      expect(decode(await client.readAtLeast(500))).toBe(message.toUpperCase());
+      expect(client.reads).toBeGreaterThanOrEqual(25); // without the toxic: 1
+    } finally {
+      client.close();
+    }
+  });
+
+  test("limit_data lets exactly N bytes through, then closes", async () => {
+    await using setup = await startProxy(["--toxic", "limit_data:downstream:bytes=1000"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    client.write("x".repeat(5000));
+    const received = await client.readToEnd(3000);
+    expect(received.length).toBe(1000);
+    expect(decode(received)).toBe("X".repeat(1000));
+    await setup.proxy.waitForLog(/closed_by=proxy reason="toxic limit_data"/);
+  });
+
+  test("timeout stalls the data, then closes after its timeout", async () => {
+    await using setup = await startProxy(["--toxic", "timeout:upstream:timeout=300"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    const started = performance.now();
+    client.write("anyone?");
+    expect(await client.endsWithin(2000)).toBe(true);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(250);
+    expect(client.receivedLength).toBe(0);
+    expect(setup.upstream.heads[0]?.length ?? 0).toBe(0); // the bytes never reached the upstream
+  });
+
+  test("reset_peer resets the connection after its timeout", async () => {
+    await using setup = await startProxy(["--toxic", "reset_peer:downstream:timeout=150"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    const started = performance.now();
+    await roundTrip(client); // works until then
+    expect(await client.endsWithin(2000)).toBe(true);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(140);
+    expect((client.closeError as NodeJS.ErrnoException | undefined)?.code).toBe("ECONNRESET");
+  });
+
+  test("toxicity: the share of connections a toxic applies to", async () => {
+    await using never = await startProxy(["--toxic", "latency:downstream:latency=500,toxicity=0"]);
+    const fast = await TestClient.connect(never.proxy.port);
+    expect(await roundTrip(fast)).toBeLessThan(250);
+    fast.close();
+
+    await using half = await startProxy(["--toxic", "latency:downstream:latency=100,toxicity=0.5"]);
+    const times = await Promise.all(
+      Array.from({ length: 20 }, async () => {
+        const client = await TestClient.connect(half.proxy.port);
+        try {
+          return await roundTrip(client);
+        } finally {
+          client.close();
+        }
+      }),
+    );
+    const slowed = times.filter((ms) => ms >= 99).length;
+    expect(slowed).toBeGreaterThan(0); // all 20 the same way: 1 chance in 500,000
+    expect(slowed).toBeLessThan(20);
+  });
+
+  test("without toxics 64 MiB still pass intact (the direct path)", async () => {
+    await using setup = await startProxy([]);
+    const data = randomBytes(64 * MiB);
+    const result = await echoTransfer(setup.proxy.port, data, { halfClose: true });
+    expect(result).toMatchObject({ intact: true, ended: true });
+    console.log(`007: 64 MiB + FIN echoed through the proxy in ${result.seconds.toFixed(2)} s`);
+  });
+
+  test("a slow toxic slows the sender instead of filling the proxy's memory", async () => {
+    await using setup = await startProxy(["--toxic", "bandwidth:upstream:rate=4096"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    try {
+      client.write(randomBytes(32 * MiB)); // 8 s at 4 MiB/s: far more than the kernel buffers and the lane hold
+      await expect(client.flushed(500)).rejects.toThrow(/timed out/); // the sender is held back...
+      const status = await Bun.file(`/proc/${setup.proxy.pid}/status`).text();
+      expect(Number(status.match(/VmRSS:\s+(\d+)/)![1]) * 1024).toBeLessThan(80 * MiB); // ...not the proxy's memory
+    } finally {
+      client.reset();
+    }
+  });
+});
+
+describe("007 control API", () => {
+  test("add, list, change and remove toxics while connections are open", async () => {
+    await using setup = await startProxy(["--api-port", "0"]);
+    const api = await apiUrl(setup.proxy);
+    const client = await TestClient.connect(setup.proxy.port);
+    try {
+      expect(await roundTrip(client)).toBeLessThan(190);
+      let response = await fetch(api, {
+        method: "POST",
+        body: JSON.stringify({ type: "latency", stream: "downstream", attributes: { latency: 400 } }),
+      });
+      expect(response.status).toBe(201);
+      expect(await response.json()).toEqual({
+        name: "latency_downstream",
+        type: "latency",
+        stream: "downstream",
+        toxicity: 1,
+        attributes: { latency: 400, jitter: 0 },
+      });
+      expect(await roundTrip(client)).toBeGreaterThanOrEqual(399); // the open connection feels it at once
+      expect((await (await fetch(api)).json()) as unknown[]).toHaveLength(1);
+
+      response = await fetch(`${api}/latency_downstream`, { method: "POST", body: JSON.stringify({ attributes: { latency: 200 } }) });
+      expect(response.status).toBe(200);
+      const changed = await roundTrip(client);
+      expect(changed).toBeGreaterThanOrEqual(199);
+      expect(changed).toBeLessThan(390);
+
+      expect((await fetch(`${api}/latency_downstream`, { method: "DELETE" })).status).toBe(204);
+      expect(await roundTrip(client)).toBeLessThan(190);
+      expect(await (await fetch(api)).json()).toEqual([]);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("a stall added and removed live: the data waits, then flows", async () => {
+    await using setup = await startProxy(["--api-port", "0"]);
+    const api = await apiUrl(setup.proxy);
+    const client = await TestClient.connect(setup.proxy.port);
+    try {
+      await roundTrip(client);
+      await fetch(api, { method: "POST", body: JSON.stringify({ type: "timeout", stream: "upstream" }) });
+      client.write("held");
+      await expect(client.readAtLeast(8, 300)).rejects.toThrow(/timed out/);
+      await fetch(`${api}/timeout_upstream`, { method: "DELETE" });
+      expect(decode(await client.readAtLeast(8, 2000))).toBe("PINGHELD");
+    } finally {
+      client.close();
+    }
+  });
+
+  test("bad requests get 400, 404, 405 or 409 and change nothing", async () => {
+    await using setup = await startProxy(["--api-port", "0", "--toxic", "latency:downstream:latency=1"]);
+    const api = await apiUrl(setup.proxy);
+    const post = (url: string, body: string) => fetch(url, { method: "POST", body });
+    expect((await post(api, "{not json")).status).toBe(400);
+    expect((await post(api, JSON.stringify({ type: "gremlins" }))).status).toBe(400);
+    expect((await post(api, JSON.stringify({ type: "latency", attributes: { latency: -5 } }))).status).toBe(400);
+    expect((await post(api, JSON.stringify({ type: "latency", attributes: { delay: 5 } }))).status).toBe(400);
+    expect((await post(api, JSON.stringify({ type: "bandwidth" }))).status).toBe(400); // rate is required
+    expect((await post(api, JSON.stringify({ type: "latency", stream: "downstream" }))).status).toBe(409);
+    expect((await fetch(`${api}/nothing`, { method: "DELETE" })).status).toBe(404);
+    expect((await fetch(api, { method: "PUT" })).status).toBe(405);
+    expect((await (await fetch(api)).json()) as unknown[]).toHaveLength(1);
+  });
+
+  test.each([
+    [["--toxic", "latency"], /--toxic must look like TYPE:STREAM/],
+    [["--toxic", "latency:sideways"], /stream must be upstream or downstream/],
+    [["--toxic", "bandwidth:upstream"], /bandwidth needs rate/],
+    [["--toxic", "latency:upstream", "--toxic", "latency:upstream:latency=5"], /two toxics named latency_upstream/],
+  ])("usage error %p", async (args, message) => {
+    const { code, stderr } = await runToExit(STAGE, args);
+    expect(code).toBe(2);
+    expect(stderr).toMatch(message);
+  });
+});
