@@ -1,6 +1,6 @@
 #!/usr/bin/env bun
 // `bun run bench [name ...]`: runs the benchmarks (not tests), each in its own process, one after another.
-// Names: echo (bench/echo.ts), loadgen (bench/loadgen-vs-minimal.ts), proxy (bench/proxy.ts); without a name,
+// Names: echo (bench/echo.ts), client (bench/loadgen-vs-minimal.ts), proxy (bench/proxy.ts); without a name,
 // every one whose file exists. Options after the names go to each benchmark (e.g. `bun run bench echo --rounds 1`).
 
 import { existsSync } from "node:fs";
@@ -9,7 +9,7 @@ import { resolve } from "node:path";
 const ROOT = resolve(import.meta.dir, "..");
 const BENCHES: Record<string, string> = {
   echo: "bench/echo.ts",
-  loadgen: "bench/loadgen-vs-minimal.ts",
+  client: "bench/loadgen-vs-minimal.ts",
   proxy: "bench/proxy.ts",
 };
 

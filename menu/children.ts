@@ -31,18 +31,55 @@ export function liveChildren(): number[] {
 
 let onInterrupt: (() => void) | undefined;
 
+/** Why the menu is ending: a signal, or its terminal went away (the pty was closed, stdin ended or failed). */
+export type Ending = "SIGTERM" | "SIGHUP" | "terminal gone";
+
+/** 128 + the signal number, as a shell reports it; a terminal that went away is a hangup. */
+const EXIT_CODES: Record<Ending, number> = { SIGTERM: 143, SIGHUP: 129, "terminal gone": 129 };
+
+let ending: Ending | undefined;
+let beforeExit: () => void = () => {};
+let shutdownGraceMs = GRACE_MS;
+
 /**
  * Installs the menu's signal handlers, once. SIGINT interrupts what is running (nothing at a prompt); SIGTERM and
- * SIGHUP stop every child (SIGTERM, then SIGKILL after the grace period) and then call `exit`.
+ * SIGHUP shut the menu down (see shutDown). `restoreTerminal` runs just before the exit; it may fail, the exit
+ * happens anyway.
  */
-export function installSignalHandlers(exit: (signal: NodeJS.Signals) => void, graceMs = GRACE_MS): void {
+export function installSignalHandlers(restoreTerminal: () => void, graceMs = GRACE_MS): void {
+  beforeExit = restoreTerminal;
+  shutdownGraceMs = graceMs;
   process.on("SIGINT", () => onInterrupt?.());
-  for (const signal of ["SIGTERM", "SIGHUP"] as const) {
-    process.on(signal, () => {
-      onInterrupt?.();
-      void Promise.all([...live].map((child) => stopChild(child, "SIGTERM", graceMs))).finally(() => exit(signal));
-    });
+  for (const signal of ["SIGTERM", "SIGHUP"] as const) process.on(signal, () => shutDown(signal));
+}
+
+/**
+ * Stops every child (SIGTERM, then SIGKILL after the grace period) and exits with the code of the first `why`;
+ * asking again while it stops changes nothing (signals come in pairs under `bun run menu`, as SIGINT does).
+ * Nothing here may keep the menu alive: the exit is certain a second after the grace period, even if a child
+ * or the terminal hangs.
+ */
+export function shutDown(why: Ending): void {
+  if (ending !== undefined) return;
+  ending = why;
+  onInterrupt?.();
+  setTimeout(() => exitNow(true), shutdownGraceMs + 1000);
+  void Promise.allSettled([...live].map((child) => stopChild(child, "SIGTERM", shutdownGraceMs))).then(() => exitNow(false));
+}
+
+/** True once shutDown has started: what is running then is being stopped, not interrupted by the user. */
+export function shuttingDown(): boolean {
+  return ending !== undefined;
+}
+
+function exitNow(killChildren: boolean): void {
+  if (killChildren) for (const child of live) child.kill("SIGKILL");
+  try {
+    beforeExit();
+  } catch {
+    // A terminal that is gone fails every call (EIO): there is nothing left to restore.
   }
+  process.exit(EXIT_CODES[ending ?? "SIGTERM"]);
 }
 
 /** Runs `body` with a signal that is aborted when the user presses Ctrl-C (the menu receives SIGINT). */

@@ -3,11 +3,40 @@
 // and no process it started is left behind (checked by PID in /proc).
 
 import { describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
 import { ROOT, TempTree, Terminal, descendants, isAlive, runToExit, waitGone } from "../test/support/process.ts";
 import { loadCatalogue, stagesOf } from "./catalogue.ts";
 
 const TOP_PROMPT = /What would you like to explore\?/;
+
+/** The menu's own process; the shell that runs it names menu/menu.ts too, after "sh -c". */
+const MENU_PROCESS = /^\S*bun\S* \S*menu\/menu\.ts/;
+
+/**
+ * After `command`, the command line the menu shows: the stage's PID (the menu's "(pid N)" line) once the stage
+ * listens. The two come in either order: on a busy machine the stage's first lines can reach the screen before
+ * the menu's PID line. `end` is past both.
+ */
+async function stageListening(terminal: Terminal, command: RegExp): Promise<{ pid: number; end: number }> {
+  const shown = await terminal.waitFor(command);
+  const pid = await terminal.waitFor(/\(pid (\d+)\)/, 10_000, shown.end);
+  const listening = await terminal.waitFor(/^listening on 127\.0\.0\.1:\d+$/m, 10_000, shown.end);
+  return { pid: Number(pid.match[1]), end: Math.max(pid.end, listening.end) };
+}
+
+/** In a menu on a tree whose only stage is echo 003: runs it on a free port; resolves with its PID once it listens. */
+async function runLoopStage(terminal: Terminal): Promise<number> {
+  // One key per prompt, each once the prompt is shown: keys pressed between two prompts are lost.
+  await terminal.waitFor(TOP_PROMPT);
+  await terminal.press("Enter"); // Echo server
+  await terminal.waitFor(/● 003  a loop/);
+  await terminal.press("Enter");
+  await terminal.waitFor(/Port to listen on/);
+  await terminal.type("0");
+  await terminal.press("Enter");
+  await terminal.waitFor(/● info/);
+  await terminal.press("Enter");
+  return (await stageListening(terminal, /bun tcp_echo_server\/003-loop\.ts --port 0\n/)).pid;
+}
 
 describe("without a terminal", () => {
   test("stdin and stdout not terminals: the catalogue with a command line per stage, exit 0, promptly", async () => {
@@ -53,40 +82,32 @@ describe("in a terminal", () => {
     const echo = stagesOf(loadCatalogue(ROOT), "echo");
     const upToLoop = echo.length - 1 - echo.findIndex((stage) => stage.file === "tcp_echo_server/003-loop.ts");
     await using terminal = await Terminal.start("bun run menu");
-    const seen = new Set<number>();
-    try {
-      await terminal.waitFor(TOP_PROMPT);
-      await terminal.press("Enter"); // Echo server: the first area
-      await terminal.waitFor(/Echo server: which stage\?/);
-      await terminal.press(...Array<string>(upToLoop).fill("Up"));
-      await terminal.waitFor(/● 003  a loop, and the socket options/);
-      await terminal.press("Enter");
-      await terminal.waitFor(/Port to listen on, 0 for a free one/);
-      await terminal.type("0");
-      await terminal.press("Enter");
-      await terminal.waitFor(/Log level/);
-      await terminal.press("Enter"); // info, its default
-      const started = await terminal.waitFor(/bun tcp_echo_server\/003-loop\.ts --port 0\n[\s\S]*?\(pid (\d+)\)/);
-      const listening = await terminal.waitFor(/^listening on 127\.0\.0\.1:(\d+)$/m, 10_000, started.end);
-      const stagePid = Number(started.match[1]);
-      expect(isAlive(stagePid)).toBe(true);
-      const menuTree = descendants(await terminal.panePid()); // sh -> bun run -> the menu -> the stage
-      for (const pid of menuTree) seen.add(pid);
-      expect(menuTree).toContain(stagePid);
+    await terminal.waitFor(TOP_PROMPT);
+    await terminal.press("Enter"); // Echo server: the first area
+    await terminal.waitFor(/Echo server: which stage\?/);
+    await terminal.press(...Array<string>(upToLoop).fill("Up"));
+    await terminal.waitFor(/● 003  a loop, and the socket options/);
+    await terminal.press("Enter");
+    await terminal.waitFor(/Port to listen on, 0 for a free one/);
+    await terminal.type("0");
+    await terminal.press("Enter");
+    await terminal.waitFor(/Log level/);
+    await terminal.press("Enter"); // info, its default
+    const { pid: stagePid, end: listening } = await stageListening(terminal, /bun tcp_echo_server\/003-loop\.ts --port 0\n/);
+    expect(isAlive(stagePid)).toBe(true);
+    const menuTree = descendants(await terminal.panePid()); // sh -> bun run -> the menu -> the stage
+    expect(menuTree).toContain(stagePid);
 
-      await terminal.press("C-c");
-      const stopped = await terminal.waitFor(new RegExp(`tcp_echo_server/003-loop\\.ts \\(pid ${stagePid}\\) stopped by SIGINT`), 10_000, listening.end);
-      await terminal.waitFor(TOP_PROMPT, 10_000, stopped.end); // back at the menu
-      expect(isAlive(stagePid)).toBe(false);
-      expect(descendants(await terminal.panePid()).filter((pid) => pid !== stagePid)).toEqual(menuTree.filter((pid) => pid !== stagePid));
+    await terminal.press("C-c");
+    const stopped = await terminal.waitFor(new RegExp(`tcp_echo_server/003-loop\\.ts \\(pid ${stagePid}\\) stopped by SIGINT`), 10_000, listening);
+    await terminal.waitFor(TOP_PROMPT, 10_000, stopped.end); // back at the menu
+    expect(isAlive(stagePid)).toBe(false);
+    expect(descendants(await terminal.panePid()).filter((pid) => pid !== stagePid)).toEqual(menuTree.filter((pid) => pid !== stagePid));
 
-      await terminal.press("C-c");
-      expect(await terminal.exitStatus()).toBe(0);
-      expect(await terminal.screen()).toContain("Bye.");
-      await waitGone([...seen], 2000);
-    } finally {
-      for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");
-    }
+    await terminal.press("C-c");
+    expect(await terminal.exitStatus()).toBe(0);
+    expect(await terminal.screen()).toContain("Bye.");
+    await waitGone(terminal.pids(), 2000); // everything that ran in the pane, the stage included
   });
 
   test("a proxy stage that did not exist: its questions come from its --help; what changed shows the diff", async () => {
@@ -96,76 +117,50 @@ describe("in a terminal", () => {
       "tcp_proxy/001-fake.ts": { from: "menu/fixtures/fake-proxy.ts" },
     });
     await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
-    const seen = new Set<number>();
-    try {
-      await terminal.waitFor(TOP_PROMPT);
-      await terminal.press("Down", "Down", "Down"); // Echo server, Proxy, (Client: none, skipped), Guided demo, Tools
-      await terminal.waitFor(/● Tools/);
-      await terminal.press("Enter");
-      await terminal.waitFor(/● What changed/);
-      await terminal.press("Enter");
-      await terminal.waitFor(/● tcp_echo_server\/002 -> 003  a loop, and the socket options/);
-      await terminal.press("Enter");
-      const diff = await terminal.waitFor(/^\+ \* 003 - a loop, and the socket options$/m);
-      const done = await terminal.waitFor(/git diff \(pid \d+\) exited with code 1 \(the files differ\)/, 10_000, diff.end);
-      await terminal.waitFor(TOP_PROMPT, 10_000, done.end);
+    await terminal.waitFor(TOP_PROMPT);
+    await terminal.press("Down", "Down", "Down"); // Echo server, Proxy, (Client: none, skipped), Guided demo, Tools
+    await terminal.waitFor(/● Tools/);
+    await terminal.press("Enter");
+    await terminal.waitFor(/● What changed/);
+    await terminal.press("Enter");
+    await terminal.waitFor(/● tcp_echo_server\/002 -> 003  a loop, and the socket options/);
+    await terminal.press("Enter");
+    const diff = await terminal.waitFor(/^\+ \* 003 - a loop, and the socket options$/m);
+    const done = await terminal.waitFor(/git diff \(pid \d+\) exited with code 1 \(the files differ\)/, 10_000, diff.end);
+    await terminal.waitFor(TOP_PROMPT, 10_000, done.end);
 
-      await terminal.press("Up", "Up"); // the menu is back on Tools: up past Guided demo (and Client, none) to Proxy
-      await terminal.waitFor(/● Proxy \(1 stage in tcp_proxy\/\)/);
-      await terminal.press("Enter");
-      await terminal.waitFor(/● 001  a fake proxy, for the menu's tests/);
-      await terminal.press("Enter");
-      await terminal.waitFor(/Port to listen on, 0 for a free one  \(--port\)/);
-      await terminal.type("0");
-      await terminal.press("Enter");
-      await terminal.waitFor(/The server to forward to  \(--upstream\)/);
-      await terminal.press("Enter"); // its default, 127.0.0.1:5000
-      await terminal.waitFor(/Other options\? \(--idle-timeout SECONDS; Enter for none\)/);
-      await terminal.type("--idle-timeout 5");
-      await terminal.press("Enter");
-      const started = await terminal.waitFor(/bun tcp_proxy\/001-fake\.ts --port 0 --upstream 127\.0\.0\.1:5000 --idle-timeout 5\n[\s\S]*?\(pid (\d+)\)/);
-      await terminal.waitFor(/^listening on 127\.0\.0\.1:\d+$/m, 10_000, started.end);
-      for (const pid of descendants(await terminal.panePid())) seen.add(pid);
+    await terminal.press("Up", "Up"); // the menu is back on Tools: up past Guided demo (and Client, none) to Proxy
+    await terminal.waitFor(/● Proxy \(1 stage in tcp_proxy\/\)/);
+    await terminal.press("Enter");
+    await terminal.waitFor(/● 001  a fake proxy, for the menu's tests/);
+    await terminal.press("Enter");
+    await terminal.waitFor(/Port to listen on, 0 for a free one  \(--port\)/);
+    await terminal.type("0");
+    await terminal.press("Enter");
+    await terminal.waitFor(/The server to forward to  \(--upstream\)/);
+    await terminal.press("Enter"); // its default, 127.0.0.1:5000
+    await terminal.waitFor(/Other options\? \(--idle-timeout SECONDS; Enter for none\)/);
+    await terminal.type("--idle-timeout 5");
+    await terminal.press("Enter");
+    const started = await stageListening(terminal, /bun tcp_proxy\/001-fake\.ts --port 0 --upstream 127\.0\.0\.1:5000 --idle-timeout 5\n/);
 
-      await terminal.press("C-c");
-      const stopped = await terminal.waitFor(/tcp_proxy\/001-fake\.ts \(pid \d+\) exited with code 0/, 10_000, started.end);
-      await terminal.waitFor(TOP_PROMPT, 10_000, stopped.end);
-      expect(isAlive(Number(started.match[1]))).toBe(false);
-      await terminal.press("C-c");
-      expect(await terminal.exitStatus()).toBe(0);
-      await waitGone([...seen], 2000);
-    } finally {
-      for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");
-    }
+    await terminal.press("C-c");
+    const stopped = await terminal.waitFor(/tcp_proxy\/001-fake\.ts \(pid \d+\) exited with code 0/, 10_000, started.end);
+    await terminal.waitFor(TOP_PROMPT, 10_000, stopped.end);
+    expect(isAlive(started.pid)).toBe(false);
+    await terminal.press("C-c");
+    expect(await terminal.exitStatus()).toBe(0);
+    await waitGone(terminal.pids(), 2000);
   });
 
   test("the menu is sent SIGTERM while a stage runs: it stops the stage, then exits 143; nothing left", async () => {
     using tree = new TempTree({ "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" } });
     await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
-    const seen = new Set<number>();
-    try {
-      // One key per prompt, each once the prompt is shown: keys pressed between two prompts are lost.
-      await terminal.waitFor(TOP_PROMPT);
-      await terminal.press("Enter"); // Echo server
-      await terminal.waitFor(/● 003  a loop/);
-      await terminal.press("Enter");
-      await terminal.waitFor(/Port to listen on/);
-      await terminal.type("0");
-      await terminal.press("Enter");
-      await terminal.waitFor(/● info/);
-      await terminal.press("Enter");
-      const started = await terminal.waitFor(/\(pid (\d+)\)/);
-      await terminal.waitFor(/^listening on 127\.0\.0\.1:\d+$/m, 10_000, started.end);
-      const processes = descendants(await terminal.panePid());
-      for (const pid of processes) seen.add(pid);
-      const menuPid = processes.find((pid) => readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("menu/menu.ts"))!;
-      // Not Ctrl-C: the terminal does not signal the stage, so the menu must pass it on.
-      process.kill(menuPid, "SIGTERM");
-      expect(await terminal.exitStatus()).toBe(143);
-      await waitGone([...seen], 5000);
-    } finally {
-      for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");
-    }
+    await runLoopStage(terminal);
+    // Not Ctrl-C: the terminal does not signal the stage, so the menu must pass it on.
+    process.kill(terminal.pidOf(MENU_PROCESS), "SIGTERM");
+    expect(await terminal.exitStatus()).toBe(143);
+    await waitGone(terminal.pids(), 5000);
   });
 
   test("guided demo, Ctrl-C while the client runs: echo server and client stopped, back at the menu; nothing left", async () => {
@@ -174,33 +169,77 @@ describe("in a terminal", () => {
       "test/001-client-hang.ts": { from: "menu/fixtures/hanging-client.ts" },
     });
     await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
-    const seen = new Set<number>();
+    await terminal.waitFor(TOP_PROMPT);
+    await terminal.press("Down", "Down"); // Echo server, (Proxy: none, skipped), Client, Guided demo
+    await terminal.waitFor(/● Guided demo/);
+    await terminal.press("Enter");
+    await terminal.waitFor(/Which echo server\?/);
+    await terminal.press("Enter");
+    await terminal.waitFor(/003 serves one client and exits[\s\S]*How many connections  \(-n\)/);
+    await terminal.press("Enter"); // connections: 1
+    const client = await terminal.waitFor(/^client\| connected to 127\.0\.0\.1:\d+, waiting forever$/m);
+    const screen = await terminal.screen();
+    const pids = [...screen.matchAll(/^> (?:echo|client): .*\(pid (\d+)\)$/gm)].map((match) => Number(match[1]));
+    expect(pids).toHaveLength(2);
+    expect(pids.every(isAlive)).toBe(true);
+
+    await terminal.press("C-c");
+    const interrupted = await terminal.waitFor(/Demo interrupted/, 10_000, client.end);
+    await terminal.waitFor(TOP_PROMPT, 10_000, interrupted.end);
+    expect(pids.filter(isAlive)).toEqual([]);
+
+    await terminal.press("C-c");
+    expect(await terminal.exitStatus()).toBe(0);
+    await waitGone(terminal.pids(), 2000);
+  });
+});
+
+// Closing the terminal (here: killing the tmux server, which closes the pty) once left menus orphaned at a prompt,
+// spinning at half a core and deaf to SIGTERM: their SIGHUP handler threw on the dead pty before it could exit.
+describe("the terminal goes away", () => {
+  test("at a prompt: the menu exits within 2 s", async () => {
+    using tree = new TempTree({ "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" } });
+    await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
+    await terminal.waitFor(TOP_PROMPT);
+    const menu = terminal.pidOf(MENU_PROCESS);
+    await terminal.killServer();
+    await waitGone([menu], 2000);
+  });
+
+  test("while a stage runs: the menu and the stage are gone within 2 s", async () => {
+    using tree = new TempTree({ "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" } });
+    await using terminal = await Terminal.start(`bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
+    const stage = await runLoopStage(terminal);
+    const menu = terminal.pidOf(MENU_PROCESS);
+    await terminal.killServer();
+    await waitGone([menu, stage], 2000);
+  });
+
+  test("with no SIGHUP (a session of its own) while a stage runs: the menu notices, stops the stage and exits", async () => {
+    // Outside the terminal's session the kernel signals neither of them, and nothing reads stdin during a run:
+    // only the menu's own check of its terminal can end them.
+    using tree = new TempTree({ "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" } });
+    await using terminal = await Terminal.start(`setsid --wait bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
+    const stage = await runLoopStage(terminal);
+    const menu = terminal.pidOf(MENU_PROCESS);
+    await terminal.killServer();
+    await waitGone([menu, stage], 3000); // the check runs every second
+  });
+
+  test("SIGTERM once the terminal is gone: the menu exits", async () => {
+    // As the orphans were found: the pty already closed when SIGTERM comes. The menu is stopped meanwhile, so that
+    // it cannot notice the hangup first; in its own session, so that no SIGHUP comes either.
+    using tree = new TempTree({ "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" } });
+    await using terminal = await Terminal.start(`setsid --wait bun ${ROOT}/menu/menu.ts --root ${tree.root}`);
+    await terminal.waitFor(TOP_PROMPT);
+    const menu = terminal.pidOf(MENU_PROCESS);
+    process.kill(menu, "SIGSTOP");
     try {
-      await terminal.waitFor(TOP_PROMPT);
-      await terminal.press("Down", "Down"); // Echo server, (Proxy: none, skipped), Client, Guided demo
-      await terminal.waitFor(/● Guided demo/);
-      await terminal.press("Enter");
-      await terminal.waitFor(/Which echo server\?/);
-      await terminal.press("Enter");
-      await terminal.waitFor(/003 serves one client and exits[\s\S]*How many connections  \(-n\)/);
-      await terminal.press("Enter"); // connections: 1
-      const client = await terminal.waitFor(/^client\| connected to 127\.0\.0\.1:\d+, waiting forever$/m);
-      const screen = await terminal.screen();
-      const pids = [...screen.matchAll(/^> (?:echo|client): .*\(pid (\d+)\)$/gm)].map((match) => Number(match[1]));
-      expect(pids).toHaveLength(2);
-      for (const pid of [...pids, ...descendants(await terminal.panePid())]) seen.add(pid);
-      expect(pids.every(isAlive)).toBe(true);
-
-      await terminal.press("C-c");
-      const interrupted = await terminal.waitFor(/Demo interrupted/, 10_000, client.end);
-      await terminal.waitFor(TOP_PROMPT, 10_000, interrupted.end);
-      expect(pids.filter(isAlive)).toEqual([]);
-
-      await terminal.press("C-c");
-      expect(await terminal.exitStatus()).toBe(0);
-      await waitGone([...seen], 2000);
+      await terminal.killServer();
+      process.kill(menu, "SIGTERM");
     } finally {
-      for (const pid of seen) if (isAlive(pid)) process.kill(pid, "SIGKILL");
+      process.kill(menu, "SIGCONT");
     }
+    await waitGone([menu], 2000);
   });
 });

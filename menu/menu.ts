@@ -11,6 +11,7 @@
 
 import * as p from "@clack/prompts";
 import { writeSync } from "node:fs";
+import { isatty } from "node:tty";
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import pc from "picocolors";
@@ -40,7 +41,7 @@ import {
   validateValue,
   type Command,
 } from "./catalogue.ts";
-import { describeOutcome, installSignalHandlers, interruptible, runForeground } from "./children.ts";
+import { describeOutcome, installSignalHandlers, interruptible, runForeground, shutDown, shuttingDown } from "./children.ts";
 import { runDemo } from "./demo.ts";
 
 const HELP = `Usage: bun run menu [options]        (or: bun menu/menu.ts [options])
@@ -139,8 +140,9 @@ async function runInForeground(catalogue: Catalogue, command: Command, what: str
       // The PID, for `ps -p PID -T -f` or `ss -tp` in another terminal.
       // Written at once (not buffered) so that it comes before the child's first line.
       onStart: (pid) => void writeSync(1, `${pc.dim(`(pid ${pid})`)}\n`),
-      onInterrupt: (graceMs) =>
-        console.log(pc.dim(`\nCtrl-C: waiting up to ${graceMs / 1000} s for ${what} to stop (then it is killed)`)),
+      onInterrupt: (graceMs) => {
+        if (!shuttingDown()) console.log(pc.dim(`\nCtrl-C: waiting up to ${graceMs / 1000} s for ${what} to stop (then it is killed)`));
+      },
     }),
   );
   const meaning = outcome.code === null ? undefined : meanings[outcome.code];
@@ -264,13 +266,39 @@ async function tools(catalogue: Catalogue): Promise<void> {
   }
 }
 
+/** A prompt may be showing: give the terminal back as it was (cooked mode, cursor visible), if it is still there. */
+function restoreTerminal(): void {
+  // On a terminal that is gone every call fails with EIO: the check skips them, and anything that fails anyway
+  // must not stop the exit (that is how a menu once survived SIGHUP and SIGTERM, spinning on a dead pty).
+  if (!isatty(0) || !isatty(1)) return;
+  try {
+    process.stdin.setRawMode(false);
+  } finally {
+    writeSync(1, "\x1b[?25h\n");
+  }
+}
+
+/**
+ * The terminal going away must end the menu, and what it started, whether or not a signal says so: the kernel
+ * sends SIGHUP only to the terminal's session, and a clack prompt whose input has ended never settles (and Bun
+ * then spins on the dead pty at half a core). Each of these means the terminal is gone; each is enough.
+ */
+function watchTerminal(): void {
+  const gone = (): void => shutDown("terminal gone");
+  process.stdin.on("end", gone); // a hung-up pty reads as end of file ...
+  process.stdin.on("error", gone); // ... then the prompt's setRawMode(false) fails with EIO
+  process.stdout.on("error", gone); // writing to it fails with EIO
+  process.stderr.on("error", gone);
+  // While a stage runs nobody reads stdin, and without SIGHUP (another session) no event would come: ask the
+  // terminal itself. isatty() is false once the pty is hung up. Unreferenced: it never keeps the menu alive.
+  setInterval(() => {
+    if (!isatty(0)) gone();
+  }, 1000).unref();
+}
+
 async function interactive(root: string): Promise<void> {
-  installSignalHandlers((signal) => {
-    // A prompt may be showing: give the terminal back as it was (cooked mode, cursor visible).
-    if (process.stdin.isTTY) process.stdin.setRawMode(false);
-    process.stdout.write("\x1b[?25h\n");
-    process.exit(signal === "SIGHUP" ? 129 : 143);
-  });
+  installSignalHandlers(restoreTerminal);
+  watchTerminal();
   p.intro(pc.bold("bun-tcp-lab"));
   for (;;) {
     const catalogue = loadCatalogue(root); // every time round: files added meanwhile show up

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { allByteValues, decode, startEchoUpstream, TestClient, upperAscii } from "../test/support/net.ts";
-import { startStage } from "../test/support/process.ts";
+import { runToExit, startStage } from "../test/support/process.ts";
 
 const STAGE = "tcp_proxy/001-naive-pipe.ts";
 
@@ -33,5 +33,20 @@ describe("001 naive pipe", () => {
     const refused = await TestClient.connect(proxy.port); // upstream now down: the proxy hangs up at once
     expect(await refused.endsWithin(2000)).toBe(true);
     expect(proxy.proc.exitCode).toBeNull(); // still running
+  });
+
+  test("naive, but bad input is one line: exit 2 for options, exit 1 for a port in use", async () => {
+    const usage: Array<[string[], string]> = [
+      [["--bogus"], "error: Unknown option '--bogus' (options: --host, --port, --upstream HOST:PORT)\n"],
+      [["--upstream", "nope"], 'error: --upstream must be HOST:PORT, got "nope"\n'],
+      [["--port", "99999"], 'error: --port must be an integer from 0 to 65535, got "99999"\n'],
+    ];
+    for (const [args, message] of usage) {
+      const { code, stderr } = await runToExit(STAGE, args);
+      expect([code, stderr]).toEqual([2, message]);
+    }
+    await using first = await startStage(STAGE, ["--port", "0"]);
+    const taken = await runToExit(STAGE, ["--port", String(first.port)]);
+    expect([taken.code, taken.stderr]).toEqual([1, `error: cannot listen on 127.0.0.1:${first.port}: address already in use\n`]);
   });
 });

@@ -14,7 +14,7 @@
  *         - half-close: when the client has finished sending (FIN, `nc -N`), the proxy closes both connections at
  *           once, so the upstream's reply never reaches it (003 forwards the FIN and keeps the other way open);
  *         - an upstream that refuses the connection just closes the client, without a word (002 logs why);
- *         - no logs, no --help, no input checks, no timeouts, no limits (002, 003, 004).
+ *         - no logs, no --help (bad options get one line), no timeouts, no limits (002, 003, 004).
  *
  * Try it: bun tcp_echo_server/003-loop.ts --port 5000
  *         bun tcp_proxy/001-naive-pipe.ts --port 6000 --upstream 127.0.0.1:5000
@@ -22,61 +22,81 @@
  *         echo hello | nc -N 127.0.0.1 6000     -> nothing: the early bytes and the half-close both break here
  */
 
-import type { Socket } from "bun";
+import type { Socket, SocketHandler, TCPSocketListener } from "bun";
 import { parseArgs } from "node:util";
 
-const { values } = parseArgs({
-  options: {
-    host: { type: "string", default: "127.0.0.1" },
-    port: { type: "string", default: "6000" },
-    upstream: { type: "string", default: "127.0.0.1:5000" },
-  },
-  strict: true,
-});
+// Naive, but still no stack trace for bad input: one line and a non-zero exit (2 = usage, 1 = cannot listen).
+function fail(message: string, exitCode: number): never {
+  console.error(`error: ${message}`);
+  process.exit(exitCode);
+}
+
+let values;
+try {
+  ({ values } = parseArgs({
+    options: {
+      host: { type: "string", default: "127.0.0.1" },
+      port: { type: "string", default: "6000" },
+      upstream: { type: "string", default: "127.0.0.1:5000" },
+    },
+    strict: true,
+  }));
+} catch (error) {
+  fail(`${(error as Error).message.replace(/\s*\n\s*/g, " ")} (options: --host, --port, --upstream HOST:PORT)`, 2);
+}
 
 const separator = values.upstream.lastIndexOf(":");
 const upstreamHost = values.upstream.slice(0, separator).replace(/^\[(.*)\]$/, "$1");
 const upstreamPort = Number(values.upstream.slice(separator + 1));
+const port = Number(values.port);
+if (!/^\d+$/.test(values.port) || port > 65535) fail(`--port must be an integer from 0 to 65535, got "${values.port}"`, 2);
+if (separator < 1 || !Number.isInteger(upstreamPort) || upstreamPort < 1 || upstreamPort > 65535) {
+  fail(`--upstream must be HOST:PORT, got "${values.upstream}"`, 2);
+}
 
 /** Each accepted client holds its upstream socket once that connection is open (undefined until then). */
 type Pair = { upstream: Socket<Pair> | undefined; client: Socket<Pair> | undefined };
 
-const listener = Bun.listen<Pair>({
-  hostname: values.host,
-  port: Number(values.port),
-  socket: {
-    open(client) {
-      const pair: Pair = { upstream: undefined, client };
-      client.data = pair; // a fresh object per client: the listen-level `data` is one object shared by all
-      Bun.connect<Pair>({
-        hostname: upstreamHost,
-        port: upstreamPort,
-        data: pair,
-        socket: {
-          data(_upstream, bytes) {
-            pair.client?.write(bytes); // NAIVE: whatever the kernel does not take now is lost
-          },
-          close() {
-            pair.client?.end();
-            pair.client = undefined;
-          },
+const handlers: SocketHandler<Pair> = {
+  open(client) {
+    const pair: Pair = { upstream: undefined, client };
+    client.data = pair; // a fresh object per client: the listen-level `data` is one object shared by all
+    Bun.connect<Pair>({
+      hostname: upstreamHost,
+      port: upstreamPort,
+      data: pair,
+      socket: {
+        data(_upstream, bytes) {
+          pair.client?.write(bytes); // NAIVE: whatever the kernel does not take now is lost
         },
-      }).then(
-        (upstream) => {
-          if (pair.client) pair.upstream = upstream;
-          else upstream.end(); // the client left while we were connecting
+        close() {
+          pair.client?.end();
+          pair.client = undefined;
         },
-        () => pair.client?.end(), // refused or unreachable: hang up, say nothing
-      );
-    },
-    data(client, bytes) {
-      client.data.upstream?.write(bytes); // NAIVE: dropped if the upstream is not connected yet, or partly taken
-    },
-    close(client) {
-      client.data.upstream?.end();
-      client.data.client = undefined;
-    },
+      },
+    }).then(
+      (upstream) => {
+        if (pair.client) pair.upstream = upstream;
+        else upstream.end(); // the client left while we were connecting
+      },
+      () => pair.client?.end(), // refused or unreachable: hang up, say nothing
+    );
   },
-});
+  data(client, bytes) {
+    client.data.upstream?.write(bytes); // NAIVE: dropped if the upstream is not connected yet, or partly taken
+  },
+  close(client) {
+    client.data.upstream?.end();
+    client.data.client = undefined;
+  },
+};
+
+let listener: TCPSocketListener<Pair>;
+try {
+  listener = Bun.listen<Pair>({ hostname: values.host, port, socket: handlers });
+} catch (error) {
+  const { code, message } = error as NodeJS.ErrnoException;
+  fail(`cannot listen on ${values.host}:${port}: ${code === "EADDRINUSE" ? "address already in use" : message}`, 1);
+}
 
 console.log(`listening on ${values.host.includes(":") ? `[${values.host}]` : values.host}:${listener.port}`);

@@ -1597,7 +1597,8 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
       allowPositionals: false,
     }));
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // parseArgs can explain over several lines; a usage error is one.
+    throw new UsageError((error as Error).message.replace(/\s*\n\s*/g, " "));
   }
   if (values.help) return "help";
   const port = parsePort(values.port, "--port");

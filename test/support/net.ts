@@ -285,6 +285,145 @@ export async function connectMany(
   return clients;
 }
 
+/** How a deliberately wrong echo server misbehaves (see `startFaultyEchoServer`). */
+export type Fault =
+  /** Echoes in uppercase, but the reply byte at stream offset `atOffset` has its case flipped (XOR 0x20). */
+  | { kind: "flip"; atOffset: number }
+  /** Echoes correctly until `afterBytes` bytes of the connection's stream have been answered, then sends RST. */
+  | { kind: "reset"; afterBytes: number }
+  /** Echoes correctly until `afterBytes` bytes have been answered, then closes cleanly (FIN). */
+  | { kind: "close"; afterBytes: number }
+  /** Accepts and reads, never replies. */
+  | { kind: "silent" }
+  /** Holds every reply until `connections` clients are connected at the same time, then echoes normally. */
+  | { kind: "barrier"; connections: number }
+  /** Answers every chunk, on any connection, with the uppercase of the first chunk it ever received (a stale cache). */
+  | { kind: "replay" };
+
+export interface FaultyServer extends Disposable {
+  readonly host: string;
+  readonly port: number;
+  /** Connections accepted so far. */
+  readonly accepted: number;
+  stop(): void;
+}
+
+interface FaultyConnection {
+  /** 1-based, in accept order. */
+  number: number;
+  /** Replies held back until a barrier opens. */
+  held: Uint8Array[];
+  /** Reply bytes produced so far on this connection (the stream offset of the next one). */
+  answered: number;
+  pending: Uint8Array[];
+}
+
+/**
+ * An uppercase echo server in the test process that misbehaves as `fault` says, on every connection or only on
+ * the `onlyConnection`-th one (1-based, in accept order), so a test can check that a client notices and says so.
+ * Honours partial writes like a real server should. `using` stops it (and closes its connections).
+ */
+export function startFaultyEchoServer(fault: Fault, onlyConnection?: number): FaultyServer {
+  let accepted = 0;
+  const connected = new Set<Socket<FaultyConnection>>();
+  let released = false; // the barrier has opened
+  let firstReply: Uint8Array | undefined; // for "replay"
+  const sendQueued = (socket: Socket<FaultyConnection>): void => {
+    const state = socket.data;
+    while (state.pending.length > 0) {
+      const head = state.pending[0]!;
+      const written = socket.write(head);
+      if (written < 0) return;
+      if (written < head.length) {
+        state.pending[0] = head.subarray(written);
+        return;
+      }
+      state.pending.shift();
+    }
+  };
+  const listener = Bun.listen<FaultyConnection>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open(socket) {
+        socket.data = { number: ++accepted, answered: 0, pending: [], held: [] };
+        connected.add(socket);
+        if (fault.kind === "barrier" && !released && connected.size >= fault.connections) {
+          released = true;
+          for (const waiting of connected) {
+            waiting.data.pending.push(...waiting.data.held);
+            waiting.data.held = [];
+            sendQueued(waiting);
+          }
+        }
+      },
+      close(socket) {
+        connected.delete(socket);
+      },
+      data(socket, chunk) {
+        const state = socket.data;
+        const faulty = onlyConnection === undefined || onlyConnection === state.number;
+        if (faulty && fault.kind === "silent") return;
+        let reply = upperAscii(chunk);
+        if (faulty && fault.kind === "replay") {
+          firstReply ??= reply;
+          const stale = new Uint8Array(reply.length);
+          for (let i = 0; i < stale.length; i++) stale[i] = firstReply[i % firstReply.length]!;
+          reply = stale;
+        }
+        if (faulty && fault.kind === "barrier" && !released) {
+          state.held.push(reply);
+          return;
+        }
+        if (faulty && (fault.kind === "reset" || fault.kind === "close")) {
+          const allowed = Math.max(0, fault.afterBytes - state.answered);
+          if (allowed < reply.length) {
+            state.pending.push(reply.subarray(0, allowed));
+            sendQueued(socket);
+            if (fault.kind === "reset") socket.terminate();
+            else socket.end();
+            return;
+          }
+        }
+        if (faulty && fault.kind === "flip") {
+          const index = fault.atOffset - state.answered;
+          if (index >= 0 && index < reply.length) {
+            reply = reply.slice();
+            reply[index] = reply[index]! ^ 0x20;
+          }
+        }
+        state.answered += reply.length;
+        state.pending.push(reply);
+        sendQueued(socket);
+      },
+      drain(socket) {
+        sendQueued(socket);
+      },
+    },
+  });
+  return {
+    host: "127.0.0.1",
+    port: listener.port,
+    get accepted() {
+      return accepted;
+    },
+    stop() {
+      listener.stop(true);
+    },
+    [Symbol.dispose]() {
+      listener.stop(true);
+    },
+  };
+}
+
+/** A port on 127.0.0.1 where nothing listens (it was free a moment ago): connecting to it is refused. */
+export function unusedPort(): number {
+  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = listener.port;
+  listener.stop(true);
+  return port;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Upstreams for the proxy tests, in-process so a test can stop and restart them in a moment.
 

@@ -96,7 +96,10 @@ export interface RunOptions {
   /** Milliseconds to wait for the listening line. */
   readyTimeoutMs?: number;
   stdin?: "pipe" | "ignore";
-  /** A command that runs bun, e.g. ["prlimit", "--nofile=64:64"]; one that execs (prlimit does) keeps the pid. */
+  /**
+   * A command to run bun under, e.g. `["prlimit", "--nofile=64:64"]` for a lower open-files limit (set both soft
+   * and hard: Bun raises its soft limit to the hard one at start), or a namespace wrapper.
+   */
   prefix?: string[];
 }
 
@@ -282,6 +285,26 @@ export async function waitGone(pids: number[], timeoutMs = 5000): Promise<void> 
   }
 }
 
+/** When `pid` started (clock ticks since boot, /proc/PID/stat field 22): with the PID it names one process. */
+function startTimeOf(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** SIGKILLs `pid` if it is still the process seen earlier (a PID reused meanwhile belongs to someone else). */
+function killIfSame(pid: number, startTime: string): void {
+  if (startTimeOf(pid) !== startTime) return;
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // exited meanwhile
+  }
+}
+
 /** Resident memory in KiB, now (VmRSS) and peak so far (VmHWM), from /proc (Linux), summed over `pids`. */
 export function memoryKiB(pids: number | number[]): { rss: number; peak: number } {
   const total = { rss: 0, peak: 0 };
@@ -301,13 +324,32 @@ export function resetMemoryPeak(pids: number | number[]): void {
 
 let terminalCount = 0;
 
+// Terminals not disposed yet. A test that times out may never reach its disposal: whatever still runs in them is
+// killed when the test process exits (synchronously, as "exit" handlers must be).
+const openTerminals = new Set<Terminal>();
+process.on("exit", () => {
+  for (const terminal of openTerminals) terminal.killEverything();
+});
+
 /**
  * A program running in a real pseudo-terminal: a private tmux server (its own socket, killed on disposal) with one
  * pane. Keys go in with send-keys; the screen comes back with capture-pane, polled (tmux gives no event).
+ *
+ * Killing the tmux server does not kill what runs in the pane: a program that mishandles the hangup lives on as
+ * an orphan (that is how two menus were once left spinning). So every process seen in the pane (the shell, the
+ * program, its children) is recorded by PID each time the screen is read, and disposal SIGKILLs the ones still
+ * running, by PID, then kills the server, then fails if any of them is still alive.
  */
 export class Terminal implements AsyncDisposable {
   /** The server's socket file, which kill-server leaves behind. */
   private socketPath = "";
+  /** The shell tmux started in the pane; the program and its children are its descendants. */
+  private shellPid = 0;
+  /** The tmux server: once it has exited, the pane's pty is closed. */
+  private serverPid = 0;
+  /** Every process seen in the pane: PID -> start time. */
+  private readonly seen = new Map<number, string>();
+  private serverKilled = false;
 
   private constructor(readonly socket: string) {}
 
@@ -319,8 +361,58 @@ export class Terminal implements AsyncDisposable {
     // remain-on-exit keeps the pane, and what it shows, after the shell exits.
     const command = `${shellCommand}; echo "[exit status $?]"`;
     await terminal.tmux(["new-session", "-d", ...size, "-c", options.cwd ?? ROOT, command, ";", "set-option", "-g", "remain-on-exit", "on"]);
-    terminal.socketPath = (await terminal.tmux(["display-message", "-p", "#{socket_path}"])).trim();
+    openTerminals.add(terminal);
+    const [socketPath, shellPid, serverPid] = (await terminal.tmux(["display-message", "-p", "#{socket_path}\t#{pane_pid}\t#{pid}"])).trim().split("\t");
+    terminal.socketPath = socketPath!;
+    terminal.shellPid = Number(shellPid);
+    terminal.serverPid = Number(serverPid);
+    const shellStart = startTimeOf(terminal.shellPid);
+    if (shellStart !== undefined) terminal.seen.set(terminal.shellPid, shellStart);
+    terminal.track();
     return terminal;
+  }
+
+  /** Records the shell and every descendant it has now; returns the living ones. */
+  private track(): number[] {
+    // Once the shell has exited its PID may name another process, whose descendants are none of ours.
+    const shellStart = this.seen.get(this.shellPid);
+    if (shellStart === undefined || startTimeOf(this.shellPid) !== shellStart) return [];
+    const running = [this.shellPid, ...descendants(this.shellPid)].filter(isAlive);
+    for (const pid of running) {
+      const startTime = startTimeOf(pid);
+      if (startTime !== undefined && !this.seen.has(pid)) this.seen.set(pid, startTime);
+    }
+    return running;
+  }
+
+  /** Every process seen in the pane so far, alive or not (for waitGone). */
+  pids(): number[] {
+    this.track();
+    return [...this.seen.keys()];
+  }
+
+  /** The PID of the process in the pane whose command line matches `pattern` (NULs shown as spaces). */
+  pidOf(pattern: RegExp): number {
+    for (const pid of this.track()) {
+      try {
+        if (pattern.test(readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " "))) return pid;
+      } catch {
+        // exited meanwhile
+      }
+    }
+    throw new Error(`no process matching ${pattern} in the terminal`);
+  }
+
+  /**
+   * Kills the tmux server only, as when the terminal window is closed: the pty goes away and the program gets
+   * what a real hangup gives it. What it does then is the test's to check; disposal still kills what is left.
+   * Resolves once the server has exited, so the pty is closed (kill-server returns before that).
+   */
+  async killServer(): Promise<void> {
+    this.track();
+    this.serverKilled = true;
+    await this.tmux(["kill-server"]);
+    await waitGone([this.serverPid], 5000);
   }
 
   private async tmux(args: string[]): Promise<string> {
@@ -341,6 +433,7 @@ export class Terminal implements AsyncDisposable {
 
   /** Everything the program printed (scrollback included), wrapped lines joined, colours dropped. */
   async screen(): Promise<string> {
+    this.track(); // as often as the screen is polled: a process is recorded before it could be orphaned
     return this.tmux(["capture-pane", "-p", "-J", "-S", "-"]);
   }
 
@@ -358,7 +451,7 @@ export class Terminal implements AsyncDisposable {
 
   /** The PID of the shell that runs the command: the program and its children are its descendants(). */
   async panePid(): Promise<number> {
-    return Number((await this.tmux(["display-message", "-p", "#{pane_pid}"])).trim());
+    return this.shellPid;
   }
 
   /** Waits for the program to exit and returns its exit status (128 + N if signal N killed it, as sh says). */
@@ -366,13 +459,21 @@ export class Terminal implements AsyncDisposable {
     return Number((await this.waitFor(/^\[exit status (\d+)\]$/m, timeoutMs)).match[1]);
   }
 
-  async [Symbol.asyncDispose](): Promise<void> {
-    try {
-      await this.tmux(["kill-server"]);
-    } catch {
-      // already gone
+  /** SIGKILLs, by PID, every process seen in the pane that still runs, and kills the tmux server. Synchronous. */
+  killEverything(): void {
+    if (!this.serverKilled) this.track();
+    for (const [pid, startTime] of this.seen) killIfSame(pid, startTime);
+    if (!this.serverKilled) {
+      Bun.spawnSync(["tmux", "-L", this.socket, "-f", "/dev/null", "kill-server"], { stdin: "ignore", stdout: "ignore", stderr: "ignore" });
+      this.serverKilled = true;
     }
     if (this.socketPath) rmSync(this.socketPath, { force: true });
+    openTerminals.delete(this);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.killEverything();
+    await waitGone([...this.seen.keys()], 2000);
   }
 }
 

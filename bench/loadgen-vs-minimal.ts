@@ -1,0 +1,146 @@
+#!/usr/bin/env bun
+// Is test/003-load-generator.ts the bottleneck? Runs it (A) and bench/minimal-client.ts (B) against the same echo
+// server, with the same connections, message size, warmup and duration, alternately in the order A B B A A B B A
+// ... so that noise from the machine, and any drift during the run, falls on both alike. For each connection count it prints the msgs/s of every run, the ratio
+// of the medians and the median of the ratios of neighbouring A/B pairs (load generator / minimal), and the CPU
+// time each client spent per message. A msgs/s ratio of 1.0 or more means the generator, which verifies every
+// byte and times every message, drives the server at least as hard as a client that does nothing else.
+// Not a test: `bun run bench:client` (about 2 x rounds x (warmup + duration) seconds per connection count).
+//
+//   bun bench/loadgen-vs-minimal.ts [--server tcp_echo_server/NNN-x.ts] [-c 1,10,50,200] [-d 2] [--warmup 0.5]
+//                                   [--rounds 10] [-s 64] [--pin]
+// The server defaults to the highest-numbered echo stage from 005 on (the earlier ones serve one client at a time).
+// --pin (with taskset, 2+ cores) puts the server on CPU 0 and each client on CPU 1; without it the scheduler
+// places them, which is fairer on a machine that other work shares.
+
+import { readdirSync } from "node:fs";
+import { resolve } from "node:path";
+import { parseArgs } from "node:util";
+
+const ROOT = resolve(import.meta.dir, "..");
+
+const { values } = parseArgs({
+  options: {
+    server: { type: "string" },
+    connections: { type: "string", short: "c", default: "1,10,50,200" },
+    duration: { type: "string", short: "d", default: "2" },
+    warmup: { type: "string", default: "0.5" },
+    rounds: { type: "string", default: "10" },
+    size: { type: "string", short: "s", default: "64" },
+    pin: { type: "boolean", default: false },
+  },
+  strict: true,
+});
+
+const PIN = values.pin && Bun.which("taskset") !== null && navigator.hardwareConcurrency >= 2;
+const pinned = (cpu: number, command: string[]): string[] => (PIN ? ["taskset", "-c", String(cpu), ...command] : command);
+
+function latestServerStage(): string {
+  const stages = readdirSync(resolve(ROOT, "tcp_echo_server"))
+    .filter((name) => /^\d{3}-.*\.ts$/.test(name) && !name.includes(".test.") && Number(name.slice(0, 3)) >= 5)
+    .sort();
+  const latest = stages.at(-1);
+  if (!latest) throw new Error("no echo server stage 005 or later in tcp_echo_server/");
+  return `tcp_echo_server/${latest}`;
+}
+
+async function startServer(file: string): Promise<{ port: number; stop: () => Promise<void> }> {
+  const proc = Bun.spawn(pinned(0, [process.execPath, resolve(ROOT, file), "--port", "0", "--log-level", "error"]), {
+    cwd: ROOT,
+    stdout: "pipe",
+    stderr: "ignore",
+    env: { ...process.env, NO_COLOR: "1" },
+  });
+  const reader = proc.stdout.getReader();
+  let text = "";
+  while (!/listening on .*:(\d+)/.test(text)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${file} exited before listening:\n${text}`);
+    text += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  void proc.stdout.pipeTo(new WritableStream()); // keep draining, or a full pipe would block it
+  const port = Number(/listening on .*:(\d+)/.exec(text)![1]);
+  return {
+    port,
+    stop: async () => {
+      proc.kill("SIGKILL");
+      await proc.exited;
+    },
+  };
+}
+
+interface RunResult {
+  messagesPerSecond: number;
+  /** Client CPU microseconds per message over the measured window. */
+  cpuMicrosPerMessage: number;
+}
+
+async function runClient(args: string[]): Promise<RunResult> {
+  const proc = Bun.spawn(pinned(1, [process.execPath, ...args]), { cwd: ROOT, stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  if (code !== 0) throw new Error(`${args.join(" ")} exited ${code}:\n${stdout}\n${stderr}`);
+  const result = JSON.parse(stdout) as { messagesPerSecond: number; clientCpu: { total: number }; errors?: { total: number } };
+  if (result.errors && result.errors.total !== 0) throw new Error(`${args[0]} saw ${result.errors.total} errors:\n${stdout}`);
+  return { messagesPerSecond: result.messagesPerSecond, cpuMicrosPerMessage: (result.clientCpu.total / result.messagesPerSecond) * 1e6 };
+}
+
+/** The q-quantile (0..1) of xs, interpolating between neighbours. */
+const quantile = (xs: number[], q: number): number => {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const at = (sorted.length - 1) * q;
+  const low = Math.floor(at);
+  return sorted[low]! + (sorted[Math.min(low + 1, sorted.length - 1)]! - sorted[low]!) * (at - low);
+};
+const median = (xs: number[]): number => quantile(xs, 0.5);
+const thousands = (x: number): string => Math.round(x).toLocaleString("en-US");
+
+const serverFile = values.server ?? latestServerStage();
+const connectionCounts = values.connections.split(",").map(Number);
+const rounds = Number(values.rounds);
+const common = ["-d", values.duration, "--warmup", values.warmup, "-s", values.size];
+
+console.log(
+  `server: ${serverFile}; ${values.size}-byte messages, ${values.warmup}s warmup + ${values.duration}s per run, ` +
+    `${rounds} rounds of A (load generator) and B (minimal client), ordered A B B A ...${PIN ? "; server on CPU 0, clients on CPU 1" : ""}`,
+);
+console.log("");
+console.log("| connections | A msgs/s (runs) | B msgs/s (runs) | A/B, medians | A/B, median of pairs (middle half) | CPU µs/msg A, B |");
+console.log("|---|---|---|---|---|---|");
+const server = await startServer(serverFile);
+try {
+  for (const connections of connectionCounts) {
+    const a: RunResult[] = [];
+    const b: RunResult[] = [];
+    const port = String(server.port);
+    const runA = async (): Promise<void> => {
+      a.push(await runClient(["test/003-load-generator.ts", "--port", port, "-c", String(connections), ...common, "--json"]));
+    };
+    const runB = async (): Promise<void> => {
+      b.push(await runClient(["bench/minimal-client.ts", "--port", port, "-c", String(connections), ...common]));
+    };
+    for (let round = 0; round < rounds; round++) {
+      if (round % 2 === 0) {
+        await runA();
+        await runB();
+      } else {
+        await runB();
+        await runA();
+      }
+    }
+    const rateA = a.map((r) => r.messagesPerSecond);
+    const rateB = b.map((r) => r.messagesPerSecond);
+    const ratioOfMedians = median(rateA) / median(rateB);
+    const pairs = rateA.map((x, i) => x / rateB[i]!);
+    const medianOfPairs = median(pairs);
+    const middleHalf = `${quantile(pairs, 0.25).toFixed(2)}-${quantile(pairs, 0.75).toFixed(2)}`;
+    const cpuA = median(a.map((r) => r.cpuMicrosPerMessage));
+    const cpuB = median(b.map((r) => r.cpuMicrosPerMessage));
+    console.log(
+      `| ${connections} | ${rateA.map(thousands).join(", ")} | ${rateB.map(thousands).join(", ")} | ` +
+        `${ratioOfMedians.toFixed(2)}x | ${medianOfPairs.toFixed(2)}x (${middleHalf}) | ${cpuA.toFixed(2)}, ${cpuB.toFixed(2)} |`,
+    );
+  }
+} finally {
+  await server.stop();
+}
