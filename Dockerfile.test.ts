@@ -59,13 +59,12 @@ describe("Dockerfile", () => {
     expect(existsSync(resolve(ROOT, stage))).toBe(true);
     const copied = instructions.filter((i) => i.keyword === "COPY").map((i) => i.value.split(/\s+/)[0]!);
     expect(copied.some((source) => stage.startsWith(source))).toBe(true);
-    expect(command.slice(2)).toEqual(["--host", "0.0.0.0", "--port", "5000"]);
+    expect(command.slice(2)).toEqual([]); // configuration comes from ENV, so `docker run -e PORT=...` works
   });
 
   test("the image's command line, with the image's environment, serves on 0.0.0.0 and stops gracefully", async () => {
-    // The one change: port 0 instead of 5000, which may be taken on this machine.
-    const args = command.slice(2).map((arg, i, all) => (all[i - 1] === "--port" ? "0" : arg));
-    await using server = await startStage(command[1]!, args, { env: imageEnv() });
+    // The one change: PORT=0 instead of 5000, which may be taken on this machine.
+    await using server = await startStage(command[1]!, command.slice(2), { env: { ...imageEnv(), PORT: "0" } });
     expect(server.host).toBe("0.0.0.0");
     const client = await TestClient.connect(server.port, "127.0.0.1");
     client.write("from the container\n");
