@@ -2,7 +2,7 @@
 // Proxy benchmark (not a test): the last proxy stage against a direct connection to the same servers, in one
 // run, with HAProxy (TCP mode) and socat as peers when they are installed.
 //   bulk   iperf3 client -> [proxy] -> iperf3 server, Gbit/s
-//   echo   closed-loop echo at --connections connections (bench/proxy-echo-load.ts) -> [proxy] -> echo stage,
+//   echo   closed-loop echo at --connections connections (bench/echo-load.ts, shared with the echo benchmark) -> [proxy] -> echo stage,
 //          messages/s and p50/p99 round trip
 // With two or more cores and taskset, the proxy runs on CPU 0 and everything else (load, servers) on CPU 1, so
 // "direct" and "through a proxy" load the same core and the proxy pays for its own core only.
@@ -190,13 +190,28 @@ interface EchoResult {
   errors: number;
 }
 
+/** What bench/echo-load.ts (the echo benchmark's closed-loop driver, shared) prints with --json. */
+interface EchoLoadJson {
+  msgsPerSec: number;
+  latencyUs: { p50: number; p99: number };
+  wrongBytes: number;
+  unexpectedCloses: number;
+  stalled: number;
+}
+
 async function echoLoad(port: number): Promise<EchoResult> {
-  const load = spawn(onLoadCore([process.execPath, "bench/proxy-echo-load.ts", "--port", String(port),
-    "--connections", String(CONNECTIONS), "--seconds", String(SECONDS), "--size", values.size]));
+  const load = spawn(onLoadCore([process.execPath, "bench/echo-load.ts", "--port", String(port), "--json",
+    "--connections", String(CONNECTIONS), "--duration", String(SECONDS), "--size", values.size]));
   const [out, code] = [await new Response(load.stdout).text(), await load.exited];
   children.delete(load);
   if (code !== 0) throw new Error(`echo load failed: ${out}${await new Response(load.stderr).text()}`);
-  return JSON.parse(out) as EchoResult;
+  const result = JSON.parse(out) as EchoLoadJson;
+  return {
+    msgsPerSec: result.msgsPerSec,
+    p50Ms: result.latencyUs.p50 / 1000,
+    p99Ms: result.latencyUs.p99 / 1000,
+    errors: result.wrongBytes + result.unexpectedCloses + result.stalled,
+  };
 }
 
 interface Row {
