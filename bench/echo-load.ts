@@ -78,7 +78,8 @@ interface Conn {
   partial: number;
   completed: number;
   unsent: Uint8Array[];
-  firstReply: (() => void) | undefined;
+  /** Settles the ramp's wait for this connection's first exchange: true = replied, false = closed first. */
+  firstReply: ((replied: boolean) => void) | undefined;
 }
 
 let measuring = false;
@@ -153,7 +154,7 @@ async function open(): Promise<Socket<Conn>> {
         c.completed += done;
         if (measuring) messages += done;
         if (c.firstReply && c.completed > 0) {
-          c.firstReply();
+          c.firstReply(true);
           c.firstReply = undefined;
         }
         if (running && done > 0) sendMessages(socket, done, now);
@@ -171,27 +172,42 @@ async function open(): Promise<Socket<Conn>> {
           c.unsent.shift();
         }
       },
-      close() {
+      close(socket) {
         if (running) unexpectedCloses++;
+        socket.data.firstReply?.(false);
+        socket.data.firstReply = undefined;
       },
       error() {},
     },
   });
 }
 
+// A connection whose first exchange never completes (the server or a proxy in between lost it) must not hold the
+// ramp, and so the whole run, forever: past this, the run stops with an error.
+const RAMP_BATCH_TIMEOUT_MS = 15_000;
+
 /** Opens every connection in batches; each does one exchange before the next batch starts. */
 async function rampUp(): Promise<void> {
   for (let start = 0; start < connections; start += batch) {
     const opened = await Promise.all(Array.from({ length: Math.min(batch, connections - start) }, open));
-    await Promise.all(
-      opened.map(
-        (socket) =>
-          new Promise<void>((resolve) => {
-            socket.data.firstReply = resolve;
-            sendMessages(socket, values.hold ? 1 : pipeline, performance.now());
-          }),
-      ),
+    const firstExchanges = opened.map(
+      (socket) =>
+        new Promise<boolean>((settle) => {
+          socket.data.firstReply = settle;
+          sendMessages(socket, values.hold ? 1 : pipeline, performance.now());
+        }),
     );
+    let timer: Timer | undefined;
+    const deadline = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), RAMP_BATCH_TIMEOUT_MS)));
+    const outcome = await Promise.race([Promise.all(firstExchanges), deadline]);
+    clearTimeout(timer);
+    const failed = outcome === "timeout" ? opened.filter((socket) => socket.data.firstReply).length : outcome.filter((ok) => !ok).length;
+    if (failed > 0) {
+      const why = outcome === "timeout" ? `no first reply within ${RAMP_BATCH_TIMEOUT_MS / 1000} s` : "closed before replying";
+      process.stderr.write(`error: ${failed} of ${opened.length} connections in a ramp batch failed (${why})\n`);
+      for (const socket of [...sockets, ...opened]) socket.terminate();
+      process.exit(1);
+    }
     sockets.push(...opened);
   }
 }

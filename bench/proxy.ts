@@ -278,7 +278,14 @@ async function main(): Promise<void> {
       }
       const proxy = peer ? await peer.start(echo.port) : undefined;
       const idle = proxy ? rss(proxy.child.pid).rss : NaN;
-      row.echo = await echoLoad(proxy?.port ?? echo.port);
+      try {
+        row.echo = await echoLoad(proxy?.port ?? echo.port);
+      } catch (error) {
+        // One peer failing (socat has lost a connection here) must not cost the other rows: say so, carry on.
+        console.log(`  ${row.name.padEnd(12)} echo failed: ${(error as Error).message.trim()}`);
+        if (proxy) await stop(proxy.child);
+        continue;
+      }
       if (proxy) {
         row.memoryPerConnection = (rss(proxy.child.pid).peak - idle) / CONNECTIONS;
         if (row.name !== "socat") row.idleMemoryPerConnection = await idleMemory(proxy.child.pid, proxy.port);
