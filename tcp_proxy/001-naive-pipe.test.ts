@@ -37,10 +37,13 @@ describe("001 naive pipe", () => {
 
   test("naive, but bad input is one line: exit 2 for options, exit 1 for a port in use", async () => {
     const usage: Array<[string[], string]> = [
-      [["--bogus"], "error: Unknown option '--bogus' (options: --host, --port, --upstream HOST:PORT)\n"],
+      [["--bogus"], "error: Unknown option '--bogus' (see --help)\n"],
       [["--upstream", "nope"], 'error: --upstream must be HOST:PORT, got "nope"\n'],
       [["--port", "99999"], 'error: --port must be an integer from 0 to 65535, got "99999"\n'],
     ];
+    const help = await runToExit(STAGE, ["--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toStartWith("Usage: bun tcp_proxy/001-naive-pipe.ts [options]");
     for (const [args, message] of usage) {
       const { code, stderr } = await runToExit(STAGE, args);
       expect([code, stderr]).toEqual([2, message]);

@@ -14,7 +14,7 @@
  *         - half-close: when the client has finished sending (FIN, `nc -N`), the proxy closes both connections at
  *           once, so the upstream's reply never reaches it (003 forwards the FIN and keeps the other way open);
  *         - an upstream that refuses the connection just closes the client, without a word (002 logs why);
- *         - no logs, no --help (bad options get one line), no timeouts, no limits (002, 003, 004).
+ *         - no logs, no timeouts, no limits (002, 003, 004).
  *
  * Try it: bun tcp_echo_server/003-loop.ts --port 5000
  *         bun tcp_proxy/001-naive-pipe.ts --port 6000 --upstream 127.0.0.1:5000
@@ -38,11 +38,25 @@ try {
       host: { type: "string", default: "127.0.0.1" },
       port: { type: "string", default: "6000" },
       upstream: { type: "string", default: "127.0.0.1:5000" },
+      help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
   }));
 } catch (error) {
-  fail(`${(error as Error).message.replace(/\s*\n\s*/g, " ")} (options: --host, --port, --upstream HOST:PORT)`, 2);
+  fail(`${(error as Error).message.replace(/\s*\n\s*/g, " ")} (see --help)`, 2);
+}
+if (values.help) {
+  process.stdout.write(`Usage: bun tcp_proxy/001-naive-pipe.ts [options]
+
+Forwards every client to the upstream, both directions, naively (see the header for what breaks).
+
+Options:
+  --host HOST            address to listen on (default 127.0.0.1)
+  --port PORT            port to listen on, 0 for a free one (default 6000)
+  --upstream HOST:PORT   where to forward each client (default 127.0.0.1:5000)
+  -h, --help             show this help
+`);
+  process.exit(0);
 }
 
 const separator = values.upstream.lastIndexOf(":");
