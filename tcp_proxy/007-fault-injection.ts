@@ -17,7 +17,8 @@
  *         HTTP API (--api-port; GET/POST /toxics, GET/POST/DELETE /toxics/NAME), which applies to open
  *         connections at once. Delayed bytes wait in a per-direction lane; past 1 MiB the source is paused, so
  *         a slow toxic slows the sender down instead of filling the proxy's memory. With no toxic, bytes take
- *         the direct path of 006.
+ *         the direct path of 006. Speed: with no toxic in force a chunk allocates nothing on its way (one shared
+ *         empty toxic list), and the clock is read per chunk only when --idle-timeout needs it.
  * Lacks:  TLS, UDP, HTTP awareness: this proxy moves bytes, and that is the lesson's boundary.
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
@@ -848,7 +849,8 @@ class Connection {
 
   /** Bytes arrived on `from`: pass them to the other side, or queue them and stop reading `from` for now. */
   forward(from: Side, chunk: Uint8Array): void {
-    this.lastActivity = performance.now();
+    // The clock only when the idle timer will read it: with --idle-timeout 0, a clock read per chunk is wasted.
+    if (this.timeouts.idleMs > 0) this.lastActivity = performance.now();
     this.bytesFrom[from] += chunk.length;
     this.metrics.bytes[from] += chunk.length;
     const lane = this.lanes[from];
