@@ -11,13 +11,11 @@
 // Usage: bun bench/echo.ts [--seconds 3] [--rounds 5] [--held 10000] [--out-dir bench/results]
 //        bun bench/echo.ts --chart-only      (redraws echo.svg from echo.json)
 
-import type { Subprocess } from "bun";
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-
-const ROOT = resolve(import.meta.dir, "..");
+import { canPin, descendants, lastStage, median, memoryKiB, onCpu, ROOT, spawn, startListening, stop, waitForLine } from "./lib.ts";
 const { values } = parseArgs({
   options: {
     seconds: { type: "string", default: "3" },
@@ -34,16 +32,9 @@ const ROUNDS = Number(values.rounds);
 const HELD = Number(values.held);
 const OUT_DIR = resolve(ROOT, values["out-dir"]);
 
-const LAST_STAGE = lastStage();
+const LAST_STAGE = lastStage("tcp_echo_server");
 const which = (tool: string): string | null => Bun.which(tool);
-const pinning = which("taskset") !== null && cpus().length >= 2;
-const onServerCore = (command: string[]): string[] => (pinning ? ["taskset", "-c", "0", ...command] : command);
-const onLoadCore = (command: string[]): string[] => (pinning ? ["taskset", "-c", "1", ...command] : command);
-
-function lastStage(): string {
-  const stages = readdirSync(join(ROOT, "tcp_echo_server")).filter((name) => /^\d{3}-.*\.ts$/.test(name) && !name.includes(".test."));
-  return join("tcp_echo_server", stages.sort().at(-1)!);
-}
+const pinning = canPin;
 
 interface Server {
   name: string;
@@ -93,72 +84,14 @@ interface Measurement {
   processes: number;
 }
 
-const children = new Set<Subprocess>();
-process.on("exit", () => {
-  for (const child of children) child.kill("SIGKILL");
-});
-
-function spawn(command: string[], stdin: "ignore" | "pipe" = "ignore"): Subprocess<"ignore" | "pipe", "pipe", "pipe"> {
-  const child = Bun.spawn(command, { cwd: ROOT, stdin, stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
-  children.add(child);
-  return child;
-}
-
-/** Reads `child`'s stdout until `pattern` matches; keeps draining both streams afterwards. */
-async function waitForLine(child: Subprocess<"ignore" | "pipe", "pipe", "pipe">, pattern: RegExp, what: string, timeoutMs = 60_000): Promise<RegExpMatchArray> {
-  const reader = child.stdout.getReader();
-  let text = "";
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const match = text.match(pattern);
-    if (match) {
-      reader.releaseLock();
-      void child.stdout.pipeTo(new WritableStream());
-      return match;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: no ${pattern} in ${timeoutMs} ms: ${text}`);
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`${what} ended: ${text}${await new Response(child.stderr).text()}`);
-    text += new TextDecoder().decode(value);
-  }
-}
-
-/** The server's process and its descendants (a supervisor's workers), from /proc. */
-function tree(pid: number): number[] {
-  const pids = [pid];
-  for (let i = 0; i < pids.length; i++) {
-    try {
-      for (const task of readdirSync(`/proc/${pids[i]}/task`)) {
-        const children = readFileSync(`/proc/${pids[i]}/task/${task}/children`, "utf8").trim();
-        if (children !== "") pids.push(...children.split(" ").map(Number));
-      }
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return pids;
-}
-
-/** RSS now and peak (VmHWM), KiB, summed over `pids`. */
-function memory(pids: number[]): { rss: number; peak: number } {
-  const total = { rss: 0, peak: 0 };
-  for (const pid of pids) {
-    const status = readFileSync(`/proc/${pid}/status`, "utf8");
-    total.rss += Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0);
-    total.peak += Number(/^VmHWM:\s+(\d+)/m.exec(status)?.[1] ?? 0);
-  }
-  return total;
-}
-
 function loadCommand(port: number, args: string[]): string[] {
-  return onLoadCore([process.execPath, "bench/echo-load.ts", "--port", String(port), ...args]);
+  return onCpu(1, [process.execPath, "bench/echo-load.ts", "--port", String(port), ...args]);
 }
 
 async function runLoad(port: number, pids: number[], scenario: Scenario): Promise<LoadResult> {
   const args = [...scenario.args, "--duration", String(SECONDS), "--warmup", values.warmup, "--json", "--cpu-of", pids.join(",")];
   const load = spawn(loadCommand(port, args));
   const [output, code] = await Promise.all([new Response(load.stdout).text(), load.exited]);
-  children.delete(load);
   if (code !== 0) throw new Error(`load for ${scenario.name} exited ${code}: ${output}${await new Response(load.stderr).text()}`);
   return JSON.parse(output) as LoadResult;
 }
@@ -166,42 +99,31 @@ async function runLoad(port: number, pids: number[], scenario: Scenario): Promis
 /** Opens HELD idle connections and returns the server's RSS growth per connection, KiB. */
 async function heldConnections(port: number, pids: number[]): Promise<number> {
   await Bun.sleep(500); // let the previous load's sockets close
-  const before = memory(pids).rss;
+  const before = memoryKiB(pids).rss;
   const load = spawn(loadCommand(port, ["--connections", String(HELD), "--hold"]), "pipe");
   await waitForLine(load, /"held":\d+/, "held connections", 120_000);
   await Bun.sleep(1000);
-  const after = memory(pids).rss;
+  const after = memoryKiB(pids).rss;
   void load.stdin?.end(); // the load resets its connections and exits
   await load.exited;
-  children.delete(load);
   return (after - before) / HELD;
 }
 
 async function measure(server: Server): Promise<Measurement> {
-  const child = spawn(onServerCore([...server.command, "--port", "0"]));
+  const { child, port } = await startListening(onCpu(0, [...server.command, "--port", "0"]), server.name);
   try {
-    const [, port] = await waitForLine(child, /listening on .*:(\d+)/, server.name, 10_000);
-    void child.stderr.pipeTo(new WritableStream());
     await Bun.sleep(200); // workers settle
-    const pids = tree(child.pid);
+    const pids = [child.pid, ...descendants(child.pid)];
     const scenarios: Record<string, LoadResult> = {};
-    for (const scenario of SCENARIOS) scenarios[scenario.name] = await runLoad(Number(port), pids, scenario);
-    const peakRssKiB = memory(pids).peak;
-    const kibPerHeldConnection = await heldConnections(Number(port), pids);
+    for (const scenario of SCENARIOS) scenarios[scenario.name] = await runLoad(port, pids, scenario);
+    const peakRssKiB = memoryKiB(pids).peak;
+    const kibPerHeldConnection = await heldConnections(port, pids);
     return { scenarios, peakRssKiB, kibPerHeldConnection, processes: pids.length };
   } finally {
-    child.kill("SIGKILL");
-    for (const pid of tree(child.pid).slice(1)) process.kill(pid, "SIGKILL");
-    await child.exited;
-    children.delete(child);
+    await stop(child);
   }
 }
 
-const median = (numbers: number[]): number => {
-  const sorted = [...numbers].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
-};
 const round = (value: number, digits = 2): number => Number(value.toFixed(digits));
 
 interface ScenarioSummary {

@@ -13,11 +13,8 @@
 // --pin (with taskset, 2+ cores) puts the server on CPU 0 and each client on CPU 1; without it the scheduler
 // places them, which is fairer on a machine that other work shares.
 
-import { readdirSync } from "node:fs";
-import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-
-const ROOT = resolve(import.meta.dir, "..");
+import { canPin, lastStage, median, onCpu, quantile, ROOT, startListening, stop } from "./lib.ts";
 
 const { values } = parseArgs({
   options: {
@@ -32,42 +29,11 @@ const { values } = parseArgs({
   strict: true,
 });
 
-const PIN = values.pin && Bun.which("taskset") !== null && navigator.hardwareConcurrency >= 2;
-const pinned = (cpu: number, command: string[]): string[] => (PIN ? ["taskset", "-c", String(cpu), ...command] : command);
-
-function latestServerStage(): string {
-  const stages = readdirSync(resolve(ROOT, "tcp_echo_server"))
-    .filter((name) => /^\d{3}-.*\.ts$/.test(name) && !name.includes(".test.") && Number(name.slice(0, 3)) >= 5)
-    .sort();
-  const latest = stages.at(-1);
-  if (!latest) throw new Error("no echo server stage 005 or later in tcp_echo_server/");
-  return `tcp_echo_server/${latest}`;
-}
+const PIN = values.pin && canPin;
 
 async function startServer(file: string): Promise<{ port: number; stop: () => Promise<void> }> {
-  const proc = Bun.spawn(pinned(0, [process.execPath, resolve(ROOT, file), "--port", "0", "--log-level", "error"]), {
-    cwd: ROOT,
-    stdout: "pipe",
-    stderr: "ignore",
-    env: { ...process.env, NO_COLOR: "1" },
-  });
-  const reader = proc.stdout.getReader();
-  let text = "";
-  while (!/listening on .*:(\d+)/.test(text)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`${file} exited before listening:\n${text}`);
-    text += new TextDecoder().decode(value);
-  }
-  reader.releaseLock();
-  void proc.stdout.pipeTo(new WritableStream()); // keep draining, or a full pipe would block it
-  const port = Number(/listening on .*:(\d+)/.exec(text)![1]);
-  return {
-    port,
-    stop: async () => {
-      proc.kill("SIGKILL");
-      await proc.exited;
-    },
-  };
+  const { child, port } = await startListening(onCpu(0, [process.execPath, file, "--port", "0", "--log-level", "error"], PIN), file);
+  return { port, stop: () => stop(child) };
 }
 
 interface RunResult {
@@ -77,7 +43,7 @@ interface RunResult {
 }
 
 async function runClient(args: string[]): Promise<RunResult> {
-  const proc = Bun.spawn(pinned(1, [process.execPath, ...args]), { cwd: ROOT, stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+  const proc = Bun.spawn(onCpu(1, [process.execPath, ...args], PIN), { cwd: ROOT, stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
   const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   if (code !== 0) throw new Error(`${args.join(" ")} exited ${code}:\n${stdout}\n${stderr}`);
   const result = JSON.parse(stdout) as { messagesPerSecond: number; clientCpu: { total: number }; errors?: { total: number } };
@@ -85,17 +51,10 @@ async function runClient(args: string[]): Promise<RunResult> {
   return { messagesPerSecond: result.messagesPerSecond, cpuMicrosPerMessage: (result.clientCpu.total / result.messagesPerSecond) * 1e6 };
 }
 
-/** The q-quantile (0..1) of xs, interpolating between neighbours. */
-const quantile = (xs: number[], q: number): number => {
-  const sorted = [...xs].sort((a, b) => a - b);
-  const at = (sorted.length - 1) * q;
-  const low = Math.floor(at);
-  return sorted[low]! + (sorted[Math.min(low + 1, sorted.length - 1)]! - sorted[low]!) * (at - low);
-};
-const median = (xs: number[]): number => quantile(xs, 0.5);
 const thousands = (x: number): string => Math.round(x).toLocaleString("en-US");
 
-const serverFile = values.server ?? latestServerStage();
+// From 005 on: the earlier stages serve one client at a time.
+const serverFile = values.server ?? lastStage("tcp_echo_server", 5);
 const connectionCounts = values.connections.split(",").map(Number);
 const rounds = Number(values.rounds);
 const common = ["-d", values.duration, "--warmup", values.warmup, "-s", values.size];

@@ -10,12 +10,11 @@
 // Needs iperf3 for the bulk part (apt-get install iperf3; haproxy and socat are optional peers).
 
 import type { Subprocess } from "bun";
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-
-const ROOT = resolve(import.meta.dir, "..");
+import { canPin, type Child, lastStage, memoryKiB, onCpu, ROOT, spawn, startListening, stop } from "./lib.ts";
 const { values } = parseArgs({
   options: {
     seconds: { type: "string", default: "5" },
@@ -31,48 +30,13 @@ const CONNECTIONS = Number(values.connections);
 const PROXY_STAGE = lastStage("tcp_proxy");
 const ECHO_STAGE = lastStage("tcp_echo_server");
 const which = (tool: string): string | null => Bun.which(tool) ?? Bun.which(tool, { PATH: "/usr/sbin:/sbin:/usr/bin" });
-const pinning = which("taskset") !== null && cpus().length >= 2;
-const onProxyCore = (command: string[]): string[] => (pinning ? ["taskset", "-c", "0", ...command] : command);
-const onLoadCore = (command: string[]): string[] => (pinning ? ["taskset", "-c", "1", ...command] : command);
+const pinning = canPin;
+const onProxyCore = (command: string[]): string[] => onCpu(0, command);
+const onLoadCore = (command: string[]): string[] => onCpu(1, command);
 
-function lastStage(folder: string): string {
-  const stages = readdirSync(join(ROOT, folder)).filter((name) => /^\d{3}-.*\.ts$/.test(name) && !name.includes(".test."));
-  return join(folder, stages.sort().at(-1)!);
-}
-
-const children = new Set<Subprocess>();
-process.on("exit", () => {
-  for (const child of children) child.kill("SIGKILL");
-});
-
-function spawn(command: string[]): Subprocess<"ignore", "pipe", "pipe"> {
-  const child = Bun.spawn(command, { cwd: ROOT, stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
-  children.add(child);
-  return child;
-}
-
-async function stop(child: Subprocess): Promise<void> {
-  child.kill("SIGKILL");
-  await child.exited;
-  children.delete(child);
-}
-
-/** Spawns a stage and waits for its `listening on HOST:PORT` line. */
-async function startStage(file: string, args: string[], pin: (command: string[]) => string[]) {
-  const child = spawn(pin([process.execPath, file, "--port", "0", ...args]));
-  const reader = child.stdout.getReader();
-  let text = "";
-  const deadline = Date.now() + 10_000;
-  while (!/listening on .*:(\d+)/.test(text)) {
-    if (Date.now() > deadline) throw new Error(`${file} did not start: ${text}`);
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`${file} exited: ${text}${await new Response(child.stderr).text()}`);
-    text += new TextDecoder().decode(value);
-  }
-  reader.releaseLock();
-  void child.stdout.pipeTo(new WritableStream()); // keep draining
-  void child.stderr.pipeTo(new WritableStream());
-  return { child, port: Number(text.match(/listening on .*:(\d+)/)![1]) };
+/** Spawns a stage on a free port, on the core `pin` chooses, and waits for its listening line. */
+function startStage(file: string, args: string[], pin: (command: string[]) => string[]): Promise<{ child: Child; port: number }> {
+  return startListening(pin([process.execPath, file, "--port", "0", ...args]), file);
 }
 
 function freePort(): number {
@@ -96,7 +60,7 @@ async function waitForPort(port: number): Promise<void> {
 }
 
 /** Waits for a peer's port; if it never opens, says why (its stderr). */
-async function waitForPeer(child: Subprocess<"ignore", "pipe", "pipe">, port: number, name: string): Promise<void> {
+async function waitForPeer(child: Child, port: number, name: string): Promise<void> {
   try {
     await Promise.race([
       waitForPort(port),
@@ -110,11 +74,11 @@ async function waitForPeer(child: Subprocess<"ignore", "pipe", "pipe">, port: nu
   }
 }
 
+/** RSS now and at its peak, in bytes (NaN once the process is gone). */
 function rss(pid: number): { rss: number; peak: number } {
   try {
-    const status = readFileSync(`/proc/${pid}/status`, "utf8");
-    const kib = (key: string) => Number(status.match(new RegExp(`${key}:\\s+(\\d+)`))?.[1] ?? NaN) * 1024;
-    return { rss: kib("VmRSS"), peak: kib("VmHWM") };
+    const { rss, peak } = memoryKiB(pid);
+    return { rss: rss * 1024, peak: peak * 1024 };
   } catch {
     return { rss: NaN, peak: NaN };
   }
@@ -175,7 +139,6 @@ if (socat) {
 async function iperf(port: number): Promise<number> {
   const client = spawn(onLoadCore([which("iperf3")!, "-c", "127.0.0.1", "-p", String(port), "-t", String(SECONDS), "-J"]));
   const [out, code] = [await new Response(client.stdout).text(), await client.exited];
-  children.delete(client);
   if (code !== 0) throw new Error(`iperf3 failed: ${out.slice(0, 500)}`);
   const report = JSON.parse(out) as { error?: string; end?: { sum_received?: { bits_per_second: number } } };
   const bitsPerSecond = report.end?.sum_received?.bits_per_second;
@@ -203,7 +166,6 @@ async function echoLoad(port: number): Promise<EchoResult> {
   const load = spawn(onLoadCore([process.execPath, "bench/echo-load.ts", "--port", String(port), "--json",
     "--connections", String(CONNECTIONS), "--duration", String(SECONDS), "--size", values.size]));
   const [out, code] = [await new Response(load.stdout).text(), await load.exited];
-  children.delete(load);
   if (code !== 0) throw new Error(`echo load failed: ${out}${await new Response(load.stderr).text()}`);
   const result = JSON.parse(out) as EchoLoadJson;
   return {
