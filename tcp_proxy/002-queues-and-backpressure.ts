@@ -11,7 +11,11 @@
  *         - a partial write keeps the rest in the queue, the proxy stops reading the sending side (pause) and
  *           flushes the queue on `drain`, then reads again (resume): backpressure, in both directions, so a slow
  *           reader slows the writer down instead of growing the proxy's memory or losing bytes;
- *         - an upstream that refuses or cannot be reached: the client is closed at once and the reason logged.
+ *         - an upstream that refuses or cannot be reached: the client is closed at once and the reason logged;
+ *         - no client can take the proxy down: one that resets before the accept completes (a port scanner, a
+ *           health check) reaches `open` with no address and is let go; `socket.data` is unset until `open` sets
+ *           it, so every handler asks `connectionOf(socket)`; and an exception in one connection's handler (Bun
+ *           hands it to `error`) closes that connection with a log line while every other client carries on.
  * Lacks:  half-close: when the client finishes sending (FIN, `nc -N`), Bun closes that socket and the proxy closes
  *         the upstream once its queue is flushed, so the reply is lost (003); connect and idle timeouts (003);
  *         limits, graceful shutdown, a log line per connection (004); several upstreams (005).
@@ -201,6 +205,12 @@ class Connection {
     this.socket(other(to))?.resume();
   }
 
+  /** Something went wrong in the proxy itself: drop both sides now (RST), queued bytes included. */
+  abort(): void {
+    this.client.terminate();
+    this.upstream?.terminate();
+  }
+
   /** One side has closed: close the other once what is queued for it is out. */
   sideClosed(side: Side, error?: Error): void {
     if (this.closed) return;
@@ -211,6 +221,14 @@ class Connection {
     if (this.queueTo(other(side)).empty) peer?.end();
     else this.closing = true; // `flush` ends the other side once its queue is out (or once it has connected)
   }
+}
+
+/**
+ * The connection a socket belongs to, or undefined before `open` has set `socket.data`. Bun still calls the other
+ * handlers for such a socket: after `open` threw, or after it turned away a client that was already gone.
+ */
+function connectionOf(socket: Socket<Link>): Connection | undefined {
+  return (socket.data as Link | undefined)?.connection;
 }
 
 /** A TCP proxy: every client accepted on host:port gets its own connection to the upstream. */
@@ -235,10 +253,10 @@ class Proxy {
       port: this.port,
       socket: {
         open: (socket) => this.onClientOpen(socket),
-        data: (socket, data) => socket.data.connection.forward("client", data),
-        drain: (socket) => socket.data.connection.flush("client"),
-        close: (socket, error) => socket.data.connection.sideClosed("client", error),
-        error: (socket, error) => this.log.debug(`${socket.data.connection.name} client error: ${error.message}`),
+        data: (socket, data) => connectionOf(socket)?.forward("client", data),
+        drain: (socket) => connectionOf(socket)?.flush("client"),
+        close: (socket, error) => connectionOf(socket)?.sideClosed("client", error),
+        error: (socket, error) => this.onHandlerError(socket, error),
       },
     });
     this.listener = listener;
@@ -248,10 +266,23 @@ class Proxy {
   }
 
   private onClientOpen(client: Socket<Link>): void {
+    // A client that resets before the accept completes reaches `open` with no address: it is gone already.
+    if (!client.remoteAddress) return void client.terminate();
     const connection = new Connection(client, this.log);
     client.data = { connection, side: "client" }; // a fresh object: the listen-level `data` is shared by all
     this.log.info(`${connection.name} connected`);
     this.connectUpstream(connection);
+  }
+
+  /**
+   * A handler threw (Bun passes the exception to `error`). Only that connection pays: it is cut, with a log line,
+   * and every other client carries on. Before `open` has set `socket.data` there is no connection yet.
+   */
+  private onHandlerError(socket: Socket<Link>, error: Error): void {
+    const connection = connectionOf(socket);
+    this.log.error(`${connection?.name ?? "a client being accepted"}: ${error.message}; closing that connection`);
+    if (connection) connection.abort();
+    else socket.terminate();
   }
 
   private connectUpstream(connection: Connection): void {
@@ -265,7 +296,7 @@ class Proxy {
         data: (_socket, data) => connection.forward("upstream", data),
         drain: () => connection.flush("upstream"),
         close: (_socket, error) => connection.sideClosed("upstream", error),
-        error: (_socket, error) => this.log.debug(`${connection.name} upstream error: ${error.message}`),
+        error: (socket, error) => this.onHandlerError(socket, error),
         connectError: () => {}, // the promise rejects too, and is handled below
       },
     }).catch((error: NodeJS.ErrnoException) => {

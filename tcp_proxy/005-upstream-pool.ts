@@ -487,6 +487,14 @@ class Pool {
   }
 }
 
+/**
+ * The connection a socket belongs to, or undefined before `open` has set `socket.data`. Bun still calls the other
+ * handlers for such a socket: after `open` threw, or after it turned away a client that was already gone.
+ */
+function connectionOf(socket: Socket<Link>): Connection | undefined {
+  return (socket.data as Link | undefined)?.connection;
+}
+
 /** A TCP proxy: every client accepted on host:port gets its own connection to an upstream of the pool. */
 class Proxy {
   readonly host: string;
@@ -522,11 +530,11 @@ class Proxy {
       allowHalfOpen: true, // a client's FIN must not close its socket: the reply may still be on its way
       socket: {
         open: (socket) => this.onClientOpen(socket),
-        data: (socket, data) => socket.data.connection.forward("client", data),
-        drain: (socket) => socket.data.connection.flush("client"),
-        end: (socket) => socket.data.connection.sideEnded("client"),
-        close: (socket, error) => socket.data.connection.sideClosed("client", error),
-        error: (socket, error) => this.log.debug(`${socket.data.connection.name} client error: ${error.message}`),
+        data: (socket, data) => connectionOf(socket)?.forward("client", data),
+        drain: (socket) => connectionOf(socket)?.flush("client"),
+        end: (socket) => connectionOf(socket)?.sideEnded("client"),
+        close: (socket, error) => connectionOf(socket)?.sideClosed("client", error),
+        error: (socket, error) => this.onHandlerError(socket, error),
       },
     });
     this.listener = listener;
@@ -540,6 +548,8 @@ class Proxy {
   }
 
   private onClientOpen(client: Socket<Link>): void {
+    // A client that resets before the accept completes reaches `open` with no address: it is gone already.
+    if (!client.remoteAddress) return void client.terminate();
     const connection = new Connection(client, this.log, this.timeouts, (done) => this.release(done));
     client.data = { connection, side: "client" }; // a fresh object: the listen-level `data` is shared by all
     // Over a limit: close at once, before any upstream connection is made. (Bun cannot stop accepting for a
@@ -565,6 +575,17 @@ class Proxy {
     if (fromThisIp === 0) this.perIp.delete(connection.clientAddress);
     else this.perIp.set(connection.clientAddress, fromThisIp);
     if (this.draining && this.connections.size === 0) this.exit("all connections finished");
+  }
+
+  /**
+   * A handler threw (Bun passes the exception to `error`). Only that connection pays: it is closed, with a log
+   * line, and every other client carries on. Before `open` has set `socket.data` there is no connection yet.
+   */
+  private onHandlerError(socket: Socket<Link>, error: Error): void {
+    const connection = connectionOf(socket);
+    this.log.error(`${connection?.name ?? "a client being accepted"}: ${error.message}; closing that connection`);
+    if (connection) connection.close("proxy", `${error.message} in a handler`, "warn");
+    else socket.terminate();
   }
 
   /**
@@ -622,7 +643,7 @@ class Proxy {
           uncount();
           if (socket === connection.upstream) connection.sideClosed("upstream", error);
         },
-        error: (_socket, error) => this.log.debug(`${connection.name} upstream error: ${error.message}`),
+        error: (socket, error) => this.onHandlerError(socket, error),
         connectError: () => {}, // the promise rejects too, and is handled below
       },
     }).catch((error: NodeJS.ErrnoException) => fail(describeError(error)));

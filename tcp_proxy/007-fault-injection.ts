@@ -1142,6 +1142,14 @@ class Pool {
   }
 }
 
+/**
+ * The connection a socket belongs to, or undefined before `open` has set `socket.data`. Bun still calls the other
+ * handlers for such a socket: after `open` threw, or after it turned away a client that was already gone.
+ */
+function connectionOf(socket: Socket<Link>): Connection | undefined {
+  return (socket.data as Link | undefined)?.connection;
+}
+
 /** A TCP proxy: every client accepted on host:port gets its own connection to an upstream of the pool. */
 class Proxy {
   readonly host: string;
@@ -1185,14 +1193,15 @@ class Proxy {
       socket: {
         open: (socket) => this.onClientOpen(socket),
         data: (socket, data) => {
-          const connection = socket.data.connection;
+          const connection = connectionOf(socket);
+          if (connection === undefined) return;
           if (connection.headerBytes) this.readProxyHeader(connection, data);
           else connection.forward("client", data);
         },
-        drain: (socket) => socket.data.connection.flush("client"),
-        end: (socket) => socket.data.connection.sideEnded("client"),
-        close: (socket, error) => socket.data.connection.sideClosed("client", error),
-        error: (socket, error) => this.log.debug(`${socket.data.connection.name} client error: ${error.message}`),
+        drain: (socket) => connectionOf(socket)?.flush("client"),
+        end: (socket) => connectionOf(socket)?.sideEnded("client"),
+        close: (socket, error) => connectionOf(socket)?.sideClosed("client", error),
+        error: (socket, error) => this.onHandlerError(socket, error),
       },
     });
     this.listener = listener;
@@ -1209,6 +1218,8 @@ class Proxy {
   }
 
   private onClientOpen(client: Socket<Link>): void {
+    // A client that resets before the accept completes reaches `open` with no address: it is gone already.
+    if (!client.remoteAddress) return void client.terminate();
     const connection = new Connection(client, this.log, this.timeouts, this.metrics, this.toxics, (done) => {
       this.release(done);
     });
@@ -1360,6 +1371,17 @@ class Proxy {
   }
 
   /**
+   * A handler threw (Bun passes the exception to `error`). Only that connection pays: it is closed, with a log
+   * line, and every other client carries on. Before `open` has set `socket.data` there is no connection yet.
+   */
+  private onHandlerError(socket: Socket<Link>, error: Error): void {
+    const connection = connectionOf(socket);
+    this.log.error(`${connection?.name ?? "a client being accepted"}: ${error.message}; closing that connection`);
+    if (connection) connection.close("proxy", `${error.message} in a handler`, "warn");
+    else socket.terminate();
+  }
+
+  /**
    * Connects the client to an upstream picked by the balance rule. A connect that fails (refused, unreachable,
    * no answer within --connect-timeout) marks that upstream as failed for a while and tries the next one, up to
    * --retries more; when no upstream is left, the client is closed at once rather than left waiting.
@@ -1418,7 +1440,7 @@ class Proxy {
           uncount();
           if (socket === connection.upstream) connection.sideClosed("upstream", error);
         },
-        error: (_socket, error) => this.log.debug(`${connection.name} upstream error: ${error.message}`),
+        error: (socket, error) => this.onHandlerError(socket, error),
         connectError: () => {}, // the promise rejects too, and is handled below
       },
     }).catch((error: NodeJS.ErrnoException) => fail(describeError(error)));

@@ -1,7 +1,7 @@
 // Every proxy stage against a real echo stage (tcp_echo_server/005, in its own process) as the upstream: what each
 // stage claims keeps working in the stages after it. Heavier or stage-specific checks live beside each stage.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { allByteValues, decode, TestClient, upperAscii } from "../test/support/net.ts";
+import { allByteValues, decode, resetStorm, TestClient, upperAscii } from "../test/support/net.ts";
 import { type Running, startStage } from "../test/support/process.ts";
 
 const ECHO = "tcp_echo_server/005-bounded-concurrency.ts";
@@ -52,6 +52,16 @@ describe.each(STAGES.map((file, index) => [file, index + 1] as const))("%s", (fi
     client.write("hello");
     await client.shutdown();
     expect(decode(await client.readToEnd(3000))).toBe("HELLO");
+  });
+
+  if (number >= 2) test("300 clients that reset at once, many before the accept completes: the proxy stays up", async () => {
+    await using proxy = await startStage(file, ["--port", "0", "--upstream", `127.0.0.1:${echo.port}`]);
+    await resetStorm(proxy.port, 300);
+    const client = await TestClient.connect(proxy.port);
+    client.write("still there?\n");
+    expect(decode(await client.readAtLeast(13, 3000))).toBe("STILL THERE?\n");
+    client.close();
+    expect(proxy.proc.exitCode).toBeNull();
   });
 
   test("upstream down: the client is closed promptly and the proxy keeps running", async () => {

@@ -285,6 +285,19 @@ export async function connectMany(
   return clients;
 }
 
+/**
+ * `count` clients that connect and reset at once (RST, as `SO_LINGER` 0 or a port scanner does), all in flight
+ * together, so that many reset before the server's accept completes. Resolves once every one has been reset.
+ */
+export async function resetStorm(port: number, count: number, host = "127.0.0.1"): Promise<void> {
+  await Promise.all(
+    Array.from({ length: count }, async () => {
+      const socket = await Bun.connect({ hostname: host, port, socket: { data() {} } });
+      socket.terminate();
+    }),
+  );
+}
+
 /** How a deliberately wrong echo server misbehaves (see `startFaultyEchoServer`). */
 export type Fault =
   /** Echoes in uppercase, but the reply byte at stream offset `atOffset` has its case flipped (XOR 0x20). */
