@@ -45,7 +45,9 @@ describe("Dockerfile", () => {
   });
 
   test("installs from the frozen lockfile, runs as a non-root user, stops with SIGTERM, exposes 5000", () => {
-    expect(instructions.some((i) => i.keyword === "RUN" && i.value.includes("bun install --frozen-lockfile"))).toBe(true);
+    expect(instructions.some((i) => i.keyword === "RUN" && i.value.includes("bun install --frozen-lockfile"))).toBe(
+      true,
+    );
     expect(last("USER")).toBe("bun");
     expect(last("STOPSIGNAL")).toBe("SIGTERM");
     expect(last("EXPOSE")).toBe("5000");

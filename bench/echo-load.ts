@@ -198,12 +198,18 @@ async function rampUp(): Promise<void> {
         }),
     );
     let timer: Timer | undefined;
-    const deadline = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), RAMP_BATCH_TIMEOUT_MS)));
+    const deadline = new Promise<"timeout">(
+      (resolve) => (timer = setTimeout(() => resolve("timeout"), RAMP_BATCH_TIMEOUT_MS)),
+    );
     const outcome = await Promise.race([Promise.all(firstExchanges), deadline]);
     clearTimeout(timer);
-    const failed = outcome === "timeout" ? opened.filter((socket) => socket.data.firstReply).length : outcome.filter((ok) => !ok).length;
+    const failed =
+      outcome === "timeout"
+        ? opened.filter((socket) => socket.data.firstReply).length
+        : outcome.filter((ok) => !ok).length;
     if (failed > 0) {
-      const why = outcome === "timeout" ? `no first reply within ${RAMP_BATCH_TIMEOUT_MS / 1000} s` : "closed before replying";
+      const why =
+        outcome === "timeout" ? `no first reply within ${RAMP_BATCH_TIMEOUT_MS / 1000} s` : "closed before replying";
       process.stderr.write(`error: ${failed} of ${opened.length} connections in a ramp batch failed (${why})\n`);
       for (const socket of [...sockets, ...opened]) socket.terminate();
       process.exit(1);

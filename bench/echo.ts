@@ -15,7 +15,19 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { canPin, descendants, lastStage, median, memoryKiB, onCpu, ROOT, spawn, startListening, stop, waitForLine } from "./lib.ts";
+import {
+  canPin,
+  descendants,
+  lastStage,
+  median,
+  memoryKiB,
+  onCpu,
+  ROOT,
+  spawn,
+  startListening,
+  stop,
+  waitForLine,
+} from "./lib.ts";
 const { values } = parseArgs({
   options: {
     seconds: { type: "string", default: "3" },
@@ -46,7 +58,16 @@ const SERVERS: Server[] = [
   ...(which("node") ? [{ name: "Node net", command: ["node", "bench/reference/node-echo.mjs"] }] : []),
   {
     name: "stage 005",
-    command: [process.execPath, "tcp_echo_server/005-bounded-concurrency.ts", "--max-clients", "20000", "--idle-timeout", "0", "--log-level", "warn"],
+    command: [
+      process.execPath,
+      "tcp_echo_server/005-bounded-concurrency.ts",
+      "--max-clients",
+      "20000",
+      "--idle-timeout",
+      "0",
+      "--log-level",
+      "warn",
+    ],
   },
   {
     name: `stage ${LAST_STAGE.match(/(\d{3})-/)![1]}`,
@@ -89,10 +110,20 @@ function loadCommand(port: number, args: string[]): string[] {
 }
 
 async function runLoad(port: number, pids: number[], scenario: Scenario): Promise<LoadResult> {
-  const args = [...scenario.args, "--duration", String(SECONDS), "--warmup", values.warmup, "--json", "--cpu-of", pids.join(",")];
+  const args = [
+    ...scenario.args,
+    "--duration",
+    String(SECONDS),
+    "--warmup",
+    values.warmup,
+    "--json",
+    "--cpu-of",
+    pids.join(","),
+  ];
   const load = spawn(loadCommand(port, args));
   const [output, code] = await Promise.all([new Response(load.stdout).text(), load.exited]);
-  if (code !== 0) throw new Error(`load for ${scenario.name} exited ${code}: ${output}${await new Response(load.stderr).text()}`);
+  if (code !== 0)
+    throw new Error(`load for ${scenario.name} exited ${code}: ${output}${await new Response(load.stderr).text()}`);
   return JSON.parse(output) as LoadResult;
 }
 
@@ -146,8 +177,15 @@ function summarise(runs: Measurement[]) {
       replyMiBPerSec: round(pick((r) => r.replyMiBPerSec)),
       p50Us: Math.round(pick((r) => r.latencyUs.p50)),
       p99Us: Math.round(pick((r) => r.latencyUs.p99)),
-      serverCpuUsPerMsg: round(pick((r) => r.serverCpuUsPerMsg ?? NaN), 3),
-      problems: runs.reduce((sum, run) => sum + run.scenarios[name]!.wrongBytes + run.scenarios[name]!.unexpectedCloses + run.scenarios[name]!.stalled, 0),
+      serverCpuUsPerMsg: round(
+        pick((r) => r.serverCpuUsPerMsg ?? NaN),
+        3,
+      ),
+      problems: runs.reduce(
+        (sum, run) =>
+          sum + run.scenarios[name]!.wrongBytes + run.scenarios[name]!.unexpectedCloses + run.scenarios[name]!.stalled,
+        0,
+      ),
     };
   }
   return {
@@ -173,13 +211,46 @@ function escape(text: string): string {
   return text.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
 }
 
-function chart(results: Record<string, Summary>, meta: { date: string; pinned: boolean; load: number; rounds: number }): string {
+function chart(
+  results: Record<string, Summary>,
+  meta: { date: string; pinned: boolean; load: number; rounds: number },
+): string {
   const names = SERVERS.map((server) => server.name);
-  const panels: Array<{ title: string; unit: string; better: "higher" | "lower"; value: (s: Summary) => number; target?: string }> = [
-    { title: "100 connections", unit: "msgs/s", better: "higher", value: (s) => s.scenarios["100 connections"]!.msgsPerSec, target: ">= 1.0x" },
-    { title: "1,000 connections", unit: "msgs/s", better: "higher", value: (s) => s.scenarios["1000 connections"]!.msgsPerSec, target: ">= 1.0x" },
-    { title: "flood: 10 conns x 128 in flight", unit: "MiB/s echoed", better: "higher", value: (s) => s.scenarios.flood!.replyMiBPerSec, target: ">= 1.4x" },
-    { title: "10,000 held connections", unit: "KiB per connection", better: "lower", value: (s) => s.kibPerHeldConnection, target: "<= 2 KiB" },
+  const panels: Array<{
+    title: string;
+    unit: string;
+    better: "higher" | "lower";
+    value: (s: Summary) => number;
+    target?: string;
+  }> = [
+    {
+      title: "100 connections",
+      unit: "msgs/s",
+      better: "higher",
+      value: (s) => s.scenarios["100 connections"]!.msgsPerSec,
+      target: ">= 1.0x",
+    },
+    {
+      title: "1,000 connections",
+      unit: "msgs/s",
+      better: "higher",
+      value: (s) => s.scenarios["1000 connections"]!.msgsPerSec,
+      target: ">= 1.0x",
+    },
+    {
+      title: "flood: 10 conns x 128 in flight",
+      unit: "MiB/s echoed",
+      better: "higher",
+      value: (s) => s.scenarios.flood!.replyMiBPerSec,
+      target: ">= 1.4x",
+    },
+    {
+      title: "10,000 held connections",
+      unit: "KiB per connection",
+      better: "lower",
+      value: (s) => s.kibPerHeldConnection,
+      target: "<= 2 KiB",
+    },
   ];
   const panelWidth = 230;
   const panelHeight = 220;
@@ -187,31 +258,52 @@ function chart(results: Record<string, Summary>, meta: { date: string; pinned: b
   const width = panels.length * panelWidth + 20;
   const height = top + panelHeight + 125;
   const out: string[] = [];
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`);
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
+  );
   out.push(`<rect width="${width}" height="${height}" fill="#ffffff"/>`);
-  out.push(`<text x="10" y="22" font-size="16" font-weight="bold">Echo servers, same load, one run (median of ${meta.rounds} rounds)</text>`);
-  out.push(`<text x="10" y="42" fill="#555">${escape(`${meta.date.slice(0, 10)}, ${cpus().length} cores${meta.pinned ? ", server on CPU 0, load on CPU 1" : ""}, load average ${meta.load.toFixed(1)}; ratio = ${STAGE_NAME} / Bun minimal`)}</text>`);
+  out.push(
+    `<text x="10" y="22" font-size="16" font-weight="bold">Echo servers, same load, one run (median of ${meta.rounds} rounds)</text>`,
+  );
+  out.push(
+    `<text x="10" y="42" fill="#555">${escape(`${meta.date.slice(0, 10)}, ${cpus().length} cores${meta.pinned ? ", server on CPU 0, load on CPU 1" : ""}, load average ${meta.load.toFixed(1)}; ratio = ${STAGE_NAME} / Bun minimal`)}</text>`,
+  );
   panels.forEach((panel, p) => {
     const x0 = 10 + p * panelWidth;
     const values = names.map((name) => panel.value(results[name]!));
     const max = Math.max(...values) * 1.15 || 1;
     const barWidth = (panelWidth - 50) / names.length;
-    out.push(`<text x="${x0 + panelWidth / 2}" y="${top - 8}" text-anchor="middle" font-weight="bold">${escape(panel.title)}</text>`);
-    out.push(`<line x1="${x0 + 10}" y1="${top + panelHeight}" x2="${x0 + panelWidth - 20}" y2="${top + panelHeight}" stroke="#999"/>`);
+    out.push(
+      `<text x="${x0 + panelWidth / 2}" y="${top - 8}" text-anchor="middle" font-weight="bold">${escape(panel.title)}</text>`,
+    );
+    out.push(
+      `<line x1="${x0 + 10}" y1="${top + panelHeight}" x2="${x0 + panelWidth - 20}" y2="${top + panelHeight}" stroke="#999"/>`,
+    );
     values.forEach((value, i) => {
       const h = (value / max) * (panelHeight - 20);
       const x = x0 + 15 + i * barWidth;
       const y = top + panelHeight - h;
-      out.push(`<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(barWidth - 6).toFixed(1)}" height="${h.toFixed(1)}" fill="${COLOURS[i % COLOURS.length]}"/>`);
-      const label = value >= 10_000 ? `${(value / 1000).toFixed(0)}k` : value >= 100 ? value.toFixed(0) : value.toFixed(2);
-      out.push(`<text x="${(x + (barWidth - 6) / 2).toFixed(1)}" y="${(y - 4).toFixed(1)}" text-anchor="middle" font-size="11">${label}</text>`);
+      out.push(
+        `<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(barWidth - 6).toFixed(1)}" height="${h.toFixed(1)}" fill="${COLOURS[i % COLOURS.length]}"/>`,
+      );
+      const label =
+        value >= 10_000 ? `${(value / 1000).toFixed(0)}k` : value >= 100 ? value.toFixed(0) : value.toFixed(2);
+      out.push(
+        `<text x="${(x + (barWidth - 6) / 2).toFixed(1)}" y="${(y - 4).toFixed(1)}" text-anchor="middle" font-size="11">${label}</text>`,
+      );
     });
     const stage = panel.value(results[STAGE_NAME]!);
     const reference = panel.value(results["Bun minimal"]!);
     const ratio = panel.better === "lower" ? `${stage.toFixed(2)} KiB` : `${(stage / reference).toFixed(2)}x`;
-    out.push(`<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 20}" text-anchor="middle" fill="#555">${escape(panel.unit)}</text>`);
-    out.push(`<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 40}" text-anchor="middle" font-weight="bold" fill="${COLOURS[3]}">${escape(`${STAGE_NAME}: ${ratio}`)}</text>`);
-    out.push(`<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 56}" text-anchor="middle" fill="#555">${escape(`target ${panel.target}`)}</text>`);
+    out.push(
+      `<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 20}" text-anchor="middle" fill="#555">${escape(panel.unit)}</text>`,
+    );
+    out.push(
+      `<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 40}" text-anchor="middle" font-weight="bold" fill="${COLOURS[3]}">${escape(`${STAGE_NAME}: ${ratio}`)}</text>`,
+    );
+    out.push(
+      `<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 56}" text-anchor="middle" fill="#555">${escape(`target ${panel.target}`)}</text>`,
+    );
   });
   const legendY = top + panelHeight + 84;
   names.forEach((name, i) => {
@@ -219,7 +311,9 @@ function chart(results: Record<string, Summary>, meta: { date: string; pinned: b
     out.push(`<rect x="${x}" y="${legendY}" width="12" height="12" fill="${COLOURS[i % COLOURS.length]}"/>`);
     out.push(`<text x="${x + 18}" y="${legendY + 11}">${escape(name)}</text>`);
   });
-  out.push(`<text x="10" y="${legendY + 32}" fill="#555">${escape("msgs/s: 64-byte messages, one in flight per connection. Higher is better, except KiB per connection.")}</text>`);
+  out.push(
+    `<text x="10" y="${legendY + 32}" fill="#555">${escape("msgs/s: 64-byte messages, one in flight per connection. Higher is better, except KiB per connection.")}</text>`,
+  );
   out.push("</svg>");
   return `${out.join("\n")}\n`;
 }
@@ -234,21 +328,33 @@ if (values["chart-only"]) {
     results: Record<string, Summary>;
   };
   const { date, machine, config, results } = saved;
-  writeFileSync(join(OUT_DIR, "echo.svg"), chart(results, { date, pinned: machine.pinned, load: (machine.loadBefore + machine.loadAfter) / 2, rounds: config.rounds }));
+  writeFileSync(
+    join(OUT_DIR, "echo.svg"),
+    chart(results, {
+      date,
+      pinned: machine.pinned,
+      load: (machine.loadBefore + machine.loadAfter) / 2,
+      rounds: config.rounds,
+    }),
+  );
   console.log(`redrew ${join(values["out-dir"], "echo.svg")} from echo.json`);
   process.exit(0);
 }
 
 const started = Date.now();
 const loadBefore = loadavg()[0]!;
-console.log(`echo bench: ${SERVERS.map((s) => s.name).join(", ")}; ${ROUNDS} round(s) of ${SECONDS} s per scenario; ${cpus().length} cores, ${pinning ? "server on CPU 0, load on CPU 1" : "no pinning"}; load average ${loadBefore.toFixed(2)}`);
+console.log(
+  `echo bench: ${SERVERS.map((s) => s.name).join(", ")}; ${ROUNDS} round(s) of ${SECONDS} s per scenario; ${cpus().length} cores, ${pinning ? "server on CPU 0, load on CPU 1" : "no pinning"}; load average ${loadBefore.toFixed(2)}`,
+);
 const runs: Record<string, Measurement[]> = Object.fromEntries(SERVERS.map((server) => [server.name, []]));
 for (let r = 1; r <= ROUNDS; r++) {
   for (const server of SERVERS) {
     const result = await measure(server);
     runs[server.name]!.push(result);
     const cells = SCENARIOS.map(({ name }) => `${name} ${result.scenarios[name]!.msgsPerSec} msgs/s`).join(", ");
-    console.log(`round ${r} ${server.name.padEnd(12)} ${cells}, flood ${result.scenarios.flood!.replyMiBPerSec} MiB/s, held ${result.kibPerHeldConnection.toFixed(2)} KiB/conn`);
+    console.log(
+      `round ${r} ${server.name.padEnd(12)} ${cells}, flood ${result.scenarios.flood!.replyMiBPerSec} MiB/s, held ${result.kibPerHeldConnection.toFixed(2)} KiB/conn`,
+    );
   }
 }
 
@@ -264,8 +370,10 @@ const targets = {
   "KiB per held connection (<= 2)": stage.kibPerHeldConnection,
 };
 const met = {
-  "msgs/s at 100 connections vs Bun minimal (>= 1.0)": targets["msgs/s at 100 connections vs Bun minimal (>= 1.0)"] >= 1.0,
-  "msgs/s at 1000 connections vs Bun minimal (>= 1.0)": targets["msgs/s at 1000 connections vs Bun minimal (>= 1.0)"] >= 1.0,
+  "msgs/s at 100 connections vs Bun minimal (>= 1.0)":
+    targets["msgs/s at 100 connections vs Bun minimal (>= 1.0)"] >= 1.0,
+  "msgs/s at 1000 connections vs Bun minimal (>= 1.0)":
+    targets["msgs/s at 1000 connections vs Bun minimal (>= 1.0)"] >= 1.0,
   "flood bandwidth vs Bun minimal (>= 1.4)": targets["flood bandwidth vs Bun minimal (>= 1.4)"] >= 1.4,
   "KiB per held connection (<= 2)": targets["KiB per held connection (<= 2)"] <= 2,
 };
@@ -274,9 +382,19 @@ const loadAfter = loadavg()[0]!;
 const report = {
   date,
   stage: LAST_STAGE,
-  machine: { cores: cpus().length, pinned: pinning, bun: Bun.version, node: which("node") ? (await new Response(spawn(["node", "--version"]).stdout).text()).trim() : null, loadBefore, loadAfter },
+  machine: {
+    cores: cpus().length,
+    pinned: pinning,
+    bun: Bun.version,
+    node: which("node") ? (await new Response(spawn(["node", "--version"]).stdout).text()).trim() : null,
+    loadBefore,
+    loadAfter,
+  },
   config: { seconds: SECONDS, warmup: Number(values.warmup), rounds: ROUNDS, held: HELD, scenarios: SCENARIOS },
-  servers: SERVERS.map((server) => ({ name: server.name, command: server.command.map((part) => (part === process.execPath ? "bun" : part)).join(" ") })),
+  servers: SERVERS.map((server) => ({
+    name: server.name,
+    command: server.command.map((part) => (part === process.execPath ? "bun" : part)).join(" "),
+  })),
   results,
   ratios: targets,
   met,
@@ -284,9 +402,16 @@ const report = {
 };
 mkdirSync(OUT_DIR, { recursive: true });
 writeFileSync(join(OUT_DIR, "echo.json"), `${JSON.stringify(report, null, 2)}\n`);
-writeFileSync(join(OUT_DIR, "echo.svg"), chart(results, { date, pinned: pinning, load: (loadBefore + loadAfter) / 2, rounds: ROUNDS }));
+writeFileSync(
+  join(OUT_DIR, "echo.svg"),
+  chart(results, { date, pinned: pinning, load: (loadBefore + loadAfter) / 2, rounds: ROUNDS }),
+);
 
-console.log("\nmedian            " + SCENARIOS.map(({ name }) => name.padStart(18)).join("") + "   flood MiB/s   p99 @1000   KiB/held   peak RSS");
+console.log(
+  "\nmedian            " +
+    SCENARIOS.map(({ name }) => name.padStart(18)).join("") +
+    "   flood MiB/s   p99 @1000   KiB/held   peak RSS",
+);
 for (const server of SERVERS) {
   const s = results[server.name]!;
   console.log(
@@ -299,5 +424,6 @@ for (const server of SERVERS) {
   );
 }
 console.log("\ntargets for " + STAGE_NAME);
-for (const [name, value] of Object.entries(targets)) console.log(`  ${met[name as keyof typeof met] ? "met    " : "NOT MET"} ${name}: ${value}`);
+for (const [name, value] of Object.entries(targets))
+  console.log(`  ${met[name as keyof typeof met] ? "met    " : "NOT MET"} ${name}: ${value}`);
 console.log(`\nwrote ${join(values["out-dir"], "echo.json")} and echo.svg in ${report.minutes} min`);

@@ -40,7 +40,13 @@ process.on("exit", () => {
 
 /** Spawns `command` from the root, colours off, stdout and stderr piped. */
 export function spawn(command: string[], stdin: "ignore" | "pipe" = "ignore"): Child {
-  const child = Bun.spawn(command, { cwd: ROOT, stdin, stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+  const child = Bun.spawn(command, {
+    cwd: ROOT,
+    stdin,
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, NO_COLOR: "1" },
+  });
   children.add(child);
   void child.exited.then(() => children.delete(child));
   return child;
@@ -60,7 +66,12 @@ export async function stop(child: Subprocess): Promise<void> {
 }
 
 /** Reads `child`'s stdout until `pattern` matches; keeps draining stdout afterwards, so the child never blocks. */
-export async function waitForLine(child: Child, pattern: RegExp, what: string, timeoutMs = 60_000): Promise<RegExpMatchArray> {
+export async function waitForLine(
+  child: Child,
+  pattern: RegExp,
+  what: string,
+  timeoutMs = 60_000,
+): Promise<RegExpMatchArray> {
   const reader = child.stdout.getReader();
   let text = "";
   const deadline = Date.now() + timeoutMs;

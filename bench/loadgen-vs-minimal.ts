@@ -32,7 +32,10 @@ const { values } = parseArgs({
 const PIN = values.pin && canPin;
 
 async function startServer(file: string): Promise<{ port: number; stop: () => Promise<void> }> {
-  const { child, port } = await startListening(onCpu(0, [process.execPath, file, "--port", "0", "--log-level", "error"], PIN), file);
+  const { child, port } = await startListening(
+    onCpu(0, [process.execPath, file, "--port", "0", "--log-level", "error"], PIN),
+    file,
+  );
   return { port, stop: () => stop(child) };
 }
 
@@ -43,12 +46,29 @@ interface RunResult {
 }
 
 async function runClient(args: string[]): Promise<RunResult> {
-  const proc = Bun.spawn(onCpu(1, [process.execPath, ...args], PIN), { cwd: ROOT, stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  const proc = Bun.spawn(onCpu(1, [process.execPath, ...args], PIN), {
+    cwd: ROOT,
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, NO_COLOR: "1" },
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
   if (code !== 0) throw new Error(`${args.join(" ")} exited ${code}:\n${stdout}\n${stderr}`);
-  const result = JSON.parse(stdout) as { messagesPerSecond: number; clientCpu: { total: number }; errors?: { total: number } };
-  if (result.errors && result.errors.total !== 0) throw new Error(`${args[0]} saw ${result.errors.total} errors:\n${stdout}`);
-  return { messagesPerSecond: result.messagesPerSecond, cpuMicrosPerMessage: (result.clientCpu.total / result.messagesPerSecond) * 1e6 };
+  const result = JSON.parse(stdout) as {
+    messagesPerSecond: number;
+    clientCpu: { total: number };
+    errors?: { total: number };
+  };
+  if (result.errors && result.errors.total !== 0)
+    throw new Error(`${args[0]} saw ${result.errors.total} errors:\n${stdout}`);
+  return {
+    messagesPerSecond: result.messagesPerSecond,
+    cpuMicrosPerMessage: (result.clientCpu.total / result.messagesPerSecond) * 1e6,
+  };
 }
 
 const thousands = (x: number): string => Math.round(x).toLocaleString("en-US");
@@ -64,7 +84,9 @@ console.log(
     `${rounds} rounds of A (load generator) and B (minimal client), ordered A B B A ...${PIN ? "; server on CPU 0, clients on CPU 1" : ""}`,
 );
 console.log("");
-console.log("| connections | A msgs/s (runs) | B msgs/s (runs) | A/B, medians | A/B, median of pairs (middle half) | CPU µs/msg A, B |");
+console.log(
+  "| connections | A msgs/s (runs) | B msgs/s (runs) | A/B, medians | A/B, median of pairs (middle half) | CPU µs/msg A, B |",
+);
 console.log("|---|---|---|---|---|---|");
 const server = await startServer(serverFile);
 try {
@@ -73,7 +95,9 @@ try {
     const b: RunResult[] = [];
     const port = String(server.port);
     const runA = async (): Promise<void> => {
-      a.push(await runClient(["test/003-load-generator.ts", "--port", port, "-c", String(connections), ...common, "--json"]));
+      a.push(
+        await runClient(["test/003-load-generator.ts", "--port", port, "-c", String(connections), ...common, "--json"]),
+      );
     };
     const runB = async (): Promise<void> => {
       b.push(await runClient(["bench/minimal-client.ts", "--port", port, "-c", String(connections), ...common]));

@@ -42,7 +42,9 @@ const handlers = {
 
 const sockets: Array<Socket<{ bytes: number }>> = [];
 for (let i = 0; i < connections; i++) {
-  sockets.push(await Bun.connect({ hostname: values.host, port: Number(values.port), data: { bytes: 0 }, socket: handlers }));
+  sockets.push(
+    await Bun.connect({ hostname: values.host, port: Number(values.port), data: { bytes: 0 }, socket: handlers }),
+  );
 }
 for (const socket of sockets) socket.write(message);
 
@@ -56,6 +58,12 @@ const elapsedSeconds = (performance.now() - start) / 1000;
 const cpu = process.cpuUsage(cpuAtStart);
 running = false;
 for (const socket of sockets) socket.end();
-const clientCpu = { user: cpu.user / 1e6 / elapsedSeconds, system: cpu.system / 1e6 / elapsedSeconds, total: (cpu.user + cpu.system) / 1e6 / elapsedSeconds };
-process.stdout.write(`${JSON.stringify({ messages, elapsedSeconds, messagesPerSecond: messages / elapsedSeconds, clientCpu })}\n`);
+const clientCpu = {
+  user: cpu.user / 1e6 / elapsedSeconds,
+  system: cpu.system / 1e6 / elapsedSeconds,
+  total: (cpu.user + cpu.system) / 1e6 / elapsedSeconds,
+};
+process.stdout.write(
+  `${JSON.stringify({ messages, elapsedSeconds, messagesPerSecond: messages / elapsedSeconds, clientCpu })}\n`,
+);
 process.exit(0);

@@ -35,7 +35,11 @@ const onProxyCore = (command: string[]): string[] => onCpu(0, command);
 const onLoadCore = (command: string[]): string[] => onCpu(1, command);
 
 /** Spawns a stage on a free port, on the core `pin` chooses, and waits for its listening line. */
-function startStage(file: string, args: string[], pin: (command: string[]) => string[]): Promise<{ child: Child; port: number }> {
+function startStage(
+  file: string,
+  args: string[],
+  pin: (command: string[]) => string[],
+): Promise<{ child: Child; port: number }> {
   return startListening(pin([process.execPath, file, "--port", "0", ...args]), file);
 }
 
@@ -96,8 +100,18 @@ const peers: Peer[] = [
     start: (upstreamPort) =>
       startStage(
         PROXY_STAGE,
-        ["--upstream", `127.0.0.1:${upstreamPort}`, "--log-level", "warn", "--health-interval", "0",
-          "--idle-timeout", "0", "--max-clients", "100000"],
+        [
+          "--upstream",
+          `127.0.0.1:${upstreamPort}`,
+          "--log-level",
+          "warn",
+          "--health-interval",
+          "0",
+          "--idle-timeout",
+          "0",
+          "--max-clients",
+          "100000",
+        ],
         onProxyCore,
       ),
   },
@@ -112,9 +126,18 @@ if (haproxy) {
       writeFileSync(
         config,
         [
-          "global", "  maxconn 4000", "  nbthread 1",
-          "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 1m", "  timeout server 1m",
-          "listen bench", `  bind 127.0.0.1:${port}`, `  server upstream 127.0.0.1:${upstreamPort}`, "",
+          "global",
+          "  maxconn 4000",
+          "  nbthread 1",
+          "defaults",
+          "  mode tcp",
+          "  timeout connect 5s",
+          "  timeout client 1m",
+          "  timeout server 1m",
+          "listen bench",
+          `  bind 127.0.0.1:${port}`,
+          `  server upstream 127.0.0.1:${upstreamPort}`,
+          "",
         ].join("\n"),
       );
       const child = spawn(onProxyCore([haproxy, "-db", "-f", config]));
@@ -129,7 +152,9 @@ if (socat) {
     name: "socat",
     async start(upstreamPort) {
       const port = freePort();
-      const child = spawn(onProxyCore([socat, `TCP-LISTEN:${port},bind=127.0.0.1,fork,reuseaddr`, `TCP:127.0.0.1:${upstreamPort}`]));
+      const child = spawn(
+        onProxyCore([socat, `TCP-LISTEN:${port},bind=127.0.0.1,fork,reuseaddr`, `TCP:127.0.0.1:${upstreamPort}`]),
+      );
       await waitForPeer(child, port, "socat");
       return { port, child };
     },
@@ -137,7 +162,9 @@ if (socat) {
 }
 
 async function iperf(port: number): Promise<number> {
-  const client = spawn(onLoadCore([which("iperf3")!, "-c", "127.0.0.1", "-p", String(port), "-t", String(SECONDS), "-J"]));
+  const client = spawn(
+    onLoadCore([which("iperf3")!, "-c", "127.0.0.1", "-p", String(port), "-t", String(SECONDS), "-J"]),
+  );
   const [out, code] = [await new Response(client.stdout).text(), await client.exited];
   if (code !== 0) throw new Error(`iperf3 failed: ${out.slice(0, 500)}`);
   const report = JSON.parse(out) as { error?: string; end?: { sum_received?: { bits_per_second: number } } };
@@ -163,8 +190,21 @@ interface EchoLoadJson {
 }
 
 async function echoLoad(port: number): Promise<EchoResult> {
-  const load = spawn(onLoadCore([process.execPath, "bench/echo-load.ts", "--port", String(port), "--json",
-    "--connections", String(CONNECTIONS), "--duration", String(SECONDS), "--size", values.size]));
+  const load = spawn(
+    onLoadCore([
+      process.execPath,
+      "bench/echo-load.ts",
+      "--port",
+      String(port),
+      "--json",
+      "--connections",
+      String(CONNECTIONS),
+      "--duration",
+      String(SECONDS),
+      "--size",
+      values.size,
+    ]),
+  );
   const [out, code] = [await new Response(load.stdout).text(), await load.exited];
   if (code !== 0) throw new Error(`echo load failed: ${out}${await new Response(load.stderr).text()}`);
   const result = JSON.parse(out) as EchoLoadJson;
@@ -216,12 +256,22 @@ async function main(): Promise<void> {
   const iperf3 = which("iperf3");
   console.log(`proxy: ${PROXY_STAGE}; echo server: ${ECHO_STAGE}; ${SECONDS} s per run; ${CONNECTIONS} connections`);
   const loadBefore = loadavg()[0]!;
-  console.log(`load average before: ${loadBefore.toFixed(2)} (other work on the machine skews every path alike, not evenly)`);
-  console.log(`cores: ${cpus().length}, ${pinning ? "proxy on CPU 0, load and servers on CPU 1" : "no pinning (taskset missing or one core)"}`);
-  console.log(`peers found: ${peers.map((peer) => peer.name).join(", ")}${iperf3 ? "" : " (iperf3 missing: no bulk test)"}`);
+  console.log(
+    `load average before: ${loadBefore.toFixed(2)} (other work on the machine skews every path alike, not evenly)`,
+  );
+  console.log(
+    `cores: ${cpus().length}, ${pinning ? "proxy on CPU 0, load and servers on CPU 1" : "no pinning (taskset missing or one core)"}`,
+  );
+  console.log(
+    `peers found: ${peers.map((peer) => peer.name).join(", ")}${iperf3 ? "" : " (iperf3 missing: no bulk test)"}`,
+  );
 
   const rows: Row[] = [{ name: "direct" }, ...peers.map((peer) => ({ name: peer.name }))];
-  const echo = await startStage(ECHO_STAGE, ["--max-clients", String(IDLE_CONNECTIONS * 2), "--idle-timeout", "0", "--log-level", "warn"], onLoadCore);
+  const echo = await startStage(
+    ECHO_STAGE,
+    ["--max-clients", String(IDLE_CONNECTIONS * 2), "--idle-timeout", "0", "--log-level", "warn"],
+    onLoadCore,
+  );
   let iperfServer: Subprocess | undefined;
   let iperfPort = 0;
   if (iperf3) {
@@ -254,7 +304,9 @@ async function main(): Promise<void> {
         await stop(proxy.child);
       }
       const { msgsPerSec, p50Ms, p99Ms } = row.echo;
-      console.log(`  ${row.name.padEnd(12)} echo ${Math.round(msgsPerSec)} msgs/s, p50 ${p50Ms.toFixed(3)} ms, p99 ${p99Ms.toFixed(3)} ms`);
+      console.log(
+        `  ${row.name.padEnd(12)} echo ${Math.round(msgsPerSec)} msgs/s, p50 ${p50Ms.toFixed(3)} ms, p99 ${p99Ms.toFixed(3)} ms`,
+      );
     }
   } finally {
     if (iperfServer) await stop(iperfServer);
@@ -270,19 +322,27 @@ async function main(): Promise<void> {
     ...rows.map((row) => {
       const bulk = ratio(row.bulkGbps, direct.bulkGbps);
       const msgs = ratio(row.echo?.msgsPerSec, direct.echo?.msgsPerSec);
-      const memory = row.memoryPerConnection === undefined || !Number.isFinite(row.memoryPerConnection)
-        ? "-" : row.name === "socat" ? "- (a process per connection)" : `${(row.memoryPerConnection / 1024).toFixed(1)} KiB`;
-      const idle = row.idleMemoryPerConnection === undefined ? "-" : `${(row.idleMemoryPerConnection / 1024).toFixed(1)} KiB`;
+      const memory =
+        row.memoryPerConnection === undefined || !Number.isFinite(row.memoryPerConnection)
+          ? "-"
+          : row.name === "socat"
+            ? "- (a process per connection)"
+            : `${(row.memoryPerConnection / 1024).toFixed(1)} KiB`;
+      const idle =
+        row.idleMemoryPerConnection === undefined ? "-" : `${(row.idleMemoryPerConnection / 1024).toFixed(1)} KiB`;
       return `| ${row.name} | ${fmt(row.bulkGbps ?? NaN)} | ${row === direct ? "1" : fmt(bulk)} | ${Math.round(row.echo?.msgsPerSec ?? 0)} | ${row === direct ? "1" : fmt(msgs)} | ${fmt(row.echo?.p50Ms ?? NaN, 3)} | ${fmt(row.echo?.p99Ms ?? NaN, 3)} | ${memory} | ${idle} |`;
     }),
   ];
-  const bar = (value: number) => (Number.isFinite(value) ? `${"#".repeat(Math.round(value * 40))} ${value.toFixed(2)}` : "-");
+  const bar = (value: number) =>
+    Number.isFinite(value) ? `${"#".repeat(Math.round(value * 40))} ${value.toFixed(2)}` : "-";
   const chart = [
     "ratio to direct (40 # = 1.00)",
-    ...rows.slice(1).flatMap((row) => [
-      `${row.name.padEnd(12)} bulk ${bar(ratio(row.bulkGbps, direct.bulkGbps))}`,
-      `${"".padEnd(12)} echo ${bar(ratio(row.echo?.msgsPerSec, direct.echo?.msgsPerSec))}`,
-    ]),
+    ...rows
+      .slice(1)
+      .flatMap((row) => [
+        `${row.name.padEnd(12)} bulk ${bar(ratio(row.bulkGbps, direct.bulkGbps))}`,
+        `${"".padEnd(12)} echo ${bar(ratio(row.echo?.msgsPerSec, direct.echo?.msgsPerSec))}`,
+      ]),
   ];
   console.log(`\n${lines.join("\n")}\n\n${chart.join("\n")}`);
 

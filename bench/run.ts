@@ -24,11 +24,16 @@ if (unknown !== undefined || args.includes("-h") || args.includes("--help")) {
   process.exit(unknown === undefined ? 0 : 2);
 }
 
-const chosen = (names.length > 0 ? names : Object.keys(BENCHES)).filter((name) => existsSync(resolve(ROOT, BENCHES[name]!)));
+const chosen = (names.length > 0 ? names : Object.keys(BENCHES)).filter((name) =>
+  existsSync(resolve(ROOT, BENCHES[name]!)),
+);
 let failed = 0;
 for (const name of chosen) {
   console.log(`\n=== bench ${name}: bun ${BENCHES[name]} ${options.join(" ")}`);
-  const child = Bun.spawn([process.execPath, BENCHES[name]!, ...options], { cwd: ROOT, stdio: ["inherit", "inherit", "inherit"] });
+  const child = Bun.spawn([process.execPath, BENCHES[name]!, ...options], {
+    cwd: ROOT,
+    stdio: ["inherit", "inherit", "inherit"],
+  });
   const code = await child.exited;
   if (code !== 0) {
     console.error(`bench ${name} exited with ${code}`);

@@ -87,7 +87,11 @@ describe("discovery", () => {
       "bench/001-bench.ts": HEADER("001", "not a stage folder"),
     });
     const before = loadCatalogue(tree.root);
-    expect(before.stages.map((s) => s.file)).toEqual(["tcp_echo_server/001-first.ts", "test/001-client.ts", "test/003-load.ts"]);
+    expect(before.stages.map((s) => s.file)).toEqual([
+      "tcp_echo_server/001-first.ts",
+      "test/001-client.ts",
+      "test/003-load.ts",
+    ]);
     expect(stagesOf(before, "proxy")).toEqual([]); // tcp_proxy/ does not even exist: no error
 
     tree.write("tcp_echo_server/002-second.ts", HEADER("002", "the second"));
@@ -100,7 +104,9 @@ describe("discovery", () => {
       "test/001-client.ts: a client",
       "test/003-load.ts: load",
     ]);
-    expect(previousStage(after, stage(after, "tcp_echo_server/002-second.ts"))?.file).toBe("tcp_echo_server/001-first.ts");
+    expect(previousStage(after, stage(after, "tcp_echo_server/002-second.ts"))?.file).toBe(
+      "tcp_echo_server/001-first.ts",
+    );
     expect(previousStage(after, stage(after, "tcp_echo_server/001-first.ts"))).toBeUndefined();
     // Gaps are fine: the previous stage is the highest one below.
     expect(previousStage(after, stage(after, "test/003-load.ts"))?.file).toBe("test/001-client.ts");
@@ -121,7 +127,9 @@ describe("discovery", () => {
 describe("headers", () => {
   test("sections of a real header: Adds, Lacks (up to the blank line), Try it", () => {
     const loop = stage(real, "tcp_echo_server/003-loop.ts").header;
-    expect(loop.adds.split("\n")[0]).toBe("the server answers one client for as many messages as it sends, until the client closes its side");
+    expect(loop.adds.split("\n")[0]).toBe(
+      "the server answers one client for as many messages as it sends, until the client closes its side",
+    );
     expect(loop.lacks).toBe(
       "a second client: the server exits once the first one is done (004 serves many in turn); concurrency\n" +
         "(005); SIGINT handling (004); partial writes are not handled (006).",
@@ -212,7 +220,9 @@ describe("what the menu asks for, and the command lines it builds", () => {
   test("real echo stages: 001 through PORT, 002 and 003 through --port and --log-level", async () => {
     const simple = stage(real, "tcp_echo_server/001-simple-one-echo.ts");
     const simpleOptions = stageOptions(simple, undefined);
-    expect(simpleOptions.known.map((o) => [o.rule.id, o.name, o.env, o.default])).toEqual([["port", "PORT", true, "5000"]]);
+    expect(simpleOptions.known.map((o) => [o.rule.id, o.name, o.env, o.default])).toEqual([
+      ["port", "PORT", true, "5000"],
+    ]);
 
     const loop = stage(real, "tcp_echo_server/003-loop.ts");
     const loopOptions = stageOptions(loop, await stageHelp(real, loop));
@@ -220,15 +230,30 @@ describe("what the menu asks for, and the command lines it builds", () => {
       ["--port", "5000", "Port to listen on, 0 for a free one"],
       ["--log-level", "info", "Log level"],
     ]);
-    expect(loopOptions.known.find((o) => o.name === "--log-level")?.choices).toEqual(["debug", "info", "warn", "error"]);
+    expect(loopOptions.known.find((o) => o.name === "--log-level")?.choices).toEqual([
+      "debug",
+      "info",
+      "warn",
+      "error",
+    ]);
     expect(loopOptions.unknown).toEqual([]);
 
-    expect(await defaultLine(real, "tcp_echo_server/001-simple-one-echo.ts")).toBe("PORT=5000 bun tcp_echo_server/001-simple-one-echo.ts");
-    expect(await defaultLine(real, "tcp_echo_server/001-simple-one-echo.ts", { port: "0" })).toBe("PORT=0 bun tcp_echo_server/001-simple-one-echo.ts");
-    expect(await defaultLine(real, "tcp_echo_server/002-logging-class-cli.ts")).toBe("bun tcp_echo_server/002-logging-class-cli.ts --port 5000");
+    expect(await defaultLine(real, "tcp_echo_server/001-simple-one-echo.ts")).toBe(
+      "PORT=5000 bun tcp_echo_server/001-simple-one-echo.ts",
+    );
+    expect(await defaultLine(real, "tcp_echo_server/001-simple-one-echo.ts", { port: "0" })).toBe(
+      "PORT=0 bun tcp_echo_server/001-simple-one-echo.ts",
+    );
+    expect(await defaultLine(real, "tcp_echo_server/002-logging-class-cli.ts")).toBe(
+      "bun tcp_echo_server/002-logging-class-cli.ts --port 5000",
+    );
     // A value left at the stage's default is not spelled out, unless it is one a newcomer changes (the port).
-    expect(await defaultLine(real, "tcp_echo_server/003-loop.ts", { port: "5000", logLevel: "info" })).toBe("bun tcp_echo_server/003-loop.ts --port 5000");
-    expect(await defaultLine(real, "tcp_echo_server/003-loop.ts", { port: "0", logLevel: "debug" })).toBe("bun tcp_echo_server/003-loop.ts --port 0 --log-level debug");
+    expect(await defaultLine(real, "tcp_echo_server/003-loop.ts", { port: "5000", logLevel: "info" })).toBe(
+      "bun tcp_echo_server/003-loop.ts --port 5000",
+    );
+    expect(await defaultLine(real, "tcp_echo_server/003-loop.ts", { port: "0", logLevel: "debug" })).toBe(
+      "bun tcp_echo_server/003-loop.ts --port 0 --log-level debug",
+    );
   });
 
   test("the command lines built for the real stages run: each one listens and echoes", async () => {
@@ -238,7 +263,9 @@ describe("what the menu asks for, and the command lines it builds", () => {
       const server = new Service("echo", command, ROOT, () => {}, { NO_COLOR: "1" });
       try {
         const { port } = await server.waitForListening(new AbortController().signal);
-        expect(new TextDecoder().decode(await exchange(port, "hello menu\n", { halfClose: true }))).toBe("HELLO MENU\n");
+        expect(new TextDecoder().decode(await exchange(port, "hello menu\n", { halfClose: true }))).toBe(
+          "HELLO MENU\n",
+        );
       } finally {
         await stopChild(server.child, "SIGKILL", 1000);
       }
@@ -255,8 +282,12 @@ describe("what the menu asks for, and the command lines it builds", () => {
       ["--port", "6000"],
       ["--upstream", "127.0.0.1:5000"],
     ]);
-    expect(options.unknown.map((flag) => [flag.names, flag.value, flag.default])).toEqual([[["--idle-timeout"], "SECONDS", "30"]]);
-    expect(commandLine(stageCommand(proxy, options))).toBe("bun tcp_proxy/001-fake.ts --port 6000 --upstream 127.0.0.1:5000");
+    expect(options.unknown.map((flag) => [flag.names, flag.value, flag.default])).toEqual([
+      [["--idle-timeout"], "SECONDS", "30"],
+    ]);
+    expect(commandLine(stageCommand(proxy, options))).toBe(
+      "bun tcp_proxy/001-fake.ts --port 6000 --upstream 127.0.0.1:5000",
+    );
     const typed = splitArguments(`--idle-timeout 5 --name "two words"`);
     expect(commandLine(stageCommand(proxy, options, { port: "0", upstream: "[::1]:5000" }, typed))).toBe(
       "bun tcp_proxy/001-fake.ts --port 0 --upstream '[::1]:5000' --idle-timeout 5 --name 'two words'",
@@ -292,7 +323,11 @@ describe("what the menu asks for, and the command lines it builds", () => {
   });
 
   test("the one-client stages 001-003 are recognised, so the demo sends them one connection", async () => {
-    for (const file of ["tcp_echo_server/001-simple-one-echo.ts", "tcp_echo_server/002-logging-class-cli.ts", "tcp_echo_server/003-loop.ts"]) {
+    for (const file of [
+      "tcp_echo_server/001-simple-one-echo.ts",
+      "tcp_echo_server/002-logging-class-cli.ts",
+      "tcp_echo_server/003-loop.ts",
+    ]) {
       const found = stage(real, file);
       expect(servesOneClient(found, await stageHelp(real, found))).toBe(true);
     }
@@ -301,8 +336,15 @@ describe("what the menu asks for, and the command lines it builds", () => {
   test("what changed: git diff between a stage and the one before it shows the lesson", async () => {
     const loop = stage(real, "tcp_echo_server/003-loop.ts");
     const command = diffCommand(previousStage(real, loop)!, loop, false);
-    expect(commandLine(command)).toBe("git diff --no-index tcp_echo_server/002-logging-class-cli.ts tcp_echo_server/003-loop.ts");
-    const git = Bun.spawn(command.argv, { cwd: ROOT, stdout: "pipe", stderr: "pipe", env: { ...process.env, GIT_PAGER: "cat" } });
+    expect(commandLine(command)).toBe(
+      "git diff --no-index tcp_echo_server/002-logging-class-cli.ts tcp_echo_server/003-loop.ts",
+    );
+    const git = Bun.spawn(command.argv, {
+      cwd: ROOT,
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, GIT_PAGER: "cat" },
+    });
     const diff = await new Response(git.stdout).text();
     expect(await git.exited).toBe(1); // git diff --no-index: 1 means "they differ"
     expect(diff).toContain("- * 002 - logging, a class, a command line");
@@ -319,17 +361,27 @@ describe("the catalogue as text", () => {
       "test/001-client-fake.ts": { from: "menu/fixtures/fake-client.ts" },
     });
     const text = await catalogueListing(loadCatalogue(tree.root));
-    expect(text).toContain("Echo server  (tcp_echo_server/)\n  001  simple one echo\n       PORT=5000 bun tcp_echo_server/001-simple-one-echo.ts\n");
-    expect(text).toContain("  003  a loop, and the socket options\n       bun tcp_echo_server/003-loop.ts --port 5000\n");
+    expect(text).toContain(
+      "Echo server  (tcp_echo_server/)\n  001  simple one echo\n       PORT=5000 bun tcp_echo_server/001-simple-one-echo.ts\n",
+    );
+    expect(text).toContain(
+      "  003  a loop, and the socket options\n       bun tcp_echo_server/003-loop.ts --port 5000\n",
+    );
     expect(text).toContain("Proxy  (tcp_proxy/)\n  none yet\n");
-    expect(text).toContain("  001  a fake client, for the menu's tests\n       bun test/001-client-fake.ts --port 5000 -n 10\n");
+    expect(text).toContain(
+      "  001  a fake client, for the menu's tests\n       bun test/001-client-fake.ts --port 5000 -n 10\n",
+    );
     // The demo by hand: 003 serves one client, so its client gets -n 1.
-    expect(text).toContain("  bun tcp_echo_server/003-loop.ts --port 5000\n  bun test/001-client-fake.ts --port 5000 -n 1\n");
+    expect(text).toContain(
+      "  bun tcp_echo_server/003-loop.ts --port 5000\n  bun test/001-client-fake.ts --port 5000 -n 1\n",
+    );
     expect(text).toContain("git diff --no-index tcp_echo_server/001-simple-one-echo.ts tcp_echo_server/003-loop.ts");
   });
 
   test("without a client stage, the demo by hand is nc", async () => {
-    using tree = new TempTree({ "tcp_echo_server/002-logging-class-cli.ts": { from: "tcp_echo_server/002-logging-class-cli.ts" } });
+    using tree = new TempTree({
+      "tcp_echo_server/002-logging-class-cli.ts": { from: "tcp_echo_server/002-logging-class-cli.ts" },
+    });
     const text = await catalogueListing(loadCatalogue(tree.root));
     expect(text).toContain('echo "hello from the menu" | nc -N 127.0.0.1 5000');
     expect(text).not.toContain("What changed"); // a single stage has nothing to compare with

@@ -109,7 +109,15 @@ export const FLAG_RULES: readonly FlagRule[] = [
     fallback: "info",
     choices: ["debug", "info", "warn", "error"],
   },
-  { id: "host", flags: ["--host"], kind: "host", ask: false, alwaysShown: false, question: "Host", fallback: "127.0.0.1" },
+  {
+    id: "host",
+    flags: ["--host"],
+    kind: "host",
+    ask: false,
+    alwaysShown: false,
+    question: "Host",
+    fallback: "127.0.0.1",
+  },
 ];
 
 /** Flags that are never options to fill in. */
@@ -166,7 +174,11 @@ export function parseHeader(source: string, fileName: string): StageHeader {
   while (lines.length > 0 && lines.at(-1) === "") lines.pop();
   const first = /^\d{3}\s+-\s+(.+)$/.exec(lines[0] ?? "");
   // A file without the header (still being written) keeps a lesson made from its name.
-  const lesson = first?.[1] ?? basename(fileName, ".ts").replace(/^\d{3}-/, "").replaceAll("-", " ");
+  const lesson =
+    first?.[1] ??
+    basename(fileName, ".ts")
+      .replace(/^\d{3}-/, "")
+      .replaceAll("-", " ");
   return {
     lesson,
     adds: section(lines, "Adds"),
@@ -272,7 +284,10 @@ export function parseHelp(text: string): Help {
   const flags: HelpFlag[] = [];
   let last: HelpFlag | undefined;
   for (const line of lines) {
-    const flag = /^\s+(-{1,2}[A-Za-z][\w-]*(?:[ =][^\s,]+)?(?:,\s*-{1,2}[A-Za-z][\w-]*(?:[ =][^\s,]+)?)*)(?:\s{2,}(.*))?$/.exec(line);
+    const flag =
+      /^\s+(-{1,2}[A-Za-z][\w-]*(?:[ =][^\s,]+)?(?:,\s*-{1,2}[A-Za-z][\w-]*(?:[ =][^\s,]+)?)*)(?:\s{2,}(.*))?$/.exec(
+        line,
+      );
     if (flag) {
       const names: string[] = [];
       let value: string | undefined;
@@ -376,10 +391,17 @@ export function stageOptions(stage: Stage, help: Help | undefined): StageOptions
       claimed.add(flag);
       const name = rule.flags.find((candidate) => flag.names.includes(candidate))!;
       const described = flag.description.replace(/\s*\(default[^)]*\)/i, "").trim();
-      const option: StageOption = { rule, name, env: false, question: capitalise(described || rule.question), default: flag.default ?? rule.fallback };
+      const option: StageOption = {
+        rule,
+        name,
+        env: false,
+        question: capitalise(described || rule.question),
+        default: flag.default ?? rule.fallback,
+      };
       if (rule.kind === "choice") {
         const listed = described.split(/,\s*|\s+or\s+/);
-        option.choices = listed.length > 1 && listed.every((word) => /^[\w-]+$/.test(word)) ? listed : [...(rule.choices ?? [])];
+        option.choices =
+          listed.length > 1 && listed.every((word) => /^[\w-]+$/.test(word)) ? listed : [...(rule.choices ?? [])];
         option.question = rule.question;
       }
       known.push(option);
@@ -512,7 +534,9 @@ const PLAIN: ListingStyle = { bold: (t) => t, dim: (t) => t, cyan: (t) => t };
 
 /** The default command line of every stage (their --help run in parallel), the demo by hand, and a diff. */
 export async function catalogueListing(catalogue: Catalogue, style: ListingStyle = PLAIN): Promise<string> {
-  const helps = new Map(await Promise.all(catalogue.stages.map(async (stage) => [stage, await stageHelp(catalogue, stage)] as const)));
+  const helps = new Map(
+    await Promise.all(catalogue.stages.map(async (stage) => [stage, await stageHelp(catalogue, stage)] as const)),
+  );
   const optionsOf = (stage: Stage): StageOptions => stageOptions(stage, helps.get(stage));
   const out: string[] = [
     style.bold("bun-tcp-lab: the stages in this checkout, and the command that runs each (from the project root)."),
@@ -549,7 +573,10 @@ export async function catalogueListing(catalogue: Catalogue, style: ListingStyle
     } else {
       steps.push(`echo "hello from the menu" | nc -N ${target.replace(":", " ")}`);
     }
-    out.push(style.bold("Guided demo"), style.dim("  the menu runs these for you, each in turn, then stops them; by hand, one per terminal:"));
+    out.push(
+      style.bold("Guided demo"),
+      style.dim("  the menu runs these for you, each in turn, then stops them; by hand, one per terminal:"),
+    );
     for (const step of steps) out.push(`  ${step}`);
     out.push("");
   }

@@ -39,7 +39,12 @@ setInterval(() => {}, 60_000);
   let pid = 0;
   const outcome = await runForeground(
     { argv: ["bun", "graceful.ts"], env: ready.env },
-    { root: tree.root, interrupted: interrupt.signal, graceMs: 5000, onStart: (started) => void ready.ready.then(() => pressCtrlC((pid = started), interrupt)) },
+    {
+      root: tree.root,
+      interrupted: interrupt.signal,
+      graceMs: 5000,
+      onStart: (started) => void ready.ready.then(() => pressCtrlC((pid = started), interrupt)),
+    },
   );
   expect(outcome).toMatchObject({ pid, code: 0, killed: false, interrupted: true });
 });
@@ -80,7 +85,13 @@ test("Ctrl-C: a child that ignores SIGINT is killed after the grace period", asy
 
 test("a background service: its address from the listening line, its output line by line, stopped with SIGINT", async () => {
   const lines: string[] = [];
-  const service = new Service("echo", { argv: ["bun", "tcp_echo_server/003-loop.ts", "--port", "0"], env: {} }, ROOT, (line) => lines.push(line), { NO_COLOR: "1" });
+  const service = new Service(
+    "echo",
+    { argv: ["bun", "tcp_echo_server/003-loop.ts", "--port", "0"], env: {} },
+    ROOT,
+    (line) => lines.push(line),
+    { NO_COLOR: "1" },
+  );
   const { host, port } = await service.waitForListening(never);
   expect(host).toBe("127.0.0.1");
   expect(lines).toContain(`listening on 127.0.0.1:${port}`);
@@ -93,7 +104,12 @@ test("a background service: its address from the listening line, its output line
 });
 
 test("a service that exits before listening, or an interrupt, ends the wait at once", async () => {
-  const failing = new Service("echo", { argv: ["bun", "tcp_echo_server/003-loop.ts", "--port", "nope"], env: {} }, ROOT, () => {});
+  const failing = new Service(
+    "echo",
+    { argv: ["bun", "tcp_echo_server/003-loop.ts", "--port", "nope"], env: {} },
+    ROOT,
+    () => {},
+  );
   await expect(failing.waitForListening(never)).rejects.toThrow(/exited \(code 2\) before listening/);
   await failing.child.exited;
 

@@ -64,7 +64,9 @@ export function shutDown(why: Ending): void {
   ending = why;
   onInterrupt?.();
   setTimeout(() => exitNow(true), shutdownGraceMs + 1000);
-  void Promise.allSettled([...live].map((child) => stopChild(child, "SIGTERM", shutdownGraceMs))).then(() => exitNow(false));
+  void Promise.allSettled([...live].map((child) => stopChild(child, "SIGTERM", shutdownGraceMs))).then(() =>
+    exitNow(false),
+  );
 }
 
 /** True once shutDown has started: what is running then is being stopped, not interrupted by the user. */
@@ -112,7 +114,10 @@ export function childEnvironment(...changes: Record<string, string | undefined>[
 }
 
 /** Starts `command` from the project root; "bun" means this very bun binary. */
-export function spawnCommand(command: Command, options: SpawnOptions): Subprocess<"ignore", "pipe" | "inherit", "pipe" | "inherit"> {
+export function spawnCommand(
+  command: Command,
+  options: SpawnOptions,
+): Subprocess<"ignore", "pipe" | "inherit", "pipe" | "inherit"> {
   const [program, ...args] = command.argv;
   const executable = program === "bun" ? process.execPath : program!;
   // Paths in a command are relative to the project root, which is the child's working directory.

@@ -18,29 +18,41 @@ function stage(catalogue: Catalogue, file: string): Stage {
 test("no client stage: the built-in check gets the uppercase line back from the real 003, then 003 is stopped", async () => {
   const catalogue = loadCatalogue(ROOT);
   const lines: string[] = [];
-  const report = await runDemo(catalogue, { echo: stage(catalogue, "tcp_echo_server/003-loop.ts"), connections: 1 }, {
-    interrupted: never,
-    print: (line) => lines.push(line),
-    colour: false,
-  });
-  expect(report.summary).toMatch(/^built-in check: sent "hello from the menu\\n", got "HELLO FROM THE MENU\\n" in [\d.]+ ms: OK$/);
+  const report = await runDemo(
+    catalogue,
+    { echo: stage(catalogue, "tcp_echo_server/003-loop.ts"), connections: 1 },
+    {
+      interrupted: never,
+      print: (line) => lines.push(line),
+      colour: false,
+    },
+  );
+  expect(report.summary).toMatch(
+    /^built-in check: sent "hello from the menu\\n", got "HELLO FROM THE MENU\\n" in [\d.]+ ms: OK$/,
+  );
   expect(report).toMatchObject({ ok: true, interrupted: false });
   expect(report.pids).toHaveLength(1);
   expect(lines[0]).toBe(`> echo: bun tcp_echo_server/003-loop.ts --port 0  (pid ${report.pids[0]})`);
   expect(lines).toContain("> client: none yet (no test/NNN-client*.ts), so the menu checks by itself");
   expect(lines.some((line) => /^echo  \| listening on 127\.0\.0\.1:\d+$/.test(line))).toBe(true);
-  expect(lines.at(-1)).toMatch(new RegExp(`^> echo \\(pid ${report.pids[0]}\\) (exited with code 0|stopped by SIGINT)$`));
+  expect(lines.at(-1)).toMatch(
+    new RegExp(`^> echo \\(pid ${report.pids[0]}\\) (exited with code 0|stopped by SIGINT)$`),
+  );
   expect(report.pids.filter(isAlive)).toEqual([]);
 });
 
 test("001 through its PORT variable works in the demo too", async () => {
   const catalogue = loadCatalogue(ROOT);
   const lines: string[] = [];
-  const report = await runDemo(catalogue, { echo: stage(catalogue, "tcp_echo_server/001-simple-one-echo.ts"), connections: 1 }, {
-    interrupted: never,
-    print: (line) => lines.push(line),
-    colour: false,
-  });
+  const report = await runDemo(
+    catalogue,
+    { echo: stage(catalogue, "tcp_echo_server/001-simple-one-echo.ts"), connections: 1 },
+    {
+      interrupted: never,
+      print: (line) => lines.push(line),
+      colour: false,
+    },
+  );
   expect(report.ok).toBe(true);
   expect(lines[0]).toStartWith("> echo: PORT=0 bun tcp_echo_server/001-simple-one-echo.ts  (pid ");
 });
@@ -78,7 +90,9 @@ console.log("listening on 127.0.0.1:" + listener.port);
   const [echoPid, proxyPid, clientPid] = report.pids;
   const echoPort = lines.join("\n").match(/^echo  \| listening on 127\.0\.0\.1:(\d+)$/m)![1];
   const proxyPort = lines.join("\n").match(/^proxy \| listening on 127\.0\.0\.1:(\d+)$/m)![1];
-  expect(lines).toContain(`> proxy: bun tcp_proxy/001-fake.ts --port 0 --upstream 127.0.0.1:${echoPort}  (pid ${proxyPid})`);
+  expect(lines).toContain(
+    `> proxy: bun tcp_proxy/001-fake.ts --port 0 --upstream 127.0.0.1:${echoPort}  (pid ${proxyPid})`,
+  );
   expect(lines).toContain(`> client: bun test/001-client-fake.ts --port ${proxyPort} -n 3  (pid ${clientPid})`);
   expect(lines).toContain(`client| fake client: done with 127.0.0.1:${proxyPort}`);
   // Stopped last started first, each with SIGINT (the client had already exited).
@@ -102,7 +116,11 @@ test("Ctrl-C in the middle of the demo: every process it started is stopped, non
   const bound = setTimeout(() => interrupt.abort(), 15_000); // only if the client never connects: the test then fails
   const report = await runDemo(
     catalogue,
-    { echo: stage(catalogue, "tcp_echo_server/003-loop.ts"), client: stage(catalogue, "test/001-client-hang.ts"), connections: 1 },
+    {
+      echo: stage(catalogue, "tcp_echo_server/003-loop.ts"),
+      client: stage(catalogue, "test/001-client-hang.ts"),
+      connections: 1,
+    },
     {
       interrupted: interrupt.signal,
       graceMs: 1000,
@@ -120,31 +138,46 @@ test("Ctrl-C in the middle of the demo: every process it started is stopped, non
     },
   );
   clearTimeout(bound);
-  expect(lines).toContain(`client| connected to 127.0.0.1:${/listening on 127\.0\.0\.1:(\d+)/.exec(lines.join("\n"))![1]}, waiting forever`);
+  expect(lines).toContain(
+    `client| connected to 127.0.0.1:${/listening on 127\.0\.0\.1:(\d+)/.exec(lines.join("\n"))![1]}, waiting forever`,
+  );
   expect(report).toMatchObject({ ok: false, interrupted: true, summary: "interrupted (Ctrl-C)" });
   expect(report.pids).toEqual(pids);
   expect(pids).toHaveLength(2);
   // The hanging client has no handler: it dies of SIGINT; 003 neither has one (004 adds it).
-  expect(lines.slice(-2)).toEqual([`> client (pid ${pids[1]}) stopped by SIGINT`, `> echo (pid ${pids[0]}) stopped by SIGINT`]);
+  expect(lines.slice(-2)).toEqual([
+    `> client (pid ${pids[1]}) stopped by SIGINT`,
+    `> echo (pid ${pids[0]}) stopped by SIGINT`,
+  ]);
   await waitGone(pids, 100);
 });
 
 test("an echo stage that fails to start: the demo says why and leaves nothing behind", async () => {
-  using tree = new TempTree({ "tcp_echo_server/001-broken.ts": `/*\n * 001 - broken\n */\nconsole.error("boom");\nprocess.exit(1);\n` });
+  using tree = new TempTree({
+    "tcp_echo_server/001-broken.ts": `/*\n * 001 - broken\n */\nconsole.error("boom");\nprocess.exit(1);\n`,
+  });
   const catalogue = loadCatalogue(tree.root);
   const lines: string[] = [];
-  const report = await runDemo(catalogue, { echo: stage(catalogue, "tcp_echo_server/001-broken.ts"), connections: 1 }, {
-    interrupted: never,
-    print: (line) => lines.push(line),
-    colour: false,
-  });
+  const report = await runDemo(
+    catalogue,
+    { echo: stage(catalogue, "tcp_echo_server/001-broken.ts"), connections: 1 },
+    {
+      interrupted: never,
+      print: (line) => lines.push(line),
+      colour: false,
+    },
+  );
   expect(report).toMatchObject({ ok: false, interrupted: false, summary: "echo exited (code 1) before listening" });
   expect(lines).toContain("echo  | boom");
   expect(report.pids.filter(isAlive)).toEqual([]);
 });
 
 test("the built-in check reports a wrong reply and a refused connection", async () => {
-  const wrong = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data: (socket, data) => void socket.write(data) } });
+  const wrong = Bun.listen({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: { data: (socket, data) => void socket.write(data) },
+  });
   try {
     const result = await builtInCheck("127.0.0.1", wrong.port);
     expect(result.ok).toBe(false);

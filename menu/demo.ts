@@ -38,7 +38,11 @@ export interface DemoOptions {
   graceMs?: number;
 }
 
-const PREFIX_COLOURS: Record<string, (text: string) => string> = { echo: pc.cyan, proxy: pc.magenta, client: pc.yellow };
+const PREFIX_COLOURS: Record<string, (text: string) => string> = {
+  echo: pc.cyan,
+  proxy: pc.magenta,
+  client: pc.yellow,
+};
 
 class Interrupted extends Error {}
 
@@ -52,14 +56,19 @@ function unlessInterrupted<T>(promise: Promise<T>, signal: AbortSignal): Promise
   });
 }
 
-async function commandFor(catalogue: Catalogue, stage: Stage, values: Partial<Record<RuleId, string>>): Promise<Command> {
+async function commandFor(
+  catalogue: Catalogue,
+  stage: Stage,
+  values: Partial<Record<RuleId, string>>,
+): Promise<Command> {
   return stageCommand(stage, stageOptions(stage, await stageHelp(catalogue, stage)), values);
 }
 
 export async function runDemo(catalogue: Catalogue, plan: DemoPlan, options: DemoOptions): Promise<DemoReport> {
   const { interrupted, print } = options;
   const graceMs = options.graceMs ?? GRACE_MS;
-  const colour = (name: string, text: string): string => (options.colour ? (PREFIX_COLOURS[name] ?? pc.dim)(text) : text);
+  const colour = (name: string, text: string): string =>
+    options.colour ? (PREFIX_COLOURS[name] ?? pc.dim)(text) : text;
   const services: Service[] = [];
   const start = (name: string, command: Command): Service => {
     const prefix = colour(name, `${name.padEnd(6)}| `);
@@ -88,7 +97,8 @@ export async function runDemo(catalogue: Catalogue, plan: DemoPlan, options: Dem
       // Killed by Ctrl-C's SIGINT, which can be handled here before the menu's own SIGINT handler has run.
       if (client.child.signalCode === "SIGINT") throw new Interrupted();
       report.ok = code === 0;
-      report.summary = client.stdout.trim() || lastLines(client.stderr, 10) || `(the client printed nothing; exit code ${code})`;
+      report.summary =
+        client.stdout.trim() || lastLines(client.stderr, 10) || `(the client printed nothing; exit code ${code})`;
       if (code !== 0) report.summary += `\n(client exited with code ${code})`;
     } else {
       print(colour("client", `> client: none yet (no test/NNN-client*.ts), so the menu checks by itself`));
@@ -126,7 +136,11 @@ function lastLines(text: string, count: number): string {
 export const CHECK_LINE = "hello from the menu\n";
 
 /** The demo's stand-in for a client stage: one connection, one line, the uppercase reply checked byte for byte. */
-export async function builtInCheck(host: string, port: number, timeoutMs = 5000): Promise<{ ok: boolean; summary: string }> {
+export async function builtInCheck(
+  host: string,
+  port: number,
+  timeoutMs = 5000,
+): Promise<{ ok: boolean; summary: string }> {
   const request = new TextEncoder().encode(CHECK_LINE);
   const expected = CHECK_LINE.toUpperCase();
   const started = performance.now();
@@ -168,9 +182,15 @@ export async function builtInCheck(host: string, port: number, timeoutMs = 5000)
     const text = new TextDecoder().decode(reply);
     const ms = (performance.now() - started).toFixed(1);
     if (text === expected) {
-      return { ok: true, summary: `built-in check: sent ${JSON.stringify(CHECK_LINE)}, got ${JSON.stringify(text)} in ${ms} ms: OK` };
+      return {
+        ok: true,
+        summary: `built-in check: sent ${JSON.stringify(CHECK_LINE)}, got ${JSON.stringify(text)} in ${ms} ms: OK`,
+      };
     }
-    return { ok: false, summary: `built-in check: sent ${JSON.stringify(CHECK_LINE)}, expected ${JSON.stringify(expected)}, got ${JSON.stringify(text)}` };
+    return {
+      ok: false,
+      summary: `built-in check: sent ${JSON.stringify(CHECK_LINE)}, expected ${JSON.stringify(expected)}, got ${JSON.stringify(text)}`,
+    };
   } catch (error) {
     return { ok: false, summary: `built-in check to ${host}:${port} failed: ${(error as Error).message}` };
   } finally {

@@ -44,9 +44,12 @@ describe("without a terminal", () => {
     const { code, stdout, stderr } = await runToExit("menu/menu.ts", [], { timeoutMs: 10_000 });
     const elapsed = performance.now() - started;
     expect({ code, stderr }).toEqual({ code: 0, stderr: "" });
-    for (const stage of loadCatalogue(ROOT).stages) expect(stdout).toContain(`  ${stage.label}  ${stage.header.lesson}\n`);
+    for (const stage of loadCatalogue(ROOT).stages)
+      expect(stdout).toContain(`  ${stage.label}  ${stage.header.lesson}\n`);
     expect(stdout).toContain("  001  simple one echo\n       PORT=5000 bun tcp_echo_server/001-simple-one-echo.ts\n");
-    expect(stdout).toContain("  003  a loop, and the socket options\n       bun tcp_echo_server/003-loop.ts --port 5000\n");
+    expect(stdout).toContain(
+      "  003  a loop, and the socket options\n       bun tcp_echo_server/003-loop.ts --port 5000\n",
+    );
     expect(stdout).not.toContain("\x1b["); // not a terminal: no colour
     console.log(`catalogue without a terminal: ${elapsed.toFixed(0)} ms`);
   });
@@ -93,16 +96,25 @@ describe("in a terminal", () => {
     await terminal.press("Enter");
     await terminal.waitFor(/Log level/);
     await terminal.press("Enter"); // info, its default
-    const { pid: stagePid, end: listening } = await stageListening(terminal, /bun tcp_echo_server\/003-loop\.ts --port 0\n/);
+    const { pid: stagePid, end: listening } = await stageListening(
+      terminal,
+      /bun tcp_echo_server\/003-loop\.ts --port 0\n/,
+    );
     expect(isAlive(stagePid)).toBe(true);
     const menuTree = descendants(await terminal.panePid()); // sh -> bun run -> the menu -> the stage
     expect(menuTree).toContain(stagePid);
 
     await terminal.press("C-c");
-    const stopped = await terminal.waitFor(new RegExp(`tcp_echo_server/003-loop\\.ts \\(pid ${stagePid}\\) stopped by SIGINT`), 10_000, listening);
+    const stopped = await terminal.waitFor(
+      new RegExp(`tcp_echo_server/003-loop\\.ts \\(pid ${stagePid}\\) stopped by SIGINT`),
+      10_000,
+      listening,
+    );
     await terminal.waitFor(TOP_PROMPT, 10_000, stopped.end); // back at the menu
     expect(isAlive(stagePid)).toBe(false);
-    expect(descendants(await terminal.panePid()).filter((pid) => pid !== stagePid)).toEqual(menuTree.filter((pid) => pid !== stagePid));
+    expect(descendants(await terminal.panePid()).filter((pid) => pid !== stagePid)).toEqual(
+      menuTree.filter((pid) => pid !== stagePid),
+    );
 
     await terminal.press("C-c");
     expect(await terminal.exitStatus()).toBe(0);
@@ -126,7 +138,11 @@ describe("in a terminal", () => {
     await terminal.waitFor(/● tcp_echo_server\/002 -> 003  a loop, and the socket options/);
     await terminal.press("Enter");
     const diff = await terminal.waitFor(/^\+ \* 003 - a loop, and the socket options$/m);
-    const done = await terminal.waitFor(/git diff \(pid \d+\) exited with code 1 \(the files differ\)/, 10_000, diff.end);
+    const done = await terminal.waitFor(
+      /git diff \(pid \d+\) exited with code 1 \(the files differ\)/,
+      10_000,
+      diff.end,
+    );
     await terminal.waitFor(TOP_PROMPT, 10_000, done.end);
 
     await terminal.press("Up", "Up"); // the menu is back on Tools: up past Guided demo (and Client, none) to Proxy
@@ -142,10 +158,17 @@ describe("in a terminal", () => {
     await terminal.waitFor(/Other options\? \(--idle-timeout SECONDS; Enter for none\)/);
     await terminal.type("--idle-timeout 5");
     await terminal.press("Enter");
-    const started = await stageListening(terminal, /bun tcp_proxy\/001-fake\.ts --port 0 --upstream 127\.0\.0\.1:5000 --idle-timeout 5\n/);
+    const started = await stageListening(
+      terminal,
+      /bun tcp_proxy\/001-fake\.ts --port 0 --upstream 127\.0\.0\.1:5000 --idle-timeout 5\n/,
+    );
 
     await terminal.press("C-c");
-    const stopped = await terminal.waitFor(/tcp_proxy\/001-fake\.ts \(pid \d+\) exited with code 0/, 10_000, started.end);
+    const stopped = await terminal.waitFor(
+      /tcp_proxy\/001-fake\.ts \(pid \d+\) exited with code 0/,
+      10_000,
+      started.end,
+    );
     await terminal.waitFor(TOP_PROMPT, 10_000, stopped.end);
     expect(isAlive(started.pid)).toBe(false);
     await terminal.press("C-c");

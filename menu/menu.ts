@@ -41,7 +41,14 @@ import {
   validateValue,
   type Command,
 } from "./catalogue.ts";
-import { describeOutcome, installSignalHandlers, interruptible, runForeground, shutDown, shuttingDown } from "./children.ts";
+import {
+  describeOutcome,
+  installSignalHandlers,
+  interruptible,
+  runForeground,
+  shutDown,
+  shuttingDown,
+} from "./children.ts";
 import { runDemo } from "./demo.ts";
 
 const HELP = `Usage: bun run menu [options]        (or: bun menu/menu.ts [options])
@@ -90,11 +97,18 @@ function plural(count: number, word: string): string {
   return `${count} ${word}${count === 1 ? "" : "s"}`;
 }
 
-async function pickStage(stages: Stage[], message: string, describe?: (stage: Stage) => string): Promise<Stage | undefined> {
+async function pickStage(
+  stages: Stage[],
+  message: string,
+  describe?: (stage: Stage) => string,
+): Promise<Stage | undefined> {
   const initial = stages.find((stage) => stage.file === remembered.stage) ?? stages.at(-1);
   const picked = await p.select<Stage>({
     message,
-    options: stages.map((stage) => ({ value: stage, label: describe?.(stage) ?? `${stage.label}  ${stage.header.lesson}` })),
+    options: stages.map((stage) => ({
+      value: stage,
+      label: describe?.(stage) ?? `${stage.label}  ${stage.header.lesson}`,
+    })),
     ...(initial ? { initialValue: initial } : {}),
     maxItems: 12,
   });
@@ -130,7 +144,12 @@ interface ForegroundDisplay {
 }
 
 /** Runs `command` on the terminal until it ends or Ctrl-C, and says how it ended. */
-async function runInForeground(catalogue: Catalogue, command: Command, what: string, display: ForegroundDisplay = {}): Promise<void> {
+async function runInForeground(
+  catalogue: Catalogue,
+  command: Command,
+  what: string,
+  display: ForegroundDisplay = {},
+): Promise<void> {
   const { meanings = {}, shown = commandLine(command) } = display;
   p.log.step(`${pc.bold(shown)}\n${pc.dim("Ctrl-C stops it and comes back to the menu")}`);
   const outcome = await interruptible((interrupted) =>
@@ -141,7 +160,8 @@ async function runInForeground(catalogue: Catalogue, command: Command, what: str
       // Written at once (not buffered) so that it comes before the child's first line.
       onStart: (pid) => void writeSync(1, `${pc.dim(`(pid ${pid})`)}\n`),
       onInterrupt: (graceMs) => {
-        if (!shuttingDown()) console.log(pc.dim(`\nCtrl-C: waiting up to ${graceMs / 1000} s for ${what} to stop (then it is killed)`));
+        if (!shuttingDown())
+          console.log(pc.dim(`\nCtrl-C: waiting up to ${graceMs / 1000} s for ${what} to stop (then it is killed)`));
       },
     }),
   );
@@ -158,7 +178,9 @@ async function runStage(catalogue: Catalogue, areaId: AreaId): Promise<void> {
   const help = await stageHelp(catalogue, stage);
   const options = stageOptions(stage, help);
   if (area.role === "client") {
-    p.log.info("A client needs a server: start one in another terminal (bun run menu, Echo server), or use the Guided demo.");
+    p.log.info(
+      "A client needs a server: start one in another terminal (bun run menu, Echo server), or use the Guided demo.",
+    );
   }
   const values: Partial<Record<RuleId, string>> = {};
   for (const option of options.known.filter((known) => known.rule.ask)) {
@@ -169,7 +191,11 @@ async function runStage(catalogue: Catalogue, areaId: AreaId): Promise<void> {
   let extra: string[] = [];
   if (options.unknown.length > 0) {
     const known = options.unknown.map((flag) => `${flag.names.join(", ")} ${flag.value}`).join("; ");
-    const typed = await p.text({ message: `Other options? ${pc.dim(`(${known}; Enter for none)`)}`, placeholder: "", defaultValue: "" });
+    const typed = await p.text({
+      message: `Other options? ${pc.dim(`(${known}; Enter for none)`)}`,
+      placeholder: "",
+      defaultValue: "",
+    });
     if (p.isCancel(typed)) return;
     extra = splitArguments(typed);
   }
@@ -192,7 +218,10 @@ async function guidedDemo(catalogue: Catalogue): Promise<void> {
   if (proxies.length > 0) {
     const picked = await p.select<Stage | "none">({
       message: "A proxy in front of it?",
-      options: [{ value: "none", label: "no proxy" }, ...proxies.map((stage) => ({ value: stage, label: `${stage.label}  ${stage.header.lesson}` }))],
+      options: [
+        { value: "none", label: "no proxy" },
+        ...proxies.map((stage) => ({ value: stage, label: `${stage.label}  ${stage.header.lesson}` })),
+      ],
       initialValue: "none",
     });
     if (p.isCancel(picked)) return;
@@ -214,11 +243,15 @@ async function guidedDemo(catalogue: Catalogue): Promise<void> {
     p.log.step("No client stage yet (test/NNN-client*.ts): the menu checks the server itself, one line, one reply.");
   }
   const report = await interruptible((interrupted) =>
-    runDemo(catalogue, { echo, ...(proxy ? { proxy } : {}), ...(client ? { client } : {}), connections }, {
-      interrupted,
-      print: (line) => console.log(line),
-      colour: pc.isColorSupported,
-    }),
+    runDemo(
+      catalogue,
+      { echo, ...(proxy ? { proxy } : {}), ...(client ? { client } : {}), connections },
+      {
+        interrupted,
+        print: (line) => console.log(line),
+        colour: pc.isColorSupported,
+      },
+    ),
   );
   p.note(report.summary, report.interrupted ? "Demo interrupted" : client ? "Client summary" : "Built-in check");
   if (report.interrupted) p.log.info("Stopped everything.");
@@ -233,7 +266,12 @@ async function tools(catalogue: Catalogue): Promise<void> {
     options: [
       { value: "diff", label: "What changed", hint: "the diff between a stage and the one before it" },
       { value: "about", label: "About a stage", hint: "its header comment and --help" },
-      { value: "tests", label: "Run a stage's tests", hint: tested.length ? plural(tested.length, "test file") : "none yet", disabled: tested.length === 0 },
+      {
+        value: "tests",
+        label: "Run a stage's tests",
+        hint: tested.length ? plural(tested.length, "test file") : "none yet",
+        disabled: tested.length === 0,
+      },
     ],
     ...(remembered.tool ? { initialValue: remembered.tool } : {}),
   });
@@ -243,7 +281,8 @@ async function tools(catalogue: Catalogue): Promise<void> {
     const stage = await pickStage(
       catalogue.stages.filter((candidate) => previousStage(catalogue, candidate)),
       "What changed in which stage?",
-      (candidate) => `${candidate.area.folder}/${previousStage(catalogue, candidate)!.label} -> ${candidate.label}  ${candidate.header.lesson}`,
+      (candidate) =>
+        `${candidate.area.folder}/${previousStage(catalogue, candidate)!.label} -> ${candidate.label}  ${candidate.header.lesson}`,
     );
     if (!stage) return;
     const previous = previousStage(catalogue, stage)!;
@@ -255,7 +294,11 @@ async function tools(catalogue: Catalogue): Promise<void> {
       shown: commandLine(diffCommand(previous, stage, false)),
     });
   } else if (choice === "about") {
-    const stage = await pickStage(catalogue.stages, "About which stage?", (candidate) => `${candidate.file}  ${candidate.header.lesson}`);
+    const stage = await pickStage(
+      catalogue.stages,
+      "About which stage?",
+      (candidate) => `${candidate.file}  ${candidate.header.lesson}`,
+    );
     if (!stage) return;
     p.note(stage.header.text, stage.file);
     const help = await stageHelp(catalogue, stage);

@@ -75,7 +75,9 @@ try {
   listener = Bun.listen({ hostname: HOST, port: PORT, socket: handlers });
 } catch (error) {
   const { code, message } = error as NodeJS.ErrnoException;
-  console.error(`error: cannot listen on ${HOST}:${PORT}: ${code === "EADDRINUSE" ? "address already in use" : message}`);
+  console.error(
+    `error: cannot listen on ${HOST}:${PORT}: ${code === "EADDRINUSE" ? "address already in use" : message}`,
+  );
   process.exit(1);
 }
 

@@ -61,7 +61,10 @@ describe("002 logging, a class, a command line", () => {
       ["--port", "-1"],
       "error: Option '--port' argument is ambiguous. Did you forget to specify the option argument for '--port'? To specify an option argument starting with a dash use '--port=-XYZ'. (see --help)\n",
     ],
-    [["surplus"], "error: Unexpected argument 'surplus'. This command does not take positional arguments (see --help)\n"],
+    [
+      ["surplus"],
+      "error: Unexpected argument 'surplus'. This command does not take positional arguments (see --help)\n",
+    ],
   ];
   for (const [args, message] of usageErrors) {
     test(`usage error ${args.join(" ")}: one line on stderr, exit 2`, async () => {

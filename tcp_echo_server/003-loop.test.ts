@@ -35,7 +35,12 @@ describe("003 a loop, and the socket options", () => {
   test("logs the listening socket's real options, as the kernel reports them", async () => {
     await using server = await startStage(STAGE, ["--port", "0"]);
     const [, line] = await server.waitForLog(/listening socket options: (.+)/);
-    const logged = Object.fromEntries(line!.split(" ").map((pair) => pair.split("=")).map(([k, v]) => [k, Number(v)]));
+    const logged = Object.fromEntries(
+      line!
+        .split(" ")
+        .map((pair) => pair.split("="))
+        .map(([k, v]) => [k, Number(v)]),
+    );
     expect(Object.keys(logged).sort()).toEqual(
       ["SO_ACCEPTCONN", "SO_KEEPALIVE", "SO_RCVBUF", "SO_REUSEADDR", "SO_REUSEPORT", "SO_SNDBUF", "TCP_NODELAY"].sort(),
     );
@@ -78,13 +83,19 @@ describe("003 a loop, and the socket options", () => {
 
   test("the same with the real OpenBSD nc: with -N it ends, without -N both sides wait", async () => {
     await using withN = await startStage(STAGE, ["--port", "0"]);
-    const nc = Bun.spawn(["nc", "-N", "127.0.0.1", String(withN.port)], { stdin: new Blob(["hello\n"]), stdout: "pipe" });
+    const nc = Bun.spawn(["nc", "-N", "127.0.0.1", String(withN.port)], {
+      stdin: new Blob(["hello\n"]),
+      stdout: "pipe",
+    });
     expect(await new Response(nc.stdout).text()).toBe("HELLO\n");
     expect(await nc.exited).toBe(0);
     expect(await withN.waitExit()).toBe(0);
 
     await using withoutN = await startStage(STAGE, ["--port", "0", "--log-level", "debug"]);
-    const stuck = Bun.spawn(["nc", "127.0.0.1", String(withoutN.port)], { stdin: new Blob(["hello\n"]), stdout: "pipe" });
+    const stuck = Bun.spawn(["nc", "127.0.0.1", String(withoutN.port)], {
+      stdin: new Blob(["hello\n"]),
+      stdout: "pipe",
+    });
     try {
       await withoutN.waitForLog(/replied 6 bytes/);
       expect(await Promise.race([stuck.exited, Bun.sleep(300).then(() => "still waiting")])).toBe("still waiting");

@@ -35,7 +35,9 @@ describe("005 concurrent clients, bounded by a semaphore", () => {
 
     b!.close();
     expect(decode(await c.readAtLeast(14))).toBe("OVER THE LIMIT");
-    expect(server.stderr.text).toMatch(/\[conn 2 \| active 2\/2\] done\n.*\[conn 3 \| active 2\/2\] serving 127\.0\.0\.1/);
+    expect(server.stderr.text).toMatch(
+      /\[conn 2 \| active 2\/2\] done\n.*\[conn 3 \| active 2\/2\] serving 127\.0\.0\.1/,
+    );
     a!.close();
     c.close();
   });
@@ -81,7 +83,8 @@ describe("005 concurrent clients, bounded by a semaphore", () => {
     client.close();
     await server.waitForLog(/\[conn 1 \| active 0\/5\] done/);
     const lines = server.stderr.text.trimEnd().split("\n");
-    for (const line of lines) expect(line).toMatch(/^\S+Z (DEBUG|INFO |WARN |ERROR) \[(server|conn \d+) \| active \d+\/5\] /);
+    for (const line of lines)
+      expect(line).toMatch(/^\S+Z (DEBUG|INFO |WARN |ERROR) \[(server|conn \d+) \| active \d+\/5\] /);
     expect(lines.filter((line) => line.includes("[conn 1 | active 1/5]")).length).toBeGreaterThanOrEqual(3);
   });
 
@@ -138,7 +141,10 @@ describe("005 concurrent clients, bounded by a semaphore", () => {
 
   test("a usage error in the new flags: one line, exit 2", async () => {
     const zero = await runToExit(STAGE, ["--max-clients", "0"]);
-    expect([zero.code, zero.stderr]).toEqual([2, 'error: --max-clients must be a positive integer, got "0" (see --help)\n']);
+    expect([zero.code, zero.stderr]).toEqual([
+      2,
+      'error: --max-clients must be a positive integer, got "0" (see --help)\n',
+    ]);
     for (const value of ["soon", "2147484"]) {
       // 2147484 s is past what setTimeout() can hold: it would fire at once and cut every client.
       const bad = await runToExit(STAGE, ["--idle-timeout", value]);

@@ -90,7 +90,8 @@ class Semaphore {
 
   release(): void {
     const next = this.queue.shift();
-    if (next) next(); // the slot passes straight to the longest waiter
+    if (next)
+      next(); // the slot passes straight to the longest waiter
     else this.free++;
   }
 
@@ -214,7 +215,9 @@ class EchoServer {
       },
     });
     this.listener = listener;
-    this.log.info(`listening on ${formatAddress(this.host, listener.port)} (at most ${this.maxClients} clients at once, idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"})`);
+    this.log.info(
+      `listening on ${formatAddress(this.host, listener.port)} (at most ${this.maxClients} clients at once, idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"})`,
+    );
     this.log.info(`listening socket options: ${formatOptions((listener as WithFd).fd)}`);
     return listener.port;
   }
@@ -231,7 +234,10 @@ class EchoServer {
     const client = socket.data;
     if (this.slots.taken >= this.maxClients) {
       socket.pause();
-      this.log.info(`from ${peerAddress(socket)}: all ${this.maxClients} slots taken, waiting (${this.clients.size - this.slots.taken} waiting)`, client.id);
+      this.log.info(
+        `from ${peerAddress(socket)}: all ${this.maxClients} slots taken, waiting (${this.clients.size - this.slots.taken} waiting)`,
+        client.id,
+      );
     }
     await this.slots.acquire();
     if (client.closed || this.stopping) {

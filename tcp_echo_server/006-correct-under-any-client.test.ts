@@ -12,7 +12,9 @@ describe("006 correct under any client", () => {
   test("--port 0 prints one listening line; the log states the limits in force", async () => {
     await using server = await startStage(STAGE, ["--port", "0", "--max-per-ip", "3", "--max-buffer", "1m"]);
     expect(server.stdout.text).toBe(`listening on 127.0.0.1:${server.port}\n`);
-    await server.waitForLog(/listening on 127\.0\.0\.1:\d+ \(at most 10000 clients at once, 3 per address, 1 MiB reply queue per client, idle timeout 60 s, drain timeout 8 s\)/);
+    await server.waitForLog(
+      /listening on 127\.0\.0\.1:\d+ \(at most 10000 clients at once, 3 per address, 1 MiB reply queue per client, idle timeout 60 s, drain timeout 8 s\)/,
+    );
   });
 
   test("-h prints usage listing every option; bad values are one-line usage errors (exit 2)", async () => {
@@ -23,9 +25,15 @@ describe("006 correct under any client", () => {
       expect(help.stdout).toContain(option);
     }
     const errors: Array<[string[], string]> = [
-      [["--max-buffer", "lots"], 'error: --max-buffer must be a positive number of bytes (k, m suffixes allowed), got "lots" (see --help)\n'],
+      [
+        ["--max-buffer", "lots"],
+        'error: --max-buffer must be a positive number of bytes (k, m suffixes allowed), got "lots" (see --help)\n',
+      ],
       [["--max-per-ip", "some"], 'error: --max-per-ip must be an integer (0 = no limit), got "some" (see --help)\n'],
-      [["--drain-timeout", "soon"], 'error: --drain-timeout must be a number of seconds from 0 to 2147483, got "soon" (see --help)\n'],
+      [
+        ["--drain-timeout", "soon"],
+        'error: --drain-timeout must be a number of seconds from 0 to 2147483, got "soon" (see --help)\n',
+      ],
     ];
     for (const [args, message] of errors) {
       expect(await runToExit(STAGE, args)).toEqual({ code: 2, stdout: "", stderr: message });

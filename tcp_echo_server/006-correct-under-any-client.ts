@@ -131,7 +131,9 @@ const RESERVED_FDS = 32;
  */
 function clientsAllowedByFdLimit(): { limit: number; allowed: number } | undefined {
   try {
-    const line = readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith("Max open files"));
+    const line = readFileSync("/proc/self/limits", "utf8")
+      .split("\n")
+      .find((l) => l.startsWith("Max open files"));
     const soft = line?.split(/\s{2,}/)[1];
     if (soft === undefined || soft === "unlimited") return undefined;
     const limit = Number(soft);
@@ -199,7 +201,9 @@ class EchoServer {
     const fds = clientsAllowedByFdLimit();
     this.maxClients = fds === undefined ? config.maxClients : Math.min(config.maxClients, fds.allowed);
     if (fds !== undefined && config.maxClients > fds.allowed) {
-      this.log.warn(`--max-clients ${config.maxClients} does not fit under the open-files limit of ${fds.limit}: serving at most ${fds.allowed} clients at once (raise it with ulimit -n)`);
+      this.log.warn(
+        `--max-clients ${config.maxClients} does not fit under the open-files limit of ${fds.limit}: serving at most ${fds.allowed} clients at once (raise it with ulimit -n)`,
+      );
     }
   }
 
@@ -252,7 +256,9 @@ class EchoServer {
     });
     this.listener = listener;
     const perIp = this.maxPerIp > 0 ? `${this.maxPerIp} per address` : "no per-address limit";
-    this.log.info(`listening on ${formatAddress(this.host, listener.port)} (at most ${this.maxClients} clients at once, ${perIp}, ${formatBytes(this.maxBuffer)} reply queue per client, idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"}, drain timeout ${this.drainTimeout} s)`);
+    this.log.info(
+      `listening on ${formatAddress(this.host, listener.port)} (at most ${this.maxClients} clients at once, ${perIp}, ${formatBytes(this.maxBuffer)} reply queue per client, idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"}, drain timeout ${this.drainTimeout} s)`,
+    );
     this.log.info(`listening socket options: ${formatOptions((listener as WithFd).fd)}`);
     return listener.port;
   }
@@ -276,7 +282,8 @@ class EchoServer {
       closed: false,
     };
     // Reading the options loads libc (about 10 us a client, more than echoing a message): only for debug lines.
-    if (this.log.enabled("debug")) this.log.debug(`socket options: ${formatOptions((socket as WithFd).fd)}`, socket.data.id);
+    if (this.log.enabled("debug"))
+      this.log.debug(`socket options: ${formatOptions((socket as WithFd).fd)}`, socket.data.id);
     this.handleConn(socket);
   }
 
@@ -286,8 +293,10 @@ class EchoServer {
     const fromIp = this.perIp.get(client.ip) ?? 0;
     let refusal: string | undefined;
     if (this.stopping) refusal = "shutting down";
-    else if (this.clients.size >= this.maxClients) refusal = `${this.clients.size} clients connected, the limit (--max-clients ${this.maxClients})`;
-    else if (this.maxPerIp > 0 && fromIp >= this.maxPerIp) refusal = `${fromIp} connections from this address, the limit (--max-per-ip ${this.maxPerIp})`;
+    else if (this.clients.size >= this.maxClients)
+      refusal = `${this.clients.size} clients connected, the limit (--max-clients ${this.maxClients})`;
+    else if (this.maxPerIp > 0 && fromIp >= this.maxPerIp)
+      refusal = `${fromIp} connections from this address, the limit (--max-per-ip ${this.maxPerIp})`;
     if (refusal !== undefined) {
       this.totals.refused++;
       this.log.warn(`refused ${client.ip}: ${refusal}`, client.id);
@@ -393,7 +402,10 @@ class EchoServer {
   private onEnd(socket: Socket<Client>): void {
     const client = socket.data;
     client.peerEnded = true;
-    this.log.info(`client closed its side (FIN)${client.queued > 0 ? `: flushing ${client.queued} queued bytes first` : ""}`, client.id);
+    this.log.info(
+      `client closed its side (FIN)${client.queued > 0 ? `: flushing ${client.queued} queued bytes first` : ""}`,
+      client.id,
+    );
     if (client.queued === 0) socket.end();
   }
 
@@ -439,7 +451,9 @@ class EchoServer {
     this.listener?.stop();
     let owed = 0;
     for (const socket of this.clients) owed += socket.data.queued;
-    this.log.info(`${signal} received: no new clients; draining ${this.clients.size} client(s) owed ${owed} queued reply bytes, at most ${this.drainTimeout} s`);
+    this.log.info(
+      `${signal} received: no new clients; draining ${this.clients.size} client(s) owed ${owed} queued reply bytes, at most ${this.drainTimeout} s`,
+    );
     if (this.clients.size === 0) {
       this.finishShutdown();
       return;
@@ -465,7 +479,9 @@ class EchoServer {
     clearTimeout(this.drainDeadline);
     const { served, refused, bytesIn, bytesOut, drained, cut, discarded } = this.totals;
     const level = cut > 0 ? "warn" : "info";
-    this.log[level](`shutdown complete: ${drained} client(s) drained, ${cut} cut; since start ${served} served, ${refused} refused, ${bytesIn} bytes received and ${bytesOut} sent back, ${discarded} dropped after the signal; bye`);
+    this.log[level](
+      `shutdown complete: ${drained} client(s) drained, ${cut} cut; since start ${served} served, ${refused} refused, ${bytesIn} bytes received and ${bytesOut} sent back, ${discarded} dropped after the signal; bye`,
+    );
     // Nothing is left open (listener stopped, every socket and timer closed), so the process now exits with 0.
   }
 }
@@ -555,14 +571,20 @@ function parseConfig(argv: string[]): EchoServerConfig | "help" {
     throw new UsageError(`--max-per-ip must be an integer (0 = no limit), got "${values["max-per-ip"]}"`);
   }
   const size = /^(\d+)([km]?)$/i.exec(values["max-buffer"]);
-  const maxBuffer = size ? Number(size[1]) * { "": 1, k: 1024, m: 1024 * 1024 }[size[2]!.toLowerCase() as "" | "k" | "m"] : 0;
+  const maxBuffer = size
+    ? Number(size[1]) * { "": 1, k: 1024, m: 1024 * 1024 }[size[2]!.toLowerCase() as "" | "k" | "m"]
+    : 0;
   if (maxBuffer < 1) {
-    throw new UsageError(`--max-buffer must be a positive number of bytes (k, m suffixes allowed), got "${values["max-buffer"]}"`);
+    throw new UsageError(
+      `--max-buffer must be a positive number of bytes (k, m suffixes allowed), got "${values["max-buffer"]}"`,
+    );
   }
   for (const name of ["idle-timeout", "drain-timeout"] as const) {
     if (!/^\d+(\.\d+)?$/.test(values[name]) || Number(values[name]) > MAX_TIMER_SECONDS) {
       const from = name === "idle-timeout" ? "0 (never)" : "0";
-      throw new UsageError(`--${name} must be a number of seconds from ${from} to ${MAX_TIMER_SECONDS}, got "${values[name]}"`);
+      throw new UsageError(
+        `--${name} must be a number of seconds from ${from} to ${MAX_TIMER_SECONDS}, got "${values[name]}"`,
+      );
     }
   }
   return {

@@ -12,7 +12,8 @@ const BASE = ["--host", "127.0.0.1", "--port", "0", "--drain-timeout", "2"];
 /** Worker index -> pid, from the supervisor's "worker N started (pid P)" lines (the latest one per index). */
 function workerPids(server: Running): Map<number, number> {
   const pids = new Map<number, number>();
-  for (const [, index, pid] of server.stderr.text.matchAll(/worker (\d+) started \(pid (\d+)\)/g)) pids.set(Number(index), Number(pid));
+  for (const [, index, pid] of server.stderr.text.matchAll(/worker (\d+) started \(pid (\d+)\)/g))
+    pids.set(Number(index), Number(pid));
   return pids;
 }
 
@@ -62,7 +63,9 @@ describe("007 every core, observable", () => {
   test("the supervisor prints one listening line once every worker listens on the shared port", async () => {
     await using server = await startStage(STAGE, [...BASE, "--workers", "3"]);
     expect(server.stdout.text).toBe(`listening on 127.0.0.1:${server.port}\n`);
-    const listening = [...server.stderr.text.matchAll(/\[worker (\d) \| active 0\/3334\] listening on 127\.0\.0\.1:(\d+)/g)];
+    const listening = [
+      ...server.stderr.text.matchAll(/\[worker (\d) \| active 0\/3334\] listening on 127\.0\.0\.1:(\d+)/g),
+    ];
     expect(listening.map(([, index]) => index).sort()).toEqual(["0", "1", "2"]);
     for (const [, , port] of listening) expect(Number(port)).toBe(server.port);
     expect(descendants(server.pid).length).toBe(3); // the supervisor's three workers
@@ -72,22 +75,53 @@ describe("007 every core, observable", () => {
     const help = await runToExit(STAGE, ["-h"]);
     expect(help.code).toBe(0);
     expect(help.stdout).toStartWith(`Usage: bun ${STAGE} [options]`);
-    const variables = ["HOST", "PORT", "WORKERS", "MAX_CLIENTS", "MAX_PER_IP", "MAX_BUFFER", "IDLE_TIMEOUT", "DRAIN_TIMEOUT", "METRICS_PORT", "LOG_LEVEL", "LOG_FORMAT"];
+    const variables = [
+      "HOST",
+      "PORT",
+      "WORKERS",
+      "MAX_CLIENTS",
+      "MAX_PER_IP",
+      "MAX_BUFFER",
+      "IDLE_TIMEOUT",
+      "DRAIN_TIMEOUT",
+      "METRICS_PORT",
+      "LOG_LEVEL",
+      "LOG_FORMAT",
+    ];
     for (const variable of variables) {
       const option = `--${variable.toLowerCase().replaceAll("_", "-")}`;
       expect(help.stdout).toMatch(new RegExp(`\\n  ${option} [^\\[]*\\[${variable}\\]`)); // the option, then its variable
     }
-    expect(await runToExit(STAGE, ["--workers", "0"])).toEqual({ code: 2, stdout: "", stderr: 'error: --workers must be an integer from 1 to 1024, got "0" (see --help)\n' });
-    expect(await runToExit(STAGE, ["--log-format", "xml"])).toEqual({ code: 2, stdout: "", stderr: 'error: --log-format must be one of text, json, got "xml" (see --help)\n' });
-    expect(await runToExit(STAGE, [], { env: { PORT: "http" } })).toEqual({ code: 2, stdout: "", stderr: 'error: PORT must be an integer from 0 to 65535, got "http" (see --help)\n' });
+    expect(await runToExit(STAGE, ["--workers", "0"])).toEqual({
+      code: 2,
+      stdout: "",
+      stderr: 'error: --workers must be an integer from 1 to 1024, got "0" (see --help)\n',
+    });
+    expect(await runToExit(STAGE, ["--log-format", "xml"])).toEqual({
+      code: 2,
+      stdout: "",
+      stderr: 'error: --log-format must be one of text, json, got "xml" (see --help)\n',
+    });
+    expect(await runToExit(STAGE, [], { env: { PORT: "http" } })).toEqual({
+      code: 2,
+      stdout: "",
+      stderr: 'error: PORT must be an integer from 0 to 65535, got "http" (see --help)\n',
+    });
   });
 
   test("configuration from environment variables; a command-line option wins over its variable", async () => {
     const env = { HOST: "127.0.0.1", PORT: "0", WORKERS: "3", MAX_PER_IP: "4", LOG_FORMAT: "json", IDLE_TIMEOUT: "30" };
     await using server = await startStage(STAGE, ["--workers", "1"], { env });
     expect(server.stdout.text).toBe(`listening on 127.0.0.1:${server.port}\n`);
-    const lines = server.stderr.text.trimEnd().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
-    expect(lines[0]).toMatchObject({ level: "info", worker: null, msg: expect.stringContaining("starting 1 worker(s)") });
+    const lines = server.stderr.text
+      .trimEnd()
+      .split("\n")
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines[0]).toMatchObject({
+      level: "info",
+      worker: null,
+      msg: expect.stringContaining("starting 1 worker(s)"),
+    });
     const listening = lines.find((line) => String(line.msg).startsWith("listening on"));
     expect(listening).toMatchObject({ worker: 0, active: 0, limit: 10000 });
     expect(String(listening?.msg)).toContain("4 per address, 256 KiB reply queue per client, idle timeout 30 s");
@@ -97,20 +131,36 @@ describe("007 every core, observable", () => {
     await using server = await startStage(STAGE, [...BASE, "--workers", "1", "--log-format", "json"]);
     expect(decode(await exchange(server.port, "json please", { halfClose: true }))).toBe("JSON PLEASE");
     await server.waitForLog(/"msg":"done: received 11 bytes, sent 11"/);
-    const lines = server.stderr.text.trimEnd().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
+    const lines = server.stderr.text
+      .trimEnd()
+      .split("\n")
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
     for (const line of lines) {
       expect(Object.keys(line).slice(0, 4)).toEqual(["time", "level", "pid", "worker"]);
       expect(new Date(String(line.time)).toISOString()).toBe(String(line.time));
       expect(typeof line.msg).toBe("string");
     }
-    expect(lines.find((line) => line.msg === "done: received 11 bytes, sent 11")).toMatchObject({ worker: 0, conn: 1, level: "info" });
+    expect(lines.find((line) => line.msg === "done: received 11 bytes, sent 11")).toMatchObject({
+      worker: 0,
+      conn: 1,
+      level: "info",
+    });
   });
 
   test("a port in use: one line, exit 1, no worker left behind", async () => {
     await using first = await startStage("tcp_echo_server/006-correct-under-any-client.ts", ["--port", "0"]);
-    const { code, stdout, stderr } = await runToExit(STAGE, ["--host", "127.0.0.1", "--port", String(first.port), "--workers", "2"]);
+    const { code, stdout, stderr } = await runToExit(STAGE, [
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(first.port),
+      "--workers",
+      "2",
+    ]);
     expect({ code, stdout }).toEqual({ code: 1, stdout: "" });
-    expect(stderr.trimEnd().split("\n").at(-1)).toBe(`error: cannot listen on 127.0.0.1:${first.port}: address already in use`);
+    expect(stderr.trimEnd().split("\n").at(-1)).toBe(
+      `error: cannot listen on 127.0.0.1:${first.port}: address already in use`,
+    );
   });
 
   echoContractTests({ file: STAGE, args: [...BASE, "--workers", "2"] });
@@ -182,15 +232,32 @@ describe("007 every core, observable", () => {
     expect(metrics.get("echo_queued_bytes")).toBe(0);
     expect(metrics.get('echo_connections_refused_total{reason="max-clients"}')).toBe(0);
     // The per-worker series add up to the totals.
-    for (const name of ["connections_total", "connections_active", "received_bytes_total", "sent_bytes_total", "errors_total"]) {
-      expect((metrics.get(`echo_worker_${name}{worker="0"}`) ?? NaN) + (metrics.get(`echo_worker_${name}{worker="1"}`) ?? NaN)).toBe(metrics.get(`echo_${name}`)!);
+    for (const name of [
+      "connections_total",
+      "connections_active",
+      "received_bytes_total",
+      "sent_bytes_total",
+      "errors_total",
+    ]) {
+      expect(
+        (metrics.get(`echo_worker_${name}{worker="0"}`) ?? NaN) +
+          (metrics.get(`echo_worker_${name}{worker="1"}`) ?? NaN),
+      ).toBe(metrics.get(`echo_${name}`)!);
     }
     expect(await (await fetch(url!.replace("/metrics", "/"))).text()).toBe("see /metrics\n");
     for (const client of staying) client.reset();
   });
 
   test("metrics count refusals by limit, and a replaced worker does not take the totals with it", async () => {
-    await using server = await startStage(STAGE, [...BASE, "--workers", "1", "--metrics-port", "0", "--max-clients", "2"]);
+    await using server = await startStage(STAGE, [
+      ...BASE,
+      "--workers",
+      "1",
+      "--metrics-port",
+      "0",
+      "--max-clients",
+      "2",
+    ]);
     const [, url] = (await server.waitForLog(/metrics on (http:\/\/127\.0\.0\.1:\d+\/metrics)/))!;
     const clients = await connectMany(server.port, 5);
     await waitForCount(server, /refused 127\.0\.0\.1/, 3);
@@ -213,5 +280,9 @@ describe("007 every core, observable", () => {
 
   // --max-clients is shared out between the workers and the kernel spreads connections evenly, not exactly: room
   // for 10,000 with two workers takes a little more than 10,000 (see the stage's Lacks).
-  hardenedEchoTests({ file: STAGE, args: [...BASE.slice(0, 2), ...BASE.slice(4), "--workers", "2", "--max-clients", "12000"], exactLimitArgs: ["--workers", "1"] });
+  hardenedEchoTests({
+    file: STAGE,
+    args: [...BASE.slice(0, 2), ...BASE.slice(4), "--workers", "2", "--max-clients", "12000"],
+    exactLimitArgs: ["--workers", "1"],
+  });
 });

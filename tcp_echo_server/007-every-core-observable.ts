@@ -133,14 +133,14 @@ function toUpperAsciiInPlace(bytes: Uint8Array): Uint8Array {
   if (length < SWAR_MIN_BYTES) {
     for (; i < length; i++) {
       const byte = bytes[i]!;
-      if (byte - 0x61 >>> 0 < 26) bytes[i] = byte - 0x20;
+      if ((byte - 0x61) >>> 0 < 26) bytes[i] = byte - 0x20;
     }
     return bytes;
   }
   const unaligned = (4 - (bytes.byteOffset & 3)) & 3; // 32-bit views must start on a multiple of 4
   for (; i < unaligned && i < length; i++) {
     const byte = bytes[i]!;
-    if (byte - 0x61 >>> 0 < 26) bytes[i] = byte - 0x20;
+    if ((byte - 0x61) >>> 0 < 26) bytes[i] = byte - 0x20;
   }
   const words = (length - i) >>> 2;
   if (words > 0) {
@@ -157,7 +157,7 @@ function toUpperAsciiInPlace(bytes: Uint8Array): Uint8Array {
   }
   for (; i < length; i++) {
     const byte = bytes[i]!;
-    if (byte - 0x61 >>> 0 < 26) bytes[i] = byte - 0x20;
+    if ((byte - 0x61) >>> 0 < 26) bytes[i] = byte - 0x20;
   }
   return bytes;
 }
@@ -193,7 +193,9 @@ const RESERVED_FDS = 32;
  */
 function clientsAllowedByFdLimit(): { limit: number; allowed: number } | undefined {
   try {
-    const line = readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith("Max open files"));
+    const line = readFileSync("/proc/self/limits", "utf8")
+      .split("\n")
+      .find((l) => l.startsWith("Max open files"));
     const soft = line?.split(/\s{2,}/)[1];
     if (soft === undefined || soft === "unlimited") return undefined;
     const limit = Number(soft);
@@ -305,7 +307,9 @@ class EchoServer {
     const fds = clientsAllowedByFdLimit();
     this.maxClients = fds === undefined ? config.maxClients : Math.min(config.maxClients, fds.allowed);
     if (fds !== undefined && config.maxClients > fds.allowed) {
-      this.log.warn(`--max-clients ${this.share}${config.maxClients} does not fit under the open-files limit of ${fds.limit}: serving at most ${fds.allowed} clients at once (raise it with ulimit -n)`);
+      this.log.warn(
+        `--max-clients ${this.share}${config.maxClients} does not fit under the open-files limit of ${fds.limit}: serving at most ${fds.allowed} clients at once (raise it with ulimit -n)`,
+      );
     }
   }
 
@@ -364,7 +368,9 @@ class EchoServer {
     const listener = Bun.listen<Client>(options);
     this.listener = listener;
     const perIp = this.maxPerIp > 0 ? `${this.maxPerIp} per address` : "no per-address limit";
-    this.log.info(`listening on ${formatAddress(this.host, listener.port)} (pid ${process.pid}; at most ${this.maxClients} clients at once, ${perIp}, ${formatBytes(this.maxBuffer)} reply queue per client, idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"}, drain timeout ${this.drainTimeout} s)`);
+    this.log.info(
+      `listening on ${formatAddress(this.host, listener.port)} (pid ${process.pid}; at most ${this.maxClients} clients at once, ${perIp}, ${formatBytes(this.maxBuffer)} reply queue per client, idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"}, drain timeout ${this.drainTimeout} s)`,
+    );
     this.log.debug(`listening socket options: ${formatOptions((listener as WithFd).fd)}`);
     return listener.port;
   }
@@ -453,7 +459,8 @@ class EchoServer {
     if (client.queued > this.maxBuffer && !client.paused) {
       client.paused = true;
       socket.pause();
-      if (this.debug) this.log.debug(`reply queue at ${client.queued} bytes, over --max-buffer: pausing its reading`, client.id);
+      if (this.debug)
+        this.log.debug(`reply queue at ${client.queued} bytes, over --max-buffer: pausing its reading`, client.id);
     }
   }
 
@@ -523,7 +530,10 @@ class EchoServer {
   private onEnd(socket: Socket<Client>): void {
     const client = socket.data;
     client.peerEnded = true;
-    this.log.info(`client closed its side (FIN)${client.queued > 0 ? `: flushing ${client.queued} queued bytes first` : ""}`, client.id);
+    this.log.info(
+      `client closed its side (FIN)${client.queued > 0 ? `: flushing ${client.queued} queued bytes first` : ""}`,
+      client.id,
+    );
     if (client.queued === 0) socket.end();
   }
 
@@ -583,7 +593,9 @@ class EchoServer {
     this.listener?.stop();
     let owed = 0;
     for (const socket of this.clients) owed += socket.data.queued;
-    this.log.info(`${signal}: no new clients; draining ${this.clients.size} client(s) owed ${owed} queued reply bytes, at most ${this.drainTimeout} s`);
+    this.log.info(
+      `${signal}: no new clients; draining ${this.clients.size} client(s) owed ${owed} queued reply bytes, at most ${this.drainTimeout} s`,
+    );
     if (this.clients.size === 0) {
       this.finishShutdown();
       return;
@@ -618,7 +630,9 @@ class EchoServer {
     const { served, bytesIn, bytesOut, drained, cut, discarded } = this.totals;
     const refused = this.refused["max-clients"] + this.refused["max-per-ip"] + this.refused["shutting-down"];
     const level = cut > 0 ? "warn" : "info";
-    this.log[level](`shutdown complete: ${drained} client(s) drained, ${cut} cut; since start ${served} served, ${refused} refused, ${bytesIn} bytes received and ${bytesOut} sent back, ${discarded} dropped after the signal`);
+    this.log[level](
+      `shutdown complete: ${drained} client(s) drained, ${cut} cut; since start ${served} served, ${refused} refused, ${bytesIn} bytes received and ${bytesOut} sent back, ${discarded} dropped after the signal`,
+    );
     this.onStopped({ drained, cut, discarded, served, refused, receivedBytes: bytesIn, sentBytes: bytesOut });
   }
 }
@@ -662,7 +676,9 @@ class Supervisor {
 
   start(): void {
     const { workers, maxClients, maxPerIp } = this.config;
-    this.log.info(`starting ${workers} worker(s) on ${formatAddress(this.config.host, this.port)}; each serves at most ${Math.ceil(maxClients / workers)} clients${maxPerIp > 0 ? ` and ${maxPerIp} per address` : ""}`);
+    this.log.info(
+      `starting ${workers} worker(s) on ${formatAddress(this.config.host, this.port)}; each serves at most ${Math.ceil(maxClients / workers)} clients${maxPerIp > 0 ? ` and ${maxPerIp} per address` : ""}`,
+    );
     // With --port 0 the first worker picks the port and the others join it; a fixed port they can all bind at once.
     this.spawn(0);
     if (this.port !== 0) for (let index = 1; index < workers; index++) this.spawn(index);
@@ -670,13 +686,24 @@ class Supervisor {
 
   private spawn(index: number): void {
     const { workers, maxClients } = this.config;
-    const workerConfig: EchoServerConfig = { ...this.config, port: this.port, maxClients: Math.ceil(maxClients / workers) };
+    const workerConfig: EchoServerConfig = {
+      ...this.config,
+      port: this.port,
+      maxClients: Math.ceil(maxClients / workers),
+    };
     const proc = Bun.spawn([process.execPath, import.meta.path], {
       env: { ...process.env, ECHO_WORKER: String(index), ECHO_WORKER_CONFIG: JSON.stringify(workerConfig) },
       stdio: ["ignore", "inherit", "inherit"],
       ipc: (message: FromWorker) => this.onMessage(slot, message),
     });
-    const slot: WorkerSlot = { index, proc, startedAt: performance.now(), listening: false, last: undefined, report: undefined };
+    const slot: WorkerSlot = {
+      index,
+      proc,
+      startedAt: performance.now(),
+      listening: false,
+      last: undefined,
+      report: undefined,
+    };
     this.slots[index] = slot;
     this.log.info(`worker ${index} started (pid ${proc.pid})`);
     void proc.exited.then((code) => this.onExit(slot, code));
@@ -686,7 +713,10 @@ class Supervisor {
     switch (message.type) {
       case "listening":
         slot.listening = true;
-        if (this.announced) this.log.info(`worker ${slot.index} (pid ${slot.proc.pid}) is back: ${this.config.workers} worker(s) listening`);
+        if (this.announced)
+          this.log.info(
+            `worker ${slot.index} (pid ${slot.proc.pid}) is back: ${this.config.workers} worker(s) listening`,
+          );
         if (this.port === 0) {
           this.port = message.port;
           for (let index = 1; index < this.config.workers; index++) this.spawn(index);
@@ -726,7 +756,9 @@ class Supervisor {
         this.log.info(`metrics on http://${formatAddress(host, this.metricsServer.port ?? metricsPort)}/metrics`);
       } catch (error) {
         const { code, message } = error as NodeJS.ErrnoException;
-        console.error(`error: cannot serve metrics on ${formatAddress(host, metricsPort)}: ${code === "EADDRINUSE" ? "address already in use" : (code ?? message)}`);
+        console.error(
+          `error: cannot serve metrics on ${formatAddress(host, metricsPort)}: ${code === "EADDRINUSE" ? "address already in use" : (code ?? message)}`,
+        );
         for (const s of this.slots) s?.proc.kill("SIGKILL");
         process.exit(1);
       }
@@ -748,13 +780,18 @@ class Supervisor {
       const how = slot.proc.signalCode ? `killed by ${slot.proc.signalCode}` : `exited with code ${code}`;
       // A worker that dies straight after starting would die again at once: wait a little before each retry.
       const delay = performance.now() - slot.startedAt < 1000 ? 1000 : 0;
-      this.log.warn(`worker ${slot.index} (pid ${slot.proc.pid}) ${how}: replacing it${delay ? ` in ${delay} ms` : ""}`);
+      this.log.warn(
+        `worker ${slot.index} (pid ${slot.proc.pid}) ${how}: replacing it${delay ? ` in ${delay} ms` : ""}`,
+      );
       setTimeout(() => {
         if (!this.stopping) this.spawn(slot.index);
       }, delay);
       return;
     }
-    if (this.stopping && this.slots.every((s) => s === undefined || s.proc.exitCode !== null || s.proc.signalCode !== null)) {
+    if (
+      this.stopping &&
+      this.slots.every((s) => s === undefined || s.proc.exitCode !== null || s.proc.signalCode !== null)
+    ) {
       this.finish();
     }
   }
@@ -768,17 +805,22 @@ class Supervisor {
       return;
     }
     this.stopping = true;
-    this.log.info(`${signal} received: ${live.length} worker(s) stop accepting and drain, at most ${this.config.drainTimeout} s`);
+    this.log.info(
+      `${signal} received: ${live.length} worker(s) stop accepting and drain, at most ${this.config.drainTimeout} s`,
+    );
     for (const slot of live) this.send(slot, { type: "drain", signal });
     // A worker that does not finish in time (stuck, or busy beyond the deadline) is killed.
-    this.hardDeadline = setTimeout(() => {
-      for (const slot of live) {
-        if (slot.proc.exitCode === null && slot.proc.signalCode === null) {
-          this.log.error(`worker ${slot.index} (pid ${slot.proc.pid}) did not stop in time: killing it`);
-          slot.proc.kill("SIGKILL");
+    this.hardDeadline = setTimeout(
+      () => {
+        for (const slot of live) {
+          if (slot.proc.exitCode === null && slot.proc.signalCode === null) {
+            this.log.error(`worker ${slot.index} (pid ${slot.proc.pid}) did not stop in time: killing it`);
+            slot.proc.kill("SIGKILL");
+          }
         }
-      }
-    }, this.config.drainTimeout * 1000 + 2000);
+      },
+      this.config.drainTimeout * 1000 + 2000,
+    );
     if (live.length === 0) this.finish();
   }
 
@@ -793,7 +835,15 @@ class Supervisor {
   private finish(): void {
     clearTimeout(this.hardDeadline);
     void this.metricsServer?.stop(true);
-    const total: DrainReport = { drained: 0, cut: 0, discarded: 0, served: 0, refused: 0, receivedBytes: 0, sentBytes: 0 };
+    const total: DrainReport = {
+      drained: 0,
+      cut: 0,
+      discarded: 0,
+      served: 0,
+      refused: 0,
+      receivedBytes: 0,
+      sentBytes: 0,
+    };
     let clean = true;
     for (const slot of this.slots) {
       if (slot === undefined) continue;
@@ -801,7 +851,9 @@ class Supervisor {
       for (const key of Object.keys(total) as Array<keyof DrainReport>) total[key] += slot.report?.[key] ?? 0;
     }
     const level = clean && total.cut === 0 ? "info" : "warn";
-    this.log[level](`shutdown complete: ${total.drained} client(s) drained, ${total.cut} cut across ${this.slots.length} worker(s); since start ${total.served} served, ${total.refused} refused, ${total.receivedBytes} bytes received and ${total.sentBytes} sent back, ${total.discarded} dropped after the signal; bye`);
+    this.log[level](
+      `shutdown complete: ${total.drained} client(s) drained, ${total.cut} cut across ${this.slots.length} worker(s); since start ${total.served} served, ${total.refused} refused, ${total.receivedBytes} bytes received and ${total.sentBytes} sent back, ${total.discarded} dropped after the signal; bye`,
+    );
     process.exit(clean ? 0 : 1);
   }
 
@@ -868,9 +920,18 @@ function addCounters(into: Counters, from: Counters | undefined): void {
 }
 
 /** Prometheus text exposition format 0.0.4: HELP and TYPE before each family, then its samples. */
-function renderMetrics(sum: Counters, perWorker: Array<[number, Counters]>, supervisor: { workers: number; restarts: number }): string {
+function renderMetrics(
+  sum: Counters,
+  perWorker: Array<[number, Counters]>,
+  supervisor: { workers: number; restarts: number },
+): string {
   const lines: string[] = [];
-  const family = (name: string, type: "counter" | "gauge", help: string, samples: Array<[labels: string, value: number]>): void => {
+  const family = (
+    name: string,
+    type: "counter" | "gauge",
+    help: string,
+    samples: Array<[labels: string, value: number]>,
+  ): void => {
     lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
     for (const [labels, value] of samples) lines.push(`${name}${labels} ${value}`);
   };
@@ -893,13 +954,20 @@ function renderMetrics(sum: Counters, perWorker: Array<[number, Counters]>, supe
   family("echo_worker_restarts_total", "counter", "Workers that died and were replaced.", [["", supervisor.restarts]]);
   // Per worker under their own names, so that sum() over a family never counts a connection twice.
   for (const [name, type, help, pick] of fields) {
-    family(`echo_worker_${name}`, type, `${help} Per worker.`, perWorker.map(([index, c]) => [`{worker="${index}"}`, pick(c)]));
+    family(
+      `echo_worker_${name}`,
+      type,
+      `${help} Per worker.`,
+      perWorker.map(([index, c]) => [`{worker="${index}"}`, pick(c)]),
+    );
   }
   family(
     "echo_worker_connections_refused_total",
     "counter",
     "Connections refused, by the limit that refused them. Per worker.",
-    perWorker.flatMap(([index, c]) => REFUSAL_REASONS.map((reason): [string, number] => [`{worker="${index}",reason="${reason}"}`, c.refused[reason]])),
+    perWorker.flatMap(([index, c]) =>
+      REFUSAL_REASONS.map((reason): [string, number] => [`{worker="${index}",reason="${reason}"}`, c.refused[reason]]),
+    ),
   );
   return `${lines.join("\n")}\n`;
 }
@@ -1024,7 +1092,8 @@ function parseConfig(argv: string[], env: Record<string, string | undefined>): E
   };
   const oneOf = <T extends string>(name: string, allowed: readonly T[]): T => {
     const { value, label } = option(name);
-    if (!allowed.includes(value as T)) throw new UsageError(`${label} must be one of ${allowed.join(", ")}, got "${value}"`);
+    if (!allowed.includes(value as T))
+      throw new UsageError(`${label} must be one of ${allowed.join(", ")}, got "${value}"`);
     return value as T;
   };
 
@@ -1038,15 +1107,32 @@ function parseConfig(argv: string[], env: Record<string, string | undefined>): E
   const maxPerIp = integer("max-per-ip", 0, Number.MAX_SAFE_INTEGER, "an integer (0 = no limit)");
   const buffer = option("max-buffer");
   const size = /^(\d+)([km]?)$/i.exec(buffer.value ?? "");
-  const maxBuffer = size ? Number(size[1]) * { "": 1, k: 1024, m: 1024 * 1024 }[size[2]!.toLowerCase() as "" | "k" | "m"] : 0;
+  const maxBuffer = size
+    ? Number(size[1]) * { "": 1, k: 1024, m: 1024 * 1024 }[size[2]!.toLowerCase() as "" | "k" | "m"]
+    : 0;
   if (maxBuffer < 1) {
-    throw new UsageError(`${buffer.label} must be a positive number of bytes (k, m suffixes allowed), got "${buffer.value}"`);
+    throw new UsageError(
+      `${buffer.label} must be a positive number of bytes (k, m suffixes allowed), got "${buffer.value}"`,
+    );
   }
   const idleTimeout = seconds("idle-timeout", "0 (never)");
   const drainTimeout = seconds("drain-timeout", "0");
   const metrics = option("metrics-port");
-  const metricsPort = metrics.value === undefined ? undefined : integer("metrics-port", 0, 65535, "an integer from 0 to 65535");
-  return { host: host.value, port, logLevel, logFormat, workers, maxClients, maxPerIp, maxBuffer, idleTimeout, drainTimeout, metricsPort };
+  const metricsPort =
+    metrics.value === undefined ? undefined : integer("metrics-port", 0, 65535, "an integer from 0 to 65535");
+  return {
+    host: host.value,
+    port,
+    logLevel,
+    logFormat,
+    workers,
+    maxClients,
+    maxPerIp,
+    maxBuffer,
+    idleTimeout,
+    drainTimeout,
+    metricsPort,
+  };
 }
 
 /** A worker: one EchoServer, driven by the supervisor over IPC. */

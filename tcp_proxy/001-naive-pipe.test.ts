@@ -50,6 +50,9 @@ describe("001 naive pipe", () => {
     }
     await using first = await startStage(STAGE, ["--port", "0"]);
     const taken = await runToExit(STAGE, ["--port", String(first.port)]);
-    expect([taken.code, taken.stderr]).toEqual([1, `error: cannot listen on 127.0.0.1:${first.port}: address already in use\n`]);
+    expect([taken.code, taken.stderr]).toEqual([
+      1,
+      `error: cannot listen on 127.0.0.1:${first.port}: address already in use\n`,
+    ]);
   });
 });

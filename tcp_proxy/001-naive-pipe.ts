@@ -63,7 +63,8 @@ const separator = values.upstream.lastIndexOf(":");
 const upstreamHost = values.upstream.slice(0, separator).replace(/^\[(.*)\]$/, "$1");
 const upstreamPort = Number(values.upstream.slice(separator + 1));
 const port = Number(values.port);
-if (!/^\d+$/.test(values.port) || port > 65535) fail(`--port must be an integer from 0 to 65535, got "${values.port}"`, 2);
+if (!/^\d+$/.test(values.port) || port > 65535)
+  fail(`--port must be an integer from 0 to 65535, got "${values.port}"`, 2);
 if (separator < 1 || !Number.isInteger(upstreamPort) || upstreamPort < 1 || upstreamPort > 65535) {
   fail(`--upstream must be HOST:PORT, got "${values.upstream}"`, 2);
 }

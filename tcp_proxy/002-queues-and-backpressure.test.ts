@@ -79,7 +79,14 @@ describe("002 proxying", () => {
 
   test("a slow reader slows the writer: the proxy stops reading instead of queueing everything", async () => {
     await using upstream = startEchoUpstream();
-    await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, "--log-level", "debug"]);
+    await using proxy = await startStage(STAGE, [
+      "--port",
+      "0",
+      "--upstream",
+      upstream.address,
+      "--log-level",
+      "debug",
+    ]);
     const client = await TestClient.connect(proxy.port);
     try {
       // The client writes but its socket is not read from (paused): the echo piles up, and the proxy must stop.

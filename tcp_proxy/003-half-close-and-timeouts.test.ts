@@ -1,13 +1,6 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
-import {
-  Blackhole,
-  decode,
-  echoTransfer,
-  randomBytes,
-  startEchoUpstream,
-  TestClient,
-} from "../test/support/net.ts";
+import { Blackhole, decode, echoTransfer, randomBytes, startEchoUpstream, TestClient } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
 
 const STAGE = "tcp_proxy/003-half-close-and-timeouts.ts";
@@ -57,7 +50,14 @@ function startBannerUpstream() {
 describe("003 half-close", () => {
   test("printf 'hello' | nc -N through the proxy gets HELLO (002 loses it)", async () => {
     await using upstream = startEchoUpstream();
-    await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, "--log-level", "debug"]);
+    await using proxy = await startStage(STAGE, [
+      "--port",
+      "0",
+      "--upstream",
+      upstream.address,
+      "--log-level",
+      "debug",
+    ]);
     expect(await sendAndFinish(proxy.port, "hello")).toEqual({ reply: "HELLO", ended: true });
     await proxy.waitForLog(/closed \(both sides finished\)/);
 
@@ -125,7 +125,14 @@ describe("003 timeouts", () => {
 
   test("--idle-timeout closes a silent connection, and traffic keeps it open", async () => {
     await using upstream = startEchoUpstream();
-    await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, "--idle-timeout", "0.6"]);
+    await using proxy = await startStage(STAGE, [
+      "--port",
+      "0",
+      "--upstream",
+      upstream.address,
+      "--idle-timeout",
+      "0.6",
+    ]);
     const client = await TestClient.connect(proxy.port);
     try {
       for (let i = 1; i <= 6; i++) {

@@ -174,7 +174,6 @@ class Connection {
     if (timeouts.idleMs > 0) this.armIdleTimer(timeouts.idleMs);
   }
 
-
   private socket(side: Side): Socket<Link> | undefined {
     return side === "client" ? this.client : this.upstream;
   }
@@ -264,7 +263,11 @@ class Connection {
     this.closed = true;
     this.clearTimers();
     const finished = !error && this.finSent[side];
-    const reason = error ? `${side} connection failed: ${error.message}` : finished ? "both sides finished" : `${side} closed`;
+    const reason = error
+      ? `${side} connection failed: ${error.message}`
+      : finished
+        ? "both sides finished"
+        : `${side} closed`;
     this.log.info(`${this.name} closed (${reason})`);
     const peer = this.socket(other(side));
     if (this.queueTo(other(side)).empty) peer?.end();
@@ -346,7 +349,6 @@ class Proxy {
     this.connectUpstream(connection);
   }
 
-
   /**
    * A handler threw (Bun passes the exception to `error`). Only that connection pays: it is closed, with a log
    * line, and every other client carries on. Before `open` has set `socket.data` there is no connection yet.
@@ -418,7 +420,9 @@ function parsePort(text: string, flag: string): number {
 function parseSeconds(text: string, flag: string, zeroAllowed: boolean): number {
   const value = Number(text);
   if (!/^\d+(\.\d+)?$/.test(text) || (value === 0 && !zeroAllowed) || value > 86_400) {
-    throw new UsageError(`${flag} must be a number of seconds ${zeroAllowed ? "from 0" : "above 0"} to 86400, got "${text}"`);
+    throw new UsageError(
+      `${flag} must be a number of seconds ${zeroAllowed ? "from 0" : "above 0"} to 86400, got "${text}"`,
+    );
   }
   return Math.round(value * 1000);
 }

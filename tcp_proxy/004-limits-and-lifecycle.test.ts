@@ -31,7 +31,14 @@ describe("004 connection log line", () => {
 
   test("a reset, a refused upstream and an idle timeout are told apart", async () => {
     await using upstream = startEchoUpstream();
-    await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, "--idle-timeout", "0.2"]);
+    await using proxy = await startStage(STAGE, [
+      "--port",
+      "0",
+      "--upstream",
+      upstream.address,
+      "--idle-timeout",
+      "0.2",
+    ]);
     const resetting = await TestClient.connect(proxy.port);
     await echoOnce(resetting, "x");
     resetting.reset();
@@ -121,7 +128,14 @@ describe("004 graceful shutdown", () => {
 
   test("the drain deadline closes what is still open, and exits 0", async () => {
     await using upstream = startEchoUpstream();
-    await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, "--drain-timeout", "0.3"]);
+    await using proxy = await startStage(STAGE, [
+      "--port",
+      "0",
+      "--upstream",
+      upstream.address,
+      "--drain-timeout",
+      "0.3",
+    ]);
     const client = await TestClient.connect(proxy.port);
     expect(await echoOnce(client, "idle")).toBe("IDLE");
     const started = performance.now();

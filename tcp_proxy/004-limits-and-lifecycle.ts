@@ -301,7 +301,13 @@ class Connection {
     const finished = !error && this.finSent[side];
     const code = (error as NodeJS.ErrnoException | undefined)?.code;
     this.closedBy = finished ? (this.firstFin ?? side) : side;
-    this.reason = error ? (code === "ECONNRESET" ? "reset" : `error ${code ?? error.message}`) : finished ? "fin" : "closed";
+    this.reason = error
+      ? code === "ECONNRESET"
+        ? "reset"
+        : `error ${code ?? error.message}`
+      : finished
+        ? "fin"
+        : "closed";
     const peer = this.socket(other(side));
     if (this.queueTo(other(side)).empty) peer?.end();
     else this.closing = true; // `flush` ends the other side once its queue is out
@@ -438,7 +444,6 @@ class Proxy {
     if (this.draining && this.connections.size === 0) this.exit("all connections finished");
   }
 
-
   /**
    * A handler threw (Bun passes the exception to `error`). Only that connection pays: it is closed, with a log
    * line, and every other client carries on. Before `open` has set `socket.data` there is no connection yet.
@@ -553,7 +558,9 @@ function parseCount(text: string, flag: string, zeroAllowed: boolean): number {
 function parseSeconds(text: string, flag: string, zeroAllowed: boolean): number {
   const value = Number(text);
   if (!/^\d+(\.\d+)?$/.test(text) || (value === 0 && !zeroAllowed) || value > 86_400) {
-    throw new UsageError(`${flag} must be a number of seconds ${zeroAllowed ? "from 0" : "above 0"} to 86400, got "${text}"`);
+    throw new UsageError(
+      `${flag} must be a number of seconds ${zeroAllowed ? "from 0" : "above 0"} to 86400, got "${text}"`,
+    );
   }
   return Math.round(value * 1000);
 }

@@ -35,7 +35,13 @@ describe("005 balancing", () => {
     await using a = startEchoUpstream();
     await using b = startEchoUpstream();
     await using proxy = await startStage(STAGE, [
-      "--port", "0", ...upstreamArgs([a, b]), "--balance", balance, "--health-interval", "0",
+      "--port",
+      "0",
+      ...upstreamArgs([a, b]),
+      "--balance",
+      balance,
+      "--health-interval",
+      "0",
     ]);
     const long = await TestClient.connect(proxy.port); // one long connection on one of them
     long.write("long");
@@ -56,12 +62,20 @@ describe("005 failures", () => {
     await using a = startEchoUpstream();
     await using b = startEchoUpstream();
     await using proxy = await startStage(STAGE, [
-      "--port", "0", ...upstreamArgs([a, b]), "--health-interval", "0", "--fail-timeout", "30",
+      "--port",
+      "0",
+      ...upstreamArgs([a, b]),
+      "--health-interval",
+      "0",
+      "--fail-timeout",
+      "30",
     ]);
     a.stop();
     for (let i = 0; i < 4; i++) expect(await served(proxy)).toBe(true); // no client pays for the down one
     expect(b.accepted).toBe(4);
-    const skipped = proxy.stderr.text.match(new RegExp(`upstream ${a.address} failed \\(connection refused\\), skipped for 30s`, "g"));
+    const skipped = proxy.stderr.text.match(
+      new RegExp(`upstream ${a.address} failed \\(connection refused\\), skipped for 30s`, "g"),
+    );
     expect(skipped).toHaveLength(1); // tried once, then left alone
     expect(proxy.stderr.text).toMatch(new RegExp(`-> ${b.address} tries=2 .*closed_by=client`));
   });
@@ -71,8 +85,16 @@ describe("005 failures", () => {
     await hole.fill();
     await using good = startEchoUpstream();
     await using proxy = await startStage(STAGE, [
-      "--port", "0", "--upstream", `127.0.0.1:${hole.port}`, "--upstream", good.address,
-      "--connect-timeout", "0.2", "--health-interval", "0",
+      "--port",
+      "0",
+      "--upstream",
+      `127.0.0.1:${hole.port}`,
+      "--upstream",
+      good.address,
+      "--connect-timeout",
+      "0.2",
+      "--health-interval",
+      "0",
     ]);
     const started = performance.now();
     expect(await served(proxy)).toBe(true);
@@ -86,8 +108,17 @@ describe("005 failures", () => {
     await using a = startEchoUpstream();
     await using b = startEchoUpstream();
     await using proxy = await startStage(STAGE, [
-      "--port", "0", ...upstreamArgs([a, b]), "--health-interval", "0.05", "--rise", "2", "--fall", "2",
-      "--fail-timeout", "0",
+      "--port",
+      "0",
+      ...upstreamArgs([a, b]),
+      "--health-interval",
+      "0.05",
+      "--rise",
+      "2",
+      "--fall",
+      "2",
+      "--fail-timeout",
+      "0",
     ]);
     a.stop();
     await proxy.waitForLog(new RegExp(`upstream ${a.address} is DOWN \\(2 failed checks: connection refused\\)`));
@@ -123,7 +154,13 @@ describe("005 failures", () => {
     const down = [startEchoUpstream(), startEchoUpstream(), startEchoUpstream()];
     for (const upstream of down) upstream.stop();
     await using proxy = await startStage(STAGE, [
-      "--port", "0", ...upstreamArgs(down), "--health-interval", "0", "--retries", "1",
+      "--port",
+      "0",
+      ...upstreamArgs(down),
+      "--health-interval",
+      "0",
+      "--retries",
+      "1",
     ]);
     const client = await TestClient.connect(proxy.port);
     expect(await client.endsWithin(1000)).toBe(true);

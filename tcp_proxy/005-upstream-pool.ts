@@ -303,7 +303,13 @@ class Connection {
     const finished = !error && this.finSent[side];
     const code = (error as NodeJS.ErrnoException | undefined)?.code;
     this.closedBy = finished ? (this.firstFin ?? side) : side;
-    this.reason = error ? (code === "ECONNRESET" ? "reset" : `error ${code ?? error.message}`) : finished ? "fin" : "closed";
+    this.reason = error
+      ? code === "ECONNRESET"
+        ? "reset"
+        : `error ${code ?? error.message}`
+      : finished
+        ? "fin"
+        : "closed";
     const peer = this.socket(other(side));
     if (this.queueTo(other(side)).empty) peer?.end();
     else this.closing = true; // `flush` ends the other side once its queue is out
@@ -394,7 +400,10 @@ class Upstream {
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error(`timed out after ${seconds(timeoutMs)}`)), timeoutMs);
       });
-      attempt.then((socket) => socket.end(), () => {}); // whenever it settles: a check never stays open
+      attempt.then(
+        (socket) => socket.end(),
+        () => {},
+      ); // whenever it settles: a check never stays open
       await Promise.race([attempt, timeout]);
       return undefined;
     } catch (error) {
@@ -623,7 +632,10 @@ class Proxy {
       connection.close("upstream", `cannot connect to upstream ${upstream.name}: ${reason}`, "warn");
     };
     // A timer per try, not socket.timeout(): Bun checks that one on a coarse sweep.
-    const timer = setTimeout(() => fail(`connect timed out after ${seconds(this.timeouts.connectMs)}`), this.timeouts.connectMs);
+    const timer = setTimeout(
+      () => fail(`connect timed out after ${seconds(this.timeouts.connectMs)}`),
+      this.timeouts.connectMs,
+    );
     Bun.connect<Link>({
       hostname: upstream.address.host,
       port: upstream.address.port,
@@ -738,7 +750,9 @@ function parseCount(text: string, flag: string, zeroAllowed: boolean): number {
 function parseSeconds(text: string, flag: string, zeroAllowed: boolean): number {
   const value = Number(text);
   if (!/^\d+(\.\d+)?$/.test(text) || (value === 0 && !zeroAllowed) || value > 86_400) {
-    throw new UsageError(`${flag} must be a number of seconds ${zeroAllowed ? "from 0" : "above 0"} to 86400, got "${text}"`);
+    throw new UsageError(
+      `${flag} must be a number of seconds ${zeroAllowed ? "from 0" : "above 0"} to 86400, got "${text}"`,
+    );
   }
   return Math.round(value * 1000);
 }

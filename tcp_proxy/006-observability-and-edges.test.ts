@@ -15,8 +15,23 @@ const SPEC_REQUEST = "GET / HTTP/1.1\r\nHost: 192.168.0.11\r\n\r\n";
 const V2_SIGNATURE = [0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a];
 /** The v2 form of SPEC_V1_TCP4: signature, v2 + PROXY, TCP over IPv4, 12 address bytes, then the addresses. */
 const SPEC_V2_TCP4 = new Uint8Array([
-  ...V2_SIGNATURE, 0x21, 0x11, 0x00, 0x0c,
-  192, 168, 0, 1, 192, 168, 0, 11, 0xdc, 0x04 /* 56324 */, 0x01, 0xbb /* 443 */,
+  ...V2_SIGNATURE,
+  0x21,
+  0x11,
+  0x00,
+  0x0c,
+  192,
+  168,
+  0,
+  1,
+  192,
+  168,
+  0,
+  11,
+  0xdc,
+  0x04 /* 56324 */,
+  0x01,
+  0xbb /* 443 */,
 ]);
 
 /**
@@ -57,7 +72,11 @@ describe("006 PROXY protocol, byte-exact against the specification's examples", 
   test("v2 in (split across reads), v1 out", async () => {
     const { head } = await throughProxy(
       ["--accept-proxy", "--send-proxy"],
-      [SPEC_V2_TCP4.subarray(0, 7), SPEC_V2_TCP4.subarray(7, 15), concatBytes([SPEC_V2_TCP4.subarray(15), encode("hi")])],
+      [
+        SPEC_V2_TCP4.subarray(0, 7),
+        SPEC_V2_TCP4.subarray(7, 15),
+        concatBytes([SPEC_V2_TCP4.subarray(15), encode("hi")]),
+      ],
       SPEC_V1_TCP4.length + 2,
     );
     expect(decode(head)).toBe(`${SPEC_V1_TCP4}hi`);
@@ -68,10 +87,13 @@ describe("006 PROXY protocol, byte-exact against the specification's examples", 
     expect(decode(head)).toBe(`${line}x`);
   });
 
-  test.each([SPEC_V1_UNKNOWN, SPEC_V1_UNKNOWN_LONGEST])("UNKNOWN is accepted and the real endpoints are sent on", async (line) => {
-    const { head, localPort } = await throughProxy(["--accept-proxy", "--send-proxy"], [`${line}x`], 10);
-    expect(decode(head)).toMatch(new RegExp(`^PROXY TCP4 127\\.0\\.0\\.1 127\\.0\\.0\\.1 ${localPort} \\d+\\r\\nx$`));
-  });
+  test.each([SPEC_V1_UNKNOWN, SPEC_V1_UNKNOWN_LONGEST])(
+    "UNKNOWN is accepted and the real endpoints are sent on",
+    async (line) => {
+      const { head, localPort } = await throughProxy(["--accept-proxy", "--send-proxy"], [`${line}x`], 10);
+      expect(decode(head)).toMatch(new RegExp(`^PROXY TCP4 127\\.0\\.0\\.1 127\\.0\\.0\\.1 ${localPort} \\d+\\r\\nx$`));
+    },
+  );
 
   test("--send-proxy and --send-proxy-v2 from a direct client: its real address, before its early bytes", async () => {
     let result = await throughProxy(["--send-proxy"], ["early"], 5);
@@ -95,8 +117,16 @@ describe("006 --accept-proxy rejects what is not a valid header", () => {
     ["an address out of range", "PROXY TCP4 192.168.0.256 192.168.0.11 56324 443\r\n", "bad v1 address"],
     ["a port out of range", "PROXY TCP4 192.168.0.1 192.168.0.11 65536 443\r\n", "bad v1 port"],
     ["108 bytes without CRLF", `PROXY UNKNOWN ${"f".repeat(100)}`, "v1 line longer than 107 bytes"],
-    ["a v2 header of version 1", new Uint8Array([...V2_SIGNATURE, 0x11, 0x11, 0, 12, ...new Array(12).fill(0)]), "v2 version 1"],
-    ["a v2 header too short for IPv4", new Uint8Array([...V2_SIGNATURE, 0x21, 0x11, 0, 4, 1, 2, 3, 4]), "v2 address block too short"],
+    [
+      "a v2 header of version 1",
+      new Uint8Array([...V2_SIGNATURE, 0x11, 0x11, 0, 12, ...new Array(12).fill(0)]),
+      "v2 version 1",
+    ],
+    [
+      "a v2 header too short for IPv4",
+      new Uint8Array([...V2_SIGNATURE, 0x21, 0x11, 0, 4, 1, 2, 3, 4]),
+      "v2 address block too short",
+    ],
   ])("%s: closed before any upstream connection", async (_, header, reason) => {
     await using upstream = startEchoUpstream();
     await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, "--accept-proxy"]);
@@ -111,7 +141,13 @@ describe("006 --accept-proxy rejects what is not a valid header", () => {
   test("a header that never comes: closed after --connect-timeout", async () => {
     await using upstream = startEchoUpstream();
     await using proxy = await startStage(STAGE, [
-      "--port", "0", "--upstream", upstream.address, "--accept-proxy", "--connect-timeout", "0.2",
+      "--port",
+      "0",
+      "--upstream",
+      upstream.address,
+      "--accept-proxy",
+      "--connect-timeout",
+      "0.2",
     ]);
     const client = await TestClient.connect(proxy.port);
     client.write("PROXY TCP4 192.168.0.1"); // and then nothing
@@ -162,7 +198,14 @@ describe("006 metrics", () => {
   test("Prometheus text on --metrics-port: connections, bytes, durations, upstreams, refusals", async () => {
     await using upstream = startEchoUpstream();
     await using proxy = await startStage(STAGE, [
-      "--port", "0", "--upstream", upstream.address, "--metrics-port", "0", "--max-clients", "1",
+      "--port",
+      "0",
+      "--upstream",
+      upstream.address,
+      "--metrics-port",
+      "0",
+      "--max-clients",
+      "1",
     ]);
     const [, url] = (await proxy.waitForLog(/metrics on (http:\/\/\S+)/))!;
     const client = await TestClient.connect(proxy.port);

@@ -289,7 +289,8 @@ function parseProxyHeader(bytes: Uint8Array): HeaderParse {
         break;
       }
     }
-    if (end < 0) return bytes.length >= PROXY_V1_MAX ? invalid("v1 line longer than 107 bytes") : { status: "incomplete" };
+    if (end < 0)
+      return bytes.length >= PROXY_V1_MAX ? invalid("v1 line longer than 107 bytes") : { status: "incomplete" };
     const fields = new TextDecoder().decode(bytes.subarray(0, end - 2)).split(" ");
     if (fields[1] === "UNKNOWN") return { status: "ok", version: 1, length: end };
     if (fields.length !== 6 || (fields[1] !== "TCP4" && fields[1] !== "TCP6")) return invalid("malformed v1 line");
@@ -366,14 +367,21 @@ class Metrics {
     const byUpstream = (value: (upstream: Upstream) => number): [string, number][] =>
       upstreams.map((upstream) => [`{upstream="${upstream.name}"}`, value(upstream)]);
     metric("proxy_connections_accepted_total", "counter", "Client connections accepted.", [["", this.accepted]]);
-    metric("proxy_connections_refused_total", "counter", "Client connections closed at once, by reason.",
-      [...this.refused].map(([reason, value]) => [`{reason="${reason}"}`, value]));
+    metric(
+      "proxy_connections_refused_total",
+      "counter",
+      "Client connections closed at once, by reason.",
+      [...this.refused].map(([reason, value]) => [`{reason="${reason}"}`, value]),
+    );
     metric("proxy_connections_active", "gauge", "Client connections being served now.", [["", active]]);
     metric("proxy_bytes_total", "counter", "Bytes forwarded: up = client to upstream, down = upstream to client.", [
       ['{direction="up"}', this.bytes.client],
       ['{direction="down"}', this.bytes.upstream],
     ]);
-    const buckets: [string, number][] = Metrics.BUCKETS.map((bound, i) => [`{le="${bound}"}`, this.durationBuckets[i]!]);
+    const buckets: [string, number][] = Metrics.BUCKETS.map((bound, i) => [
+      `{le="${bound}"}`,
+      this.durationBuckets[i]!,
+    ]);
     lines.push("# HELP proxy_connection_duration_seconds How long client connections lasted.");
     lines.push("# TYPE proxy_connection_duration_seconds histogram");
     for (const [labels, value] of [...buckets, ['{le="+Inf"}', this.durationCount] as [string, number]]) {
@@ -381,14 +389,30 @@ class Metrics {
     }
     lines.push(`proxy_connection_duration_seconds_sum ${this.durationSum}`);
     lines.push(`proxy_connection_duration_seconds_count ${this.durationCount}`);
-    metric("proxy_upstream_up", "gauge", "1 if the upstream takes new connections (health checks and failures).",
-      byUpstream((upstream) => (upstream.available ? 1 : 0)));
-    metric("proxy_upstream_connections_active", "gauge", "Connections on each upstream now, connecting ones too.",
-      byUpstream((upstream) => upstream.active));
-    metric("proxy_upstream_connects_total", "counter", "Connections opened to each upstream.",
-      byUpstream((upstream) => this.upstreamConnects.get(upstream.name) ?? 0));
-    metric("proxy_upstream_connect_failures_total", "counter", "Failed connects to each upstream.",
-      byUpstream((upstream) => this.upstreamFailures.get(upstream.name) ?? 0));
+    metric(
+      "proxy_upstream_up",
+      "gauge",
+      "1 if the upstream takes new connections (health checks and failures).",
+      byUpstream((upstream) => (upstream.available ? 1 : 0)),
+    );
+    metric(
+      "proxy_upstream_connections_active",
+      "gauge",
+      "Connections on each upstream now, connecting ones too.",
+      byUpstream((upstream) => upstream.active),
+    );
+    metric(
+      "proxy_upstream_connects_total",
+      "counter",
+      "Connections opened to each upstream.",
+      byUpstream((upstream) => this.upstreamConnects.get(upstream.name) ?? 0),
+    );
+    metric(
+      "proxy_upstream_connect_failures_total",
+      "counter",
+      "Failed connects to each upstream.",
+      byUpstream((upstream) => this.upstreamFailures.get(upstream.name) ?? 0),
+    );
     return `${lines.join("\n")}\n`;
   }
 }
@@ -601,7 +625,13 @@ class Connection {
     const finished = !error && this.finSent[side];
     const code = (error as NodeJS.ErrnoException | undefined)?.code;
     this.closedBy = finished ? (this.firstFin ?? side) : side;
-    this.reason = error ? (code === "ECONNRESET" ? "reset" : `error ${code ?? error.message}`) : finished ? "fin" : "closed";
+    this.reason = error
+      ? code === "ECONNRESET"
+        ? "reset"
+        : `error ${code ?? error.message}`
+      : finished
+        ? "fin"
+        : "closed";
     const peer = this.socket(other(side));
     if (this.queueTo(other(side)).empty) peer?.end();
     else this.closing = true; // `flush` ends the other side once its queue is out
@@ -642,7 +672,8 @@ class Connection {
     const connect = this.connectedAt === undefined ? "-" : `${(this.connectedAt - this.startedAt).toFixed(1)}ms`;
     this.metrics.observeDuration((now - this.startedAt) / 1000);
     // Behind a load balancer (--accept-proxy) the socket's peer is the balancer: say who the client really is.
-    const via = this.fromHeader && this.source ? `source=${formatAddress(formatIp(this.source.ip), this.source.port)} ` : "";
+    const via =
+      this.fromHeader && this.source ? `source=${formatAddress(formatIp(this.source.ip), this.source.port)} ` : "";
     this.log.info(
       `${this.name} ${via}-> ${this.target} tries=${this.tried.length} duration=${((now - this.startedAt) / 1000).toFixed(3)}s ` +
         `connect=${connect} bytes_up=${this.bytesFrom.client} bytes_down=${this.bytesFrom.upstream} ` +
@@ -696,7 +727,10 @@ class Upstream {
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error(`timed out after ${seconds(timeoutMs)}`)), timeoutMs);
       });
-      attempt.then((socket) => socket.end(), () => {}); // whenever it settles: a check never stays open
+      attempt.then(
+        (socket) => socket.end(),
+        () => {},
+      ); // whenever it settles: a check never stays open
       await Promise.race([attempt, timeout]);
       return undefined;
     } catch (error) {
@@ -921,7 +955,8 @@ class Proxy {
     connection.headerBytes = bytes;
     const header = parseProxyHeader(bytes);
     if (header.status === "incomplete") return;
-    if (header.status === "invalid") return this.refuse(connection, "proxy-header", `bad PROXY header: ${header.reason}`);
+    if (header.status === "invalid")
+      return this.refuse(connection, "proxy-header", `bad PROXY header: ${header.reason}`);
     connection.headerDone(header.source, header.destination);
     if (!this.admitted(connection)) return;
     connection.startTimers();
@@ -998,7 +1033,10 @@ class Proxy {
       connection.close("upstream", `cannot connect to upstream ${upstream.name}: ${reason}`, "warn");
     };
     // A timer per try, not socket.timeout(): Bun checks that one on a coarse sweep.
-    const timer = setTimeout(() => fail(`connect timed out after ${seconds(this.timeouts.connectMs)}`), this.timeouts.connectMs);
+    const timer = setTimeout(
+      () => fail(`connect timed out after ${seconds(this.timeouts.connectMs)}`),
+      this.timeouts.connectMs,
+    );
     Bun.connect<Link>({
       hostname: upstream.address.host,
       port: upstream.address.port,
@@ -1124,7 +1162,9 @@ function parseCount(text: string, flag: string, zeroAllowed: boolean): number {
 function parseSeconds(text: string, flag: string, zeroAllowed: boolean): number {
   const value = Number(text);
   if (!/^\d+(\.\d+)?$/.test(text) || (value === 0 && !zeroAllowed) || value > 86_400) {
-    throw new UsageError(`${flag} must be a number of seconds ${zeroAllowed ? "from 0" : "above 0"} to 86400, got "${text}"`);
+    throw new UsageError(
+      `${flag} must be a number of seconds ${zeroAllowed ? "from 0" : "above 0"} to 86400, got "${text}"`,
+    );
   }
   return Math.round(value * 1000);
 }
@@ -1216,7 +1256,10 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
     });
   const metricsPort = values["metrics-port"];
   const edges: Edges = {
-    metrics: metricsPort === undefined ? undefined : { host: values["metrics-host"], port: parsePort(metricsPort, "--metrics-port") },
+    metrics:
+      metricsPort === undefined
+        ? undefined
+        : { host: values["metrics-host"], port: parsePort(metricsPort, "--metrics-port") },
     sendProxy: values["send-proxy-v2"] ? 2 : values["send-proxy"] ? 1 : 0,
     acceptProxy: values["accept-proxy"],
     allow: cidrs(values.allow, "--allow"),

@@ -47,7 +47,12 @@ describe("007 toxics, measured", () => {
   });
 
   test("latency on both streams adds up", async () => {
-    await using setup = await startProxy(["--toxic", "latency:upstream:latency=100", "--toxic", "latency:downstream:latency=100"]);
+    await using setup = await startProxy([
+      "--toxic",
+      "latency:upstream:latency=100",
+      "--toxic",
+      "latency:downstream:latency=100",
+    ]);
     const client = await TestClient.connect(setup.proxy.port);
     try {
       expect(await roundTrip(client)).toBeGreaterThanOrEqual(200 - 1);
@@ -177,7 +182,10 @@ describe("007 control API", () => {
       expect(await roundTrip(client)).toBeGreaterThanOrEqual(399); // the open connection feels it at once
       expect((await (await fetch(api)).json()) as unknown[]).toHaveLength(1);
 
-      response = await fetch(`${api}/latency_downstream`, { method: "POST", body: JSON.stringify({ attributes: { latency: 200 } }) });
+      response = await fetch(`${api}/latency_downstream`, {
+        method: "POST",
+        body: JSON.stringify({ attributes: { latency: 200 } }),
+      });
       expect(response.status).toBe(200);
       const changed = await roundTrip(client);
       expect(changed).toBeGreaterThanOrEqual(199);

@@ -294,7 +294,8 @@ function parseProxyHeader(bytes: Uint8Array): HeaderParse {
         break;
       }
     }
-    if (end < 0) return bytes.length >= PROXY_V1_MAX ? invalid("v1 line longer than 107 bytes") : { status: "incomplete" };
+    if (end < 0)
+      return bytes.length >= PROXY_V1_MAX ? invalid("v1 line longer than 107 bytes") : { status: "incomplete" };
     const fields = new TextDecoder().decode(bytes.subarray(0, end - 2)).split(" ");
     if (fields[1] === "UNKNOWN") return { status: "ok", version: 1, length: end };
     if (fields.length !== 6 || (fields[1] !== "TCP4" && fields[1] !== "TCP6")) return invalid("malformed v1 line");
@@ -388,11 +389,13 @@ function makeToxic(input: Record<string, unknown>): Toxic {
     throw new ToxicError(`name must be 1-64 letters, digits, _ . or -, got ${JSON.stringify(name)}`);
   }
   const given = (input.attributes ?? {}) as Record<string, unknown>;
-  if (typeof given !== "object" || given === null || Array.isArray(given)) throw new ToxicError("attributes must be an object");
+  if (typeof given !== "object" || given === null || Array.isArray(given))
+    throw new ToxicError("attributes must be an object");
   const defaults: Record<string, number | undefined> = TOXIC_TYPES[type as ToxicType];
   const attributes: Record<string, number> = {};
   for (const key of Object.keys(given)) {
-    if (!(key in defaults)) throw new ToxicError(`${type} has no attribute ${key} (it has ${Object.keys(defaults).join(", ")})`);
+    if (!(key in defaults))
+      throw new ToxicError(`${type} has no attribute ${key} (it has ${Object.keys(defaults).join(", ")})`);
   }
   for (const [key, fallback] of Object.entries(defaults)) {
     const value = given[key] ?? fallback;
@@ -491,7 +494,10 @@ class Lane {
     const a = toxic.attributes;
     switch (toxic.type) {
       case "latency":
-        return pieces.map(({ bytes, at }) => ({ bytes, at: Math.max(now, at + a.latency! + a.jitter! * (2 * Math.random() - 1)) }));
+        return pieces.map(({ bytes, at }) => ({
+          bytes,
+          at: Math.max(now, at + a.latency! + a.jitter! * (2 * Math.random() - 1)),
+        }));
       case "bandwidth": {
         const bytesPerMs = (a.rate! * 1024) / 1000;
         const sliceSize = Math.max(1, Math.round(bytesPerMs * 10)); // 10 ms worth: smooth, not one burst a second
@@ -602,14 +608,21 @@ class Metrics {
     const byUpstream = (value: (upstream: Upstream) => number): [string, number][] =>
       upstreams.map((upstream) => [`{upstream="${upstream.name}"}`, value(upstream)]);
     metric("proxy_connections_accepted_total", "counter", "Client connections accepted.", [["", this.accepted]]);
-    metric("proxy_connections_refused_total", "counter", "Client connections closed at once, by reason.",
-      [...this.refused].map(([reason, value]) => [`{reason="${reason}"}`, value]));
+    metric(
+      "proxy_connections_refused_total",
+      "counter",
+      "Client connections closed at once, by reason.",
+      [...this.refused].map(([reason, value]) => [`{reason="${reason}"}`, value]),
+    );
     metric("proxy_connections_active", "gauge", "Client connections being served now.", [["", active]]);
     metric("proxy_bytes_total", "counter", "Bytes forwarded: up = client to upstream, down = upstream to client.", [
       ['{direction="up"}', this.bytes.client],
       ['{direction="down"}', this.bytes.upstream],
     ]);
-    const buckets: [string, number][] = Metrics.BUCKETS.map((bound, i) => [`{le="${bound}"}`, this.durationBuckets[i]!]);
+    const buckets: [string, number][] = Metrics.BUCKETS.map((bound, i) => [
+      `{le="${bound}"}`,
+      this.durationBuckets[i]!,
+    ]);
     lines.push("# HELP proxy_connection_duration_seconds How long client connections lasted.");
     lines.push("# TYPE proxy_connection_duration_seconds histogram");
     for (const [labels, value] of [...buckets, ['{le="+Inf"}', this.durationCount] as [string, number]]) {
@@ -617,14 +630,30 @@ class Metrics {
     }
     lines.push(`proxy_connection_duration_seconds_sum ${this.durationSum}`);
     lines.push(`proxy_connection_duration_seconds_count ${this.durationCount}`);
-    metric("proxy_upstream_up", "gauge", "1 if the upstream takes new connections (health checks and failures).",
-      byUpstream((upstream) => (upstream.available ? 1 : 0)));
-    metric("proxy_upstream_connections_active", "gauge", "Connections on each upstream now, connecting ones too.",
-      byUpstream((upstream) => upstream.active));
-    metric("proxy_upstream_connects_total", "counter", "Connections opened to each upstream.",
-      byUpstream((upstream) => this.upstreamConnects.get(upstream.name) ?? 0));
-    metric("proxy_upstream_connect_failures_total", "counter", "Failed connects to each upstream.",
-      byUpstream((upstream) => this.upstreamFailures.get(upstream.name) ?? 0));
+    metric(
+      "proxy_upstream_up",
+      "gauge",
+      "1 if the upstream takes new connections (health checks and failures).",
+      byUpstream((upstream) => (upstream.available ? 1 : 0)),
+    );
+    metric(
+      "proxy_upstream_connections_active",
+      "gauge",
+      "Connections on each upstream now, connecting ones too.",
+      byUpstream((upstream) => upstream.active),
+    );
+    metric(
+      "proxy_upstream_connects_total",
+      "counter",
+      "Connections opened to each upstream.",
+      byUpstream((upstream) => this.upstreamConnects.get(upstream.name) ?? 0),
+    );
+    metric(
+      "proxy_upstream_connect_failures_total",
+      "counter",
+      "Failed connects to each upstream.",
+      byUpstream((upstream) => this.upstreamFailures.get(upstream.name) ?? 0),
+    );
     return `${lines.join("\n")}\n`;
   }
 }
@@ -722,8 +751,14 @@ class Connection {
   ) {
     this.client = client;
     this.lanes = {
-      client: new Lane((bytes) => this.deliver("client", bytes), () => this.laneProgressed("client")),
-      upstream: new Lane((bytes) => this.deliver("upstream", bytes), () => this.laneProgressed("upstream")),
+      client: new Lane(
+        (bytes) => this.deliver("client", bytes),
+        () => this.laneProgressed("client"),
+      ),
+      upstream: new Lane(
+        (bytes) => this.deliver("upstream", bytes),
+        () => this.laneProgressed("upstream"),
+      ),
     };
     this.clientAddress = client.remoteAddress;
     this.name = `#${this.id} ${formatAddress(client.remoteAddress, client.remotePort)}`;
@@ -794,7 +829,10 @@ class Connection {
     }
     for (const toxic of this.toxics.list) {
       if (toxic.type !== "reset_peer" || this.resetTimers.has(toxic) || !this.applies(toxic)) continue;
-      this.resetTimers.set(toxic, setTimeout(() => this.reset(`toxic ${toxic.name}`), toxic.attributes.timeout));
+      this.resetTimers.set(
+        toxic,
+        setTimeout(() => this.reset(`toxic ${toxic.name}`), toxic.attributes.timeout),
+      );
     }
   }
 
@@ -929,7 +967,13 @@ class Connection {
     const finished = !error && this.finSent[side];
     const code = (error as NodeJS.ErrnoException | undefined)?.code;
     this.closedBy = finished ? (this.firstFin ?? side) : side;
-    this.reason = error ? (code === "ECONNRESET" ? "reset" : `error ${code ?? error.message}`) : finished ? "fin" : "closed";
+    this.reason = error
+      ? code === "ECONNRESET"
+        ? "reset"
+        : `error ${code ?? error.message}`
+      : finished
+        ? "fin"
+        : "closed";
     const peer = this.socket(other(side));
     if (this.queueTo(other(side)).empty) peer?.end();
     else this.closing = true; // `flush` ends the other side once its queue is out
@@ -995,7 +1039,8 @@ class Connection {
     const connect = this.connectedAt === undefined ? "-" : `${(this.connectedAt - this.startedAt).toFixed(1)}ms`;
     this.metrics.observeDuration((now - this.startedAt) / 1000);
     // Behind a load balancer (--accept-proxy) the socket's peer is the balancer: say who the client really is.
-    const via = this.fromHeader && this.source ? `source=${formatAddress(formatIp(this.source.ip), this.source.port)} ` : "";
+    const via =
+      this.fromHeader && this.source ? `source=${formatAddress(formatIp(this.source.ip), this.source.port)} ` : "";
     this.log.info(
       `${this.name} ${via}-> ${this.target} tries=${this.tried.length} duration=${((now - this.startedAt) / 1000).toFixed(3)}s ` +
         `connect=${connect} bytes_up=${this.bytesFrom.client} bytes_down=${this.bytesFrom.upstream} ` +
@@ -1049,7 +1094,10 @@ class Upstream {
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error(`timed out after ${seconds(timeoutMs)}`)), timeoutMs);
       });
-      attempt.then((socket) => socket.end(), () => {}); // whenever it settles: a check never stays open
+      attempt.then(
+        (socket) => socket.end(),
+        () => {},
+      ); // whenever it settles: a check never stays open
       await Promise.race([attempt, timeout]);
       return undefined;
     } catch (error) {
@@ -1282,7 +1330,8 @@ class Proxy {
     connection.headerBytes = bytes;
     const header = parseProxyHeader(bytes);
     if (header.status === "incomplete") return;
-    if (header.status === "invalid") return this.refuse(connection, "proxy-header", `bad PROXY header: ${header.reason}`);
+    if (header.status === "invalid")
+      return this.refuse(connection, "proxy-header", `bad PROXY header: ${header.reason}`);
     connection.headerDone(header.source, header.destination);
     if (!this.admitted(connection)) return;
     connection.startTimers();
@@ -1417,7 +1466,10 @@ class Proxy {
       connection.close("upstream", `cannot connect to upstream ${upstream.name}: ${reason}`, "warn");
     };
     // A timer per try, not socket.timeout(): Bun checks that one on a coarse sweep.
-    const timer = setTimeout(() => fail(`connect timed out after ${seconds(this.timeouts.connectMs)}`), this.timeouts.connectMs);
+    const timer = setTimeout(
+      () => fail(`connect timed out after ${seconds(this.timeouts.connectMs)}`),
+      this.timeouts.connectMs,
+    );
     Bun.connect<Link>({
       hostname: upstream.address.host,
       port: upstream.address.port,
@@ -1576,7 +1628,9 @@ function parseCount(text: string, flag: string, zeroAllowed: boolean): number {
 function parseSeconds(text: string, flag: string, zeroAllowed: boolean): number {
   const value = Number(text);
   if (!/^\d+(\.\d+)?$/.test(text) || (value === 0 && !zeroAllowed) || value > 86_400) {
-    throw new UsageError(`${flag} must be a number of seconds ${zeroAllowed ? "from 0" : "above 0"} to 86400, got "${text}"`);
+    throw new UsageError(
+      `${flag} must be a number of seconds ${zeroAllowed ? "from 0" : "above 0"} to 86400, got "${text}"`,
+    );
   }
   return Math.round(value * 1000);
 }
@@ -1671,7 +1725,10 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
     });
   const metricsPort = values["metrics-port"];
   const edges: Edges = {
-    metrics: metricsPort === undefined ? undefined : { host: values["metrics-host"], port: parsePort(metricsPort, "--metrics-port") },
+    metrics:
+      metricsPort === undefined
+        ? undefined
+        : { host: values["metrics-host"], port: parsePort(metricsPort, "--metrics-port") },
     sendProxy: values["send-proxy-v2"] ? 2 : values["send-proxy"] ? 1 : 0,
     acceptProxy: values["accept-proxy"],
     allow: cidrs(values.allow, "--allow"),

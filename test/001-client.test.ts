@@ -55,7 +55,9 @@ describe("001-client", () => {
     const { code, stdout } = await client("-n", "10", "--port", String(server.port));
     expect(stdout).toMatch(/^ {2}ok +9$/m);
     expect(stdout).toMatch(/^ {4}mismatch +1 {2}the reply is not the uppercase of the request$/m);
-    const detail = stdout.match(/first: connection \d+: reply byte at offset 5 is 0x[0-9a-f]{2} '(.)', expected 0x[0-9a-f]{2} '(.)'$/m);
+    const detail = stdout.match(
+      /first: connection \d+: reply byte at offset 5 is 0x[0-9a-f]{2} '(.)', expected 0x[0-9a-f]{2} '(.)'$/m,
+    );
     expect(detail).not.toBeNull();
     expect(detail![1]).toMatch(/^[a-z]$/); // the flipped byte came back lowercase...
     expect(detail![1]!.toUpperCase()).toBe(detail![2]!); // ...where its uppercase was due

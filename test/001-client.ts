@@ -115,11 +115,18 @@ function runConnection(config: ClientConfig): Promise<Outcome> {
       else socket.destroy();
       resolve(outcome);
     };
-    let timer = setTimeout(() => finish({ ok: false, cause: "timeout", detail: `not connected after ${config.timeoutMs} ms` }), config.timeoutMs);
+    let timer = setTimeout(
+      () => finish({ ok: false, cause: "timeout", detail: `not connected after ${config.timeoutMs} ms` }),
+      config.timeoutMs,
+    );
     socket.on("connect", () => {
       clearTimeout(timer);
       timer = setTimeout(() => {
-        finish({ ok: false, cause: "timeout", detail: `${received} of ${expected.length} reply bytes after ${config.timeoutMs} ms` });
+        finish({
+          ok: false,
+          cause: "timeout",
+          detail: `${received} of ${expected.length} reply bytes after ${config.timeoutMs} ms`,
+        });
       }, config.timeoutMs);
       socket.write(message);
     });
@@ -127,18 +134,30 @@ function runConnection(config: ClientConfig): Promise<Outcome> {
     socket.on("data", (chunk: Buffer) => {
       for (let i = 0; i < chunk.length; i++, received++) {
         if (received >= expected.length) {
-          return finish({ ok: false, cause: "mismatch", detail: `extra reply byte at offset ${received}: ${describeByte(chunk[i]!)}` });
+          return finish({
+            ok: false,
+            cause: "mismatch",
+            detail: `extra reply byte at offset ${received}: ${describeByte(chunk[i]!)}`,
+          });
         }
         if (chunk[i] !== expected[received]) {
           const got = describeByte(chunk[i]!);
           const want = describeByte(expected[received]!);
-          return finish({ ok: false, cause: "mismatch", detail: `reply byte at offset ${received} is ${got}, expected ${want}` });
+          return finish({
+            ok: false,
+            cause: "mismatch",
+            detail: `reply byte at offset ${received} is ${got}, expected ${want}`,
+          });
         }
       }
       if (received === expected.length) finish({ ok: true });
     });
     socket.on("end", () => {
-      finish({ ok: false, cause: "closed", detail: `closed by the server after ${received} of ${expected.length} reply bytes` });
+      finish({
+        ok: false,
+        cause: "closed",
+        detail: `closed by the server after ${received} of ${expected.length} reply bytes`,
+      });
     });
     socket.on("error", (error: NodeJS.ErrnoException) => {
       const cause = classify(error);
@@ -284,7 +303,10 @@ async function main(): Promise<void> {
   const summary = await runClient(config);
   printSummary(config, summary);
   if (summary.failed.get("refused")?.count === config.connections) {
-    print(2, `error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`);
+    print(
+      2,
+      `error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`,
+    );
   }
   process.exit(summary.ok === config.connections ? 0 : 1);
 }

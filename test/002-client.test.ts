@@ -17,7 +17,9 @@ describe("002-client", () => {
   test("-n 500 with the default delay against stage 005 (default limit): every one ok, exit 0", async () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
     const { code, stdout, stderr } = await client("-n", "500", "--port", String(server.port));
-    expect(stdout).toContain(`500 connections to 127.0.0.1:${server.port}, one 16-byte message each, started 1 ms apart`);
+    expect(stdout).toContain(
+      `500 connections to 127.0.0.1:${server.port}, one 16-byte message each, started 1 ms apart`,
+    );
     expect(stdout).toMatch(/^ {2}ok +500$/m);
     expect(stdout).toMatch(/^ {2}failed +0$/m);
     // 499 pauses of at least 1 ms: the starts really are staggered.
@@ -51,7 +53,9 @@ describe("002-client", () => {
     const { code, stdout } = await client("-n", "6", "--messages", "3", "--port", String(server.port));
     expect(stdout).toMatch(/^ {2}ok +5$/m);
     expect(stdout).toMatch(/^ {4}mismatch +1 {2}the reply is not the uppercase of the request$/m);
-    const detail = stdout.match(/first: connection \d+: message 2: reply byte at offset 5 is 0x[0-9a-f]{2} '(.)', expected 0x[0-9a-f]{2} '(.)'$/m);
+    const detail = stdout.match(
+      /first: connection \d+: message 2: reply byte at offset 5 is 0x[0-9a-f]{2} '(.)', expected 0x[0-9a-f]{2} '(.)'$/m,
+    );
     expect(detail).not.toBeNull();
     expect(detail![1]).toMatch(/^[a-z]$/);
     expect(detail![1]!.toUpperCase()).toBe(detail![2]!);

@@ -146,7 +146,12 @@ class Connection {
   }
 
   private async connect(): Promise<Socket<Connection>> {
-    const connecting = Bun.connect<Connection>({ hostname: this.config.host, port: this.config.port, data: this, socket: HANDLERS });
+    const connecting = Bun.connect<Connection>({
+      hostname: this.config.host,
+      port: this.config.port,
+      data: this,
+      socket: HANDLERS,
+    });
     let timedOut = false;
     const timeout = new Promise<never>((_, reject) => {
       this.timer = setTimeout(() => {
@@ -158,13 +163,19 @@ class Connection {
       return await Promise.race([connecting, timeout]);
     } catch (error) {
       if (timedOut) {
-        connecting.then((late) => late.terminate(), () => {}); // it may still connect: do not leak it
+        connecting.then(
+          (late) => late.terminate(),
+          () => {},
+        ); // it may still connect: do not leak it
         throw error;
       }
       const cause = classify(error as NodeJS.ErrnoException);
       const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
       if (cause === "EMFILE" && code === "ECONNREFUSED") {
-        throw { cause, detail: "no file descriptor left for a new socket (Bun reports that as ECONNREFUSED)" } satisfies Failure;
+        throw {
+          cause,
+          detail: "no file descriptor left for a new socket (Bun reports that as ECONNREFUSED)",
+        } satisfies Failure;
       }
       throw { cause, detail: `${code} from ${formatAddress(this.config.host, this.config.port)}` } satisfies Failure;
     } finally {
@@ -182,7 +193,10 @@ class Connection {
       this.step = { resolve, reject };
       this.timer = setTimeout(() => {
         const got = `${this.received} of ${this.expected.length} reply bytes`;
-        this.fail({ cause: "timeout", detail: `message ${this.messageNumber}: ${got} after ${this.config.timeoutMs} ms` });
+        this.fail({
+          cause: "timeout",
+          detail: `message ${this.messageNumber}: ${got} after ${this.config.timeoutMs} ms`,
+        });
       }, this.config.timeoutMs);
       this.flush();
     });
@@ -220,9 +234,15 @@ class Connection {
   onClose(error: Error | undefined): void {
     if (error) {
       const cause = classify(error as NodeJS.ErrnoException);
-      return this.fail({ cause, detail: `message ${this.messageNumber}: ${(error as NodeJS.ErrnoException).code ?? error.message}` });
+      return this.fail({
+        cause,
+        detail: `message ${this.messageNumber}: ${(error as NodeJS.ErrnoException).code ?? error.message}`,
+      });
     }
-    this.fail({ cause: "closed", detail: `message ${this.messageNumber}: closed after ${this.received} of ${this.expected.length} reply bytes` });
+    this.fail({
+      cause: "closed",
+      detail: `message ${this.messageNumber}: closed after ${this.received} of ${this.expected.length} reply bytes`,
+    });
   }
 
   fail(failure: Failure): void {
@@ -397,7 +417,10 @@ async function main(): Promise<void> {
   const summary = await runClient(config);
   printSummary(config, summary);
   if (summary.failed.get("refused")?.count === config.connections) {
-    print(2, `error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`);
+    print(
+      2,
+      `error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`,
+    );
   }
   process.exit(summary.ok === config.connections ? 0 : 1);
 }

@@ -12,7 +12,12 @@ const SERVER = "tcp_echo_server/005-bounded-concurrency.ts";
 interface Report {
   target: string;
   config: Record<string, unknown>;
-  limits: { fits: boolean; problems: string[]; openFiles: number | string | null; ephemeralPorts: [number, number] | null };
+  limits: {
+    fits: boolean;
+    problems: string[];
+    openFiles: number | string | null;
+    ephemeralPorts: [number, number] | null;
+  };
   elapsedSeconds: number;
   messages: number;
   messagesPerSecond: number;
@@ -26,7 +31,14 @@ interface Report {
   clientCpu: { user: number; system: number; total: number };
   errors: Record<string, number>;
   firstErrors: Record<string, string>;
-  firstMismatch: { connection: number; message: number; offset: number; streamOffset: number; expected: number; got: number } | null;
+  firstMismatch: {
+    connection: number;
+    message: number;
+    offset: number;
+    streamOffset: number;
+    expected: number;
+    got: number;
+  } | null;
   interrupted: boolean;
 }
 
@@ -57,7 +69,9 @@ describe("003-load-generator", () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
     const { code, stdout, stderr } = await generate(["-c", "20", "-m", "200", "--port", String(server.port)]);
     expect(stdout).toStartWith(`Running 200 messages per connection test @ 127.0.0.1:${server.port}\n`);
-    expect(stdout).toContain("  20 connections, 64-byte messages, pipeline 1, connecting 5,000/s, warmup 0s, timeout 5s\n");
+    expect(stdout).toContain(
+      "  20 connections, 64-byte messages, pipeline 1, connecting 5,000/s, warmup 0s, timeout 5s\n",
+    );
     expect(stdout).toMatch(/^ {2}limits: open files \d+ \(\d+ in use\), ephemeral ports \d+-\d+: 20 connections fit$/m);
     expect(stdout).toMatch(/^ {2}Latency +p50 +p90 +p99 +p99\.9 +max +mean$/m);
     expect(stdout).toMatch(/^ {4}reply( +[\d.]+(ns|µs|ms|s)){6}$/m);
@@ -74,7 +88,18 @@ describe("003-load-generator", () => {
   test("pipelining and messages that TCP splits: every reply still verified, exact counts", async () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
     // 4 x 70000 bytes in flight: one write and one read can span the 4093-byte message pool many times over.
-    const { code, report } = await generateJson(["-c", "4", "-m", "100", "-s", "70000", "--pipeline", "4", "--port", String(server.port)]);
+    const { code, report } = await generateJson([
+      "-c",
+      "4",
+      "-m",
+      "100",
+      "-s",
+      "70000",
+      "--pipeline",
+      "4",
+      "--port",
+      String(server.port),
+    ]);
     expect(report.messages).toBe(400);
     expect(report.bytesSent).toBe(400 * 70_000);
     expect(report.bytesReceived).toBe(400 * 70_000);
@@ -85,7 +110,16 @@ describe("003-load-generator", () => {
 
   test("-d with --warmup: the measured window is the duration, the warmup is not counted", async () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
-    const { code, report } = await generateJson(["-c", "5", "-d", "500ms", "--warmup", "1", "--port", String(server.port)]);
+    const { code, report } = await generateJson([
+      "-c",
+      "5",
+      "-d",
+      "500ms",
+      "--warmup",
+      "1",
+      "--port",
+      String(server.port),
+    ]);
     expect(report.elapsedSeconds).toBeGreaterThanOrEqual(0.5);
     expect(report.elapsedSeconds).toBeLessThan(1.4); // 1.5 s or more if the warmup were counted
     expect(report.config).toMatchObject({ durationSeconds: 0.5, warmupSeconds: 1 });
@@ -97,7 +131,16 @@ describe("003-load-generator", () => {
 
   test("--json parses, and its figures agree with the text summary", async () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
-    const { code, report, text } = await generateJson(["-c", "8", "-m", "500", "-s", "200", "--port", String(server.port)]);
+    const { code, report, text } = await generateJson([
+      "-c",
+      "8",
+      "-m",
+      "500",
+      "-s",
+      "200",
+      "--port",
+      String(server.port),
+    ]);
     expect(code).toBe(0);
     expect(report.target).toBe(`127.0.0.1:${server.port}`);
     const field = (pattern: RegExp): string => {
@@ -117,11 +160,19 @@ describe("003-load-generator", () => {
     expect(field(/^ {2}Errors: +(\d+)$/m)).toBe(String(report.errors.total));
     expect(field(/^ {2}Client CPU: +(\d+)% of one core/m)).toBe(String(Math.round(report.clientCpu.total * 100)));
     // Latencies: the text shows 3 significant digits of the same values.
-    for (const [row, figures] of [["reply", report.latencyMicroseconds], ["connect", report.connectLatencyMicroseconds]] as const) {
-      const cells = field(new RegExp(`^ {4}${row} +(.+)$`, "m")).trim().split(/ +/).map(microseconds);
+    for (const [row, figures] of [
+      ["reply", report.latencyMicroseconds],
+      ["connect", report.connectLatencyMicroseconds],
+    ] as const) {
+      const cells = field(new RegExp(`^ {4}${row} +(.+)$`, "m"))
+        .trim()
+        .split(/ +/)
+        .map(microseconds);
       const expected = [figures.p50, figures.p90, figures.p99, figures.p99_9, figures.max, figures.mean];
       expect(cells).toHaveLength(6);
-      cells.forEach((cell, i) => expect(Math.abs(cell - expected[i]!)).toBeLessThanOrEqual(expected[i]! * 0.005 + 0.001));
+      cells.forEach((cell, i) =>
+        expect(Math.abs(cell - expected[i]!)).toBeLessThanOrEqual(expected[i]! * 0.005 + 0.001),
+      );
       expect(figures.p50).toBeLessThanOrEqual(figures.p99);
       expect(figures.p99_9).toBeLessThanOrEqual(figures.max);
     }
@@ -129,7 +180,16 @@ describe("003-load-generator", () => {
 
   test("stage 003 serves one client: the others fail (refused or reset), the one served completes", async () => {
     await using server = await startStage("tcp_echo_server/003-loop.ts", ["--port", "0"]);
-    const { code, report } = await generateJson(["-c", "3", "--connect-rate", "20", "-m", "10", "--port", String(server.port)]);
+    const { code, report } = await generateJson([
+      "-c",
+      "3",
+      "--connect-rate",
+      "20",
+      "-m",
+      "10",
+      "--port",
+      String(server.port),
+    ]);
     expect(report.connected).toBeGreaterThanOrEqual(1);
     expect(report.errors.refused! + report.errors.reset! + report.errors.closed!).toBe(2);
     expect(report.messages).toBe(10);
@@ -155,7 +215,10 @@ describe("003-load-generator", () => {
     expect(report.firstMismatch).toMatchObject({ message: 16, offset: 40, streamOffset: 1000 });
     const { expected, got } = report.firstMismatch!;
     expect(got).toBe(expected ^ 0x20); // the case-flipped byte
-    const mismatch = new RegExp(`first: connection ${report.firstMismatch!.connection}, message 16, byte 40 of 64 \\(stream offset 1000\\): got 0x[0-9a-f]{2} '[a-z]', expected 0x[0-9a-f]{2} '[A-Z]'$`, "m");
+    const mismatch = new RegExp(
+      `first: connection ${report.firstMismatch!.connection}, message 16, byte 40 of 64 \\(stream offset 1000\\): got 0x[0-9a-f]{2} '[a-z]', expected 0x[0-9a-f]{2} '[A-Z]'$`,
+      "m",
+    );
     expect(text).toMatch(mismatch);
     expect(report.errors).toMatchObject({ mismatch: 1, total: 1 });
     expect(report.messages).toBe(3 * 50 + 15); // three clean connections, and 15 good replies before the bad byte
@@ -200,57 +263,83 @@ describe("003-load-generator", () => {
     using server = startFaultyEchoServer({ kind: "close", afterBytes: 5 * 64 });
     const { code, report } = await generateJson(["-c", "3", "-m", "20", "--port", String(server.port)]);
     expect(report.errors).toMatchObject({ closed: 3, total: 3 });
-    expect(report.firstErrors.closed).toMatch(/^connection \d+: closed by the server after 320 reply bytes, with 1 replies owed$/);
+    expect(report.firstErrors.closed).toMatch(
+      /^connection \d+: closed by the server after 320 reply bytes, with 1 replies owed$/,
+    );
     expect(code).toBe(1);
   });
 
   test("a server that never answers: timeout after --timeout", async () => {
     using server = startFaultyEchoServer({ kind: "silent" });
-    const { code, report } = await generateJson(["-c", "3", "-m", "5", "--timeout", "300ms", "--port", String(server.port)]);
+    const { code, report } = await generateJson([
+      "-c",
+      "3",
+      "-m",
+      "5",
+      "--timeout",
+      "300ms",
+      "--port",
+      String(server.port),
+    ]);
     expect(report.errors).toMatchObject({ timeout: 3, total: 3 });
-    expect(report.firstErrors.timeout).toMatch(/^connection \d+: no complete reply to message 1 after 0\.3 s \(0 of 64 bytes\)$/);
+    expect(report.firstErrors.timeout).toMatch(
+      /^connection \d+: no complete reply to message 1 after 0\.3 s \(0 of 64 bytes\)$/,
+    );
     expect(code).toBe(1);
   });
 
-  test.skipIf(!hasPrlimit)("open-files limit too low: said plainly before the run, the excess counted as EMFILE", async () => {
-    await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
-    const { code, report, text, stderr } = await generateJson(["-c", "100", "-m", "5", "--port", String(server.port)], {
-      prefix: ["prlimit", "--nofile=60:60"],
-    });
-    expect(text).toMatch(/^ {2}limits: open files 60 \(\d+ in use\), .*: the connections do NOT fit$/m);
-    expect(stderr).toMatch(/^warning: 100 connections need 100 file descriptors, but the open-files limit is 60 with \d+ in use: raise it \(ulimit -n\) or lower -c; connections past it fail with EMFILE$/m);
-    expect(report.limits.fits).toBe(false);
-    expect(report.errors.EMFILE).toBeGreaterThan(0);
-    expect(report.errors.EMFILE! + report.connected).toBe(100);
-    expect(report.errors.refused).toBe(0); // Bun said ECONNREFUSED; the generator knows better
-    expect(report.firstErrors.EMFILE).toContain("no file descriptor left for a new socket");
-    expect(report.messages).toBe(report.connected * 5);
-    expect(code).toBe(1);
-  });
+  test.skipIf(!hasPrlimit)(
+    "open-files limit too low: said plainly before the run, the excess counted as EMFILE",
+    async () => {
+      await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
+      const { code, report, text, stderr } = await generateJson(
+        ["-c", "100", "-m", "5", "--port", String(server.port)],
+        {
+          prefix: ["prlimit", "--nofile=60:60"],
+        },
+      );
+      expect(text).toMatch(/^ {2}limits: open files 60 \(\d+ in use\), .*: the connections do NOT fit$/m);
+      expect(stderr).toMatch(
+        /^warning: 100 connections need 100 file descriptors, but the open-files limit is 60 with \d+ in use: raise it \(ulimit -n\) or lower -c; connections past it fail with EMFILE$/m,
+      );
+      expect(report.limits.fits).toBe(false);
+      expect(report.errors.EMFILE).toBeGreaterThan(0);
+      expect(report.errors.EMFILE! + report.connected).toBe(100);
+      expect(report.errors.refused).toBe(0); // Bun said ECONNREFUSED; the generator knows better
+      expect(report.firstErrors.EMFILE).toContain("no file descriptor left for a new socket");
+      expect(report.messages).toBe(report.connected * 5);
+      expect(code).toBe(1);
+    },
+  );
 
   // A private network namespace (and PID namespace, so nothing outlives the test) with only ten ephemeral ports:
   // its own loopback, its own port range, its own stage 005. Port 5000 is safe there: nothing else lives in it.
-  test.skipIf(!canUnshare)("ephemeral ports exhausted: said plainly before the run, the excess counted as EADDRNOTAVAIL", async () => {
-    const script = [
-      "set -e",
-      "ip link set lo up",
-      'echo "40000 40009" > /proc/sys/net/ipv4/ip_local_port_range',
-      'fifo=$(mktemp -u); mkfifo "$fifo"',
-      `"$1" ${SERVER} --port 5000 --log-level error > "$fifo" &`,
-      'read -r line < "$fifo"; rm -f "$fifo"', // wait for "listening on 127.0.0.1:5000"
-      'set +e; "$@"',
-    ].join("\n");
-    const { code, report, stderr } = await generateJson(["-c", "20", "-m", "5", "--port", "5000"], {
-      prefix: ["unshare", "--net", "--pid", "--fork", "--kill-child", "sh", "-c", script, "sh"],
-    });
-    expect(report.limits.ephemeralPorts).toEqual([40000, 40009]);
-    expect(report.limits.fits).toBe(false);
-    expect(stderr).toContain("warning: 20 connections to one address need 20 local ports, but the ephemeral port range 40000-40009 has 10");
-    expect(report.errors.EADDRNOTAVAIL).toBeGreaterThan(0);
-    expect(report.errors.EADDRNOTAVAIL! + report.connected).toBe(20);
-    expect(report.messages).toBe(report.connected * 5);
-    expect(code).toBe(1);
-  });
+  test.skipIf(!canUnshare)(
+    "ephemeral ports exhausted: said plainly before the run, the excess counted as EADDRNOTAVAIL",
+    async () => {
+      const script = [
+        "set -e",
+        "ip link set lo up",
+        'echo "40000 40009" > /proc/sys/net/ipv4/ip_local_port_range',
+        'fifo=$(mktemp -u); mkfifo "$fifo"',
+        `"$1" ${SERVER} --port 5000 --log-level error > "$fifo" &`,
+        'read -r line < "$fifo"; rm -f "$fifo"', // wait for "listening on 127.0.0.1:5000"
+        'set +e; "$@"',
+      ].join("\n");
+      const { code, report, stderr } = await generateJson(["-c", "20", "-m", "5", "--port", "5000"], {
+        prefix: ["unshare", "--net", "--pid", "--fork", "--kill-child", "sh", "-c", script, "sh"],
+      });
+      expect(report.limits.ephemeralPorts).toEqual([40000, 40009]);
+      expect(report.limits.fits).toBe(false);
+      expect(stderr).toContain(
+        "warning: 20 connections to one address need 20 local ports, but the ephemeral port range 40000-40009 has 10",
+      );
+      expect(report.errors.EADDRNOTAVAIL).toBeGreaterThan(0);
+      expect(report.errors.EADDRNOTAVAIL! + report.connected).toBe(20);
+      expect(report.messages).toBe(report.connected * 5);
+      expect(code).toBe(1);
+    },
+  );
 
   test("SIGINT stops the run early and still prints the summary", async () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "info"]);
@@ -268,7 +357,12 @@ describe("003-load-generator", () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
     // util-linux `script` gives the generator a pseudo-terminal; its output is the terminal's.
     const command = `${process.execPath} ${GENERATOR} -c 2 -d 1.3 --port ${server.port}`;
-    const child = Bun.spawn(["script", "-qec", command, "/dev/null"], { cwd: `${import.meta.dir}/..`, stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+    const child = Bun.spawn(["script", "-qec", command, "/dev/null"], {
+      cwd: `${import.meta.dir}/..`,
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, NO_COLOR: "1" },
+    });
     const [screen, code] = await Promise.all([new Response(child.stdout).text(), child.exited]);
     expect(screen).toMatch(/\r\x1b\[K[\d.]+s {2}[\d,]+ msgs {2}[\d,]+ msgs\/s {2}2 connections {2}0 errors/);
     expect(screen).toMatch(/\r\x1b\[K(\r\n)? {2}Latency/); // the line is wiped before the summary is printed
@@ -279,7 +373,16 @@ describe("003-load-generator", () => {
     const help = await generate(["--help"]);
     expect(help.code).toBe(0);
     expect(help.stdout).toStartWith("Usage: bun test/003-load-generator.ts [options]");
-    const bad = [["-c", "0"], ["-d", "5", "-m", "5"], ["-d", "soon"], ["-s", "0"], ["--pipeline", "x"], ["--warmup", "-1"], ["--nope"], ["-s", "1048576", "--pipeline", "100"]];
+    const bad = [
+      ["-c", "0"],
+      ["-d", "5", "-m", "5"],
+      ["-d", "soon"],
+      ["-s", "0"],
+      ["--pipeline", "x"],
+      ["--warmup", "-1"],
+      ["--nope"],
+      ["-s", "1048576", "--pipeline", "100"],
+    ];
     for (const args of bad) {
       const result = await generate(args);
       expect({ args, code: result.code, stdout: result.stdout }).toEqual({ args, code: 2, stdout: "" });

@@ -99,7 +99,9 @@ function readLimits(connections: number): Limits {
   let openFilesInUse: number | undefined;
   let ephemeralPorts: [number, number] | undefined;
   try {
-    const line = readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith("Max open files"));
+    const line = readFileSync("/proc/self/limits", "utf8")
+      .split("\n")
+      .find((l) => l.startsWith("Max open files"));
     const soft = line?.split(/\s+/)[3];
     if (soft !== undefined) openFiles = soft === "unlimited" ? Infinity : Number(soft);
     openFilesInUse = readdirSync("/proc/self/fd").length - 1; // minus the descriptor readdir itself used
@@ -234,7 +236,13 @@ class LatencyRecorder {
 
 function newHistogram(): hdr.Histogram {
   // Steps of NS_PER_STEP, 3 significant digits, up to an hour; the pure-JS Int32 backing (no WebAssembly to load).
-  return hdr.build({ bitBucketSize: 32, lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000 / NS_PER_STEP, numberOfSignificantValueDigits: 3, useWebAssembly: false });
+  return hdr.build({
+    bitBucketSize: 32,
+    lowestDiscernibleValue: 1,
+    highestTrackableValue: 3_600_000_000_000 / NS_PER_STEP,
+    numberOfSignificantValueDigits: 3,
+    useWebAssembly: false,
+  });
 }
 
 // Bun reports a failed socket() (EMFILE) as ECONNREFUSED: when out of descriptors, opening a file fails too.
@@ -337,10 +345,15 @@ class LoadRun {
           firstError: this.firstError,
           firstMismatch: this.firstMismatch,
           interrupted: this.interrupted,
-          cpu: { user: elapsedSeconds > 0 ? cpu.user / 1e6 / elapsedSeconds : 0, system: elapsedSeconds > 0 ? cpu.system / 1e6 / elapsedSeconds : 0 },
+          cpu: {
+            user: elapsedSeconds > 0 ? cpu.user / 1e6 / elapsedSeconds : 0,
+            system: elapsedSeconds > 0 ? cpu.system / 1e6 / elapsedSeconds : 0,
+          },
         });
       };
-      this.timers.push(setInterval(() => this.sweepTimeouts(), Math.min(250, Math.max(10, this.config.timeoutSeconds * 250))));
+      this.timers.push(
+        setInterval(() => this.sweepTimeouts(), Math.min(250, Math.max(10, this.config.timeoutSeconds * 250))),
+      );
       if (progress) this.timers.push(setInterval(() => progress(this.progressLine()), 1000));
       this.openConnections();
     });
@@ -361,7 +374,10 @@ class LoadRun {
     const { connections, connectRate } = this.config;
     const startMs = performance.now();
     const openDue = (): void => {
-      const due = connectRate === 0 ? connections : Math.min(connections, Math.floor(((performance.now() - startMs) / 1000) * connectRate) + 1);
+      const due =
+        connectRate === 0
+          ? connections
+          : Math.min(connections, Math.floor(((performance.now() - startMs) / 1000) * connectRate) + 1);
       while (this.conns.length < due && !this.interrupted) this.connect(this.conns.length + 1);
       if (this.conns.length < connections && !this.interrupted) setTimeout(openDue, 5);
     };
@@ -441,7 +457,10 @@ class LoadRun {
     this.measureStartNs = now + this.config.warmupSeconds * 1e9;
     // Our own CPU use over the measured window says whether we, rather than the server, could be the limit.
     if (this.config.warmupSeconds === 0) this.cpuAtMeasureStart = process.cpuUsage();
-    else this.timers.push(setTimeout(() => (this.cpuAtMeasureStart = process.cpuUsage()), this.config.warmupSeconds * 1000));
+    else
+      this.timers.push(
+        setTimeout(() => (this.cpuAtMeasureStart = process.cpuUsage()), this.config.warmupSeconds * 1000),
+      );
     if (this.config.durationSeconds !== undefined) {
       this.timers.push(setTimeout(() => this.stop(), (this.config.warmupSeconds + this.config.durationSeconds) * 1000));
     }
@@ -561,11 +580,19 @@ class LoadRun {
     if (conn.state !== OPEN) return; // we ended it, or it already failed
     if (error) {
       const code = (error as NodeJS.ErrnoException).code ?? error.message;
-      this.fail(conn, classify(error as NodeJS.ErrnoException), `connection ${conn.number}: ${code} after ${conn.received} reply bytes`);
+      this.fail(
+        conn,
+        classify(error as NodeJS.ErrnoException),
+        `connection ${conn.number}: ${code} after ${conn.received} reply bytes`,
+      );
       return;
     }
     const owed = conn.outstanding > 0 ? `with ${conn.outstanding} replies owed` : "before the run ended";
-    this.fail(conn, "closed", `connection ${conn.number}: closed by the server after ${conn.received} reply bytes, ${owed}`);
+    this.fail(
+      conn,
+      "closed",
+      `connection ${conn.number}: closed by the server after ${conn.received} reply bytes, ${owed}`,
+    );
   }
 
   private sweepTimeouts(): void {
@@ -629,7 +656,8 @@ class LoadRun {
 
   private progressLine(): string {
     const now = Bun.nanoseconds();
-    if (!this.trafficStarted) return `connecting: ${this.connected} open, ${this.settled - this.connected} failed, of ${this.config.connections}`;
+    if (!this.trafficStarted)
+      return `connecting: ${this.connected} open, ${this.settled - this.connected} failed, of ${this.config.connections}`;
     const seconds = (now - this.trafficStartNs) / 1e9;
     const phase = now < this.measureStartNs ? "warmup " : "";
     const rate = seconds > 0 ? this.answeredTotal / seconds : 0;
@@ -666,7 +694,12 @@ function formatCount(n: number): string {
 
 /** Nanoseconds as 3 significant digits in the largest unit that keeps the number at or above 1: 45.1µs, 1.02ms. */
 function formatNs(ns: number): string {
-  const units: Array<[string, number]> = [["s", 1e9], ["ms", 1e6], ["µs", 1e3], ["ns", 1]];
+  const units: Array<[string, number]> = [
+    ["s", 1e9],
+    ["ms", 1e6],
+    ["µs", 1e3],
+    ["ns", 1],
+  ];
   for (const [unit, scale] of units) {
     // 999.7µs would print as 1.00e+3µs: from 999.5 on, the larger unit is the right one
     if (ns / scale >= 0.9995 || unit === "ns") return `${(ns / scale).toPrecision(3)}${unit}`;
@@ -693,7 +726,8 @@ function summarise(histogram: hdr.Histogram): LatencySummary {
   const us = (steps: number): number => Number(((steps * NS_PER_STEP) / 1000).toFixed(3));
   const empty = histogram.totalCount === 0;
   // A percentile is reported as the top of its bucket, which can lie above the exact maximum: cap it there.
-  const at = (percentile: number): number => (empty ? 0 : us(Math.min(histogram.getValueAtPercentile(percentile), histogram.maxValue)));
+  const at = (percentile: number): number =>
+    empty ? 0 : us(Math.min(histogram.getValueAtPercentile(percentile), histogram.maxValue));
   return {
     p50: at(50),
     p90: at(90),
@@ -706,7 +740,10 @@ function summarise(histogram: hdr.Histogram): LatencySummary {
 }
 
 function header(config: LoadConfig): string {
-  const length = config.durationSeconds !== undefined ? `${formatSeconds(config.durationSeconds)} test` : `${formatCount(config.messagesPerConnection!)} messages per connection test`;
+  const length =
+    config.durationSeconds !== undefined
+      ? `${formatSeconds(config.durationSeconds)} test`
+      : `${formatCount(config.messagesPerConnection!)} messages per connection test`;
   const ramp = config.connectRate === 0 ? "all at once" : `${formatCount(config.connectRate)}/s`;
   return (
     `Running ${length} @ ${formatAddress(config.host, config.port)}\n` +
@@ -716,8 +753,14 @@ function header(config: LoadConfig): string {
 }
 
 function limitsLine(config: LoadConfig, limits: Limits): string {
-  const files = limits.openFiles === undefined ? "open files unknown" : `open files ${limits.openFiles} (${limits.openFilesInUse} in use)`;
-  const ports = limits.ephemeralPorts === undefined ? "ephemeral ports unknown" : `ephemeral ports ${limits.ephemeralPorts[0]}-${limits.ephemeralPorts[1]}`;
+  const files =
+    limits.openFiles === undefined
+      ? "open files unknown"
+      : `open files ${limits.openFiles} (${limits.openFilesInUse} in use)`;
+  const ports =
+    limits.ephemeralPorts === undefined
+      ? "ephemeral ports unknown"
+      : `ephemeral ports ${limits.ephemeralPorts[0]}-${limits.ephemeralPorts[1]}`;
   const verdict = limits.problems.length === 0 ? `${config.connections} connections fit` : "the connections do NOT fit";
   return `  limits: ${files}, ${ports}: ${verdict}\n`;
 }
@@ -884,7 +927,9 @@ function parseConfig(argv: string[]): LoadConfig | "help" {
   const size = parseInteger("-s", values.size, 1, 16 * 1024 * 1024);
   const pipeline = parseInteger("--pipeline", values.pipeline, 1, 10_000);
   if (size * pipeline > 64 * 1024 * 1024) {
-    throw new UsageError(`-s times --pipeline must be at most 64 MiB in flight per connection, got ${size * pipeline} bytes`);
+    throw new UsageError(
+      `-s times --pipeline must be at most 64 MiB in flight per connection, got ${size * pipeline} bytes`,
+    );
   }
   return {
     host: values.host,
@@ -941,7 +986,10 @@ async function main(): Promise<void> {
   human.write(textSummary(config, results));
   if (config.json) print(1, jsonSummary(config, limits, results));
   if (results.connected === 0 && results.errors.refused === config.connections) {
-    print(2, `error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`);
+    print(
+      2,
+      `error: nothing is listening on ${formatAddress(config.host, config.port)} (every connection was refused)\n`,
+    );
   }
   const failed = CLASSES.some((c) => results.errors[c] > 0);
   process.exit(failed ? 1 : 0);

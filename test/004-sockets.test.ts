@@ -62,7 +62,10 @@ describe("004-sockets", () => {
       const timeWaitBefore = open.remote!.TIME_WAIT!;
       for (const client of clients.slice(0, 10)) client.close();
       await server.waitForLog(/(done[^]*){10}/);
-      const after = await censusUntil(server.port, (c) => c.remote!.TIME_WAIT === timeWaitBefore + 10 && c.local!.ESTABLISHED === 20);
+      const after = await censusUntil(
+        server.port,
+        (c) => c.remote!.TIME_WAIT === timeWaitBefore + 10 && c.local!.ESTABLISHED === 20,
+      );
       expect(after.local).toMatchObject({ LISTEN: 1, ESTABLISHED: 20 });
       expect(after.remote).toMatchObject({ ESTABLISHED: 20, TIME_WAIT: timeWaitBefore + 10 });
     } finally {
@@ -106,7 +109,9 @@ describe("004-sockets", () => {
     try {
       const [json, text] = [await census(server.port), await runToExit(TOOL, ["--port", String(server.port)])];
       expect(text.code).toBe(0);
-      expect(text.stdout).toStartWith(`TCP sockets with port ${server.port} at either end (local = ours, remote = the far end's), from /proc/net/tcp and /proc/net/tcp6\n`);
+      expect(text.stdout).toStartWith(
+        `TCP sockets with port ${server.port} at either end (local = ours, remote = the far end's), from /proc/net/tcp and /proc/net/tcp6\n`,
+      );
       expect(text.stdout).toMatch(/^ {2}state +local +remote +total$/m);
       expect(text.stdout).toMatch(new RegExp(`^ {2}LISTEN +1 +0 +${json.states.LISTEN}$`, "m"));
       expect(text.stdout).toMatch(new RegExp(`^ {2}ESTABLISHED +7 +7 +14$`, "m"));
@@ -131,7 +136,12 @@ describe("004-sockets", () => {
   test.skipIf(Bun.which("script") === null)("--watch on a terminal redraws the table in place", async () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
     const command = `timeout --preserve-status -s INT 0.8 ${process.execPath} ${TOOL} --watch --interval 0.2 --port ${server.port}`;
-    const child = Bun.spawn(["script", "-qec", command, "/dev/null"], { cwd: ROOT, stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+    const child = Bun.spawn(["script", "-qec", command, "/dev/null"], {
+      cwd: ROOT,
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, NO_COLOR: "1" },
+    });
     const [screen, code] = await Promise.all([new Response(child.stdout).text(), child.exited]);
     expect(screen).toContain(", every 0.2 s (Ctrl-C to stop)");
     expect(screen).toContain("\x1b[15A"); // back up over the 15 lines drawn: title, header, 11 states, total, time

@@ -117,7 +117,8 @@ function takeCensus(port: number | undefined): Census {
 const sum = (counts: Counts): number => Object.values(counts).reduce((a, b) => a + b, 0);
 
 function table(config: SocketsConfig, census: Census): string[] {
-  const dimZero = (n: number, width: number): string => (n === 0 ? pc.dim(String(n).padStart(width)) : String(n).padStart(width));
+  const dimZero = (n: number, width: number): string =>
+    n === 0 ? pc.dim(String(n).padStart(width)) : String(n).padStart(width);
   if (config.port === undefined) {
     const lines = [`  ${"state".padEnd(12)}${"sockets".padStart(9)}`];
     for (const [name] of STATES) lines.push(`  ${name.padEnd(12)}${dimZero(census.total[name]!, 9)}`);
@@ -126,19 +127,30 @@ function table(config: SocketsConfig, census: Census): string[] {
   }
   const lines = [`  ${"state".padEnd(12)}${"local".padStart(9)}${"remote".padStart(9)}${"total".padStart(9)}`];
   for (const [name] of STATES) {
-    lines.push(`  ${name.padEnd(12)}${dimZero(census.local[name]!, 9)}${dimZero(census.remote[name]!, 9)}${dimZero(census.total[name]!, 9)}`);
+    lines.push(
+      `  ${name.padEnd(12)}${dimZero(census.local[name]!, 9)}${dimZero(census.remote[name]!, 9)}${dimZero(census.total[name]!, 9)}`,
+    );
   }
-  lines.push(`  ${"total".padEnd(12)}${String(sum(census.local)).padStart(9)}${String(sum(census.remote)).padStart(9)}${String(sum(census.total)).padStart(9)}`);
+  lines.push(
+    `  ${"total".padEnd(12)}${String(sum(census.local)).padStart(9)}${String(sum(census.remote)).padStart(9)}${String(sum(census.total)).padStart(9)}`,
+  );
   return lines;
 }
 
 function title(config: SocketsConfig): string {
-  const which = config.port === undefined ? "TCP sockets" : `TCP sockets with port ${config.port} at either end (local = ours, remote = the far end's)`;
+  const which =
+    config.port === undefined
+      ? "TCP sockets"
+      : `TCP sockets with port ${config.port} at either end (local = ours, remote = the far end's)`;
   return `${which}, from ${TABLES.join(" and ")}`;
 }
 
 function toJson(config: SocketsConfig, census: Census): Record<string, unknown> {
-  const document: Record<string, unknown> = { port: config.port ?? null, states: census.total, total: sum(census.total) };
+  const document: Record<string, unknown> = {
+    port: config.port ?? null,
+    states: census.total,
+    total: sum(census.total),
+  };
   if (config.port !== undefined) {
     document.local = census.local;
     document.remote = census.remote;
@@ -169,8 +181,14 @@ async function watch(config: SocketsConfig): Promise<void> {
       process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), ...toJson(config, census) })}\n`);
     } else if (tty) {
       // Redraw in place: go back up over the previous table and overwrite it.
-      const lines = [`${title(config)}, every ${config.intervalMs / 1000} s (Ctrl-C to stop)`, ...table(config, census), pc.dim(new Date().toISOString())];
-      process.stdout.write(`${drawn > 0 ? `\x1b[${drawn}A` : ""}${lines.map((line) => `\r\x1b[K${line}`).join("\n")}\n`);
+      const lines = [
+        `${title(config)}, every ${config.intervalMs / 1000} s (Ctrl-C to stop)`,
+        ...table(config, census),
+        pc.dim(new Date().toISOString()),
+      ];
+      process.stdout.write(
+        `${drawn > 0 ? `\x1b[${drawn}A` : ""}${lines.map((line) => `\r\x1b[K${line}`).join("\n")}\n`,
+      );
       drawn = lines.length;
     } else {
       process.stdout.write(`${compactLine(census)}\n`);
@@ -218,7 +236,10 @@ function parseConfig(argv: string[]): SocketsConfig | "help" {
     throw new UsageError((error as Error).message.split("\n")[0]!); // parseArgs may explain over several lines
   }
   if (values.help) return "help";
-  if (values.port !== undefined && (!/^\d+$/.test(values.port) || Number(values.port) < 1 || Number(values.port) > 65535)) {
+  if (
+    values.port !== undefined &&
+    (!/^\d+$/.test(values.port) || Number(values.port) < 1 || Number(values.port) > 65535)
+  ) {
     throw new UsageError(`--port must be an integer from 1 to 65535, got "${values.port}"`);
   }
   if (!/^\d+(\.\d+)?$/.test(values.interval) || Number(values.interval) < 0.05) {

@@ -23,7 +23,8 @@ export function payload(size: number, seed = 1): Uint8Array {
   return bytes;
 }
 
-export const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
+export const sameBytes = (a: Uint8Array, b: Uint8Array): boolean =>
+  Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
 
 /** Sum of capture group 1 (a number) over every match of `pattern` in `text`. */
 export function sumOf(text: string, pattern: RegExp): number {
@@ -58,7 +59,8 @@ export interface HardenedStage {
 }
 
 export function hardenedEchoTests({ file, args = [], exactLimitArgs = [] }: HardenedStage): void {
-  const start = (extra: string[] = [], options = {}): Promise<Running> => startStage(file, ["--port", "0", ...args, ...extra], options);
+  const start = (extra: string[] = [], options = {}): Promise<Running> =>
+    startStage(file, ["--port", "0", ...args, ...extra], options);
 
   test("64 MiB come back byte-exact to a client that reads slowly", async () => {
     await using server = await start();
@@ -169,7 +171,9 @@ export function hardenedEchoTests({ file, args = [], exactLimitArgs = [] }: Hard
 
   test("stays below the open-files limit: says so, refuses cleanly instead of hitting EMFILE", async () => {
     await using server = await start(exactLimitArgs, { prefix: ["prlimit", "--nofile=64:64"] });
-    const [, allowedText] = await server.waitForLog(/--max-clients \d+ does not fit under the open-files limit of 64: serving at most (\d+) clients at once/);
+    const [, allowedText] = await server.waitForLog(
+      /--max-clients \d+ does not fit under the open-files limit of 64: serving at most (\d+) clients at once/,
+    );
     const allowed = Number(allowedText);
     expect(allowed).toBeGreaterThan(0);
     expect(allowed).toBeLessThan(64);
@@ -262,7 +266,8 @@ export function hardenedEchoTests({ file, args = [], exactLimitArgs = [] }: Hard
         expect(reply.length).toBeGreaterThanOrEqual("hello\n".length);
       });
       expect(received[1001]!.length).toBe(heavy.length); // the FINned one was fully read before the signal
-      for (const reply of received.slice(1000)) expect(sameBytes(reply, upperAscii(heavy).subarray(0, reply.length))).toBe(true);
+      for (const reply of received.slice(1000))
+        expect(sameBytes(reply, upperAscii(heavy).subarray(0, reply.length))).toBe(true);
       // Every byte the server read before the signal went back, and the clients got exactly what it sent.
       const [, drained, cut, bytesIn, bytesOut] = log.match(SHUTDOWN_SUMMARY) ?? [];
       expect([Number(drained), Number(cut)]).toEqual([1002, 0]);

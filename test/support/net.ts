@@ -659,7 +659,10 @@ export class Blackhole implements AsyncDisposable {
       ]);
       clearTimeout(timer);
       if (result === timedOut) {
-        attempt.then((socket) => socket.terminate(), () => {});
+        attempt.then(
+          (socket) => socket.terminate(),
+          () => {},
+        );
         return;
       }
       this.parked.push(result);

@@ -111,7 +111,10 @@ export class Running implements AsyncDisposable {
   host = "";
   port = 0;
 
-  constructor(readonly proc: Subprocess<"pipe" | "ignore", "pipe", "pipe">, readonly command: string[]) {
+  constructor(
+    readonly proc: Subprocess<"pipe" | "ignore", "pipe", "pipe">,
+    readonly command: string[],
+  ) {
     this.stdout = new OutputCollector(proc.stdout);
     this.stderr = new OutputCollector(proc.stderr);
   }
@@ -280,7 +283,8 @@ export async function waitGone(pids: number[], timeoutMs = 5000): Promise<void> 
   for (;;) {
     const alive = pids.filter(isAlive);
     if (alive.length === 0) return;
-    if (performance.now() > deadline) throw new Error(`processes still alive after ${timeoutMs} ms: ${alive.join(", ")}`);
+    if (performance.now() > deadline)
+      throw new Error(`processes still alive after ${timeoutMs} ms: ${alive.join(", ")}`);
     await Bun.sleep(25); // /proc gives no event for a process exit that is not our child's
   }
 }
@@ -354,15 +358,34 @@ export class Terminal implements AsyncDisposable {
   private constructor(readonly socket: string) {}
 
   /** Starts `shellCommand` (run by sh, which then prints its exit status for exitStatus()). */
-  static async start(shellCommand: string, options: { cwd?: string; width?: number; height?: number } = {}): Promise<Terminal> {
+  static async start(
+    shellCommand: string,
+    options: { cwd?: string; width?: number; height?: number } = {},
+  ): Promise<Terminal> {
     const terminal = new Terminal(`bun-tcp-lab-test-${process.pid}-${++terminalCount}`);
     const size = ["-x", String(options.width ?? 140), "-y", String(options.height ?? 50)];
     // The status is printed rather than read from tmux (#{pane_dead_status} is sometimes never set, tmux 3.3a);
     // remain-on-exit keeps the pane, and what it shows, after the shell exits.
     const command = `${shellCommand}; echo "[exit status $?]"`;
-    await terminal.tmux(["new-session", "-d", ...size, "-c", options.cwd ?? ROOT, command, ";", "set-option", "-g", "remain-on-exit", "on"]);
+    await terminal.tmux([
+      "new-session",
+      "-d",
+      ...size,
+      "-c",
+      options.cwd ?? ROOT,
+      command,
+      ";",
+      "set-option",
+      "-g",
+      "remain-on-exit",
+      "on",
+    ]);
     openTerminals.add(terminal);
-    const [socketPath, shellPid, serverPid] = (await terminal.tmux(["display-message", "-p", "#{socket_path}\t#{pane_pid}\t#{pid}"])).trim().split("\t");
+    const [socketPath, shellPid, serverPid] = (
+      await terminal.tmux(["display-message", "-p", "#{socket_path}\t#{pane_pid}\t#{pid}"])
+    )
+      .trim()
+      .split("\t");
     terminal.socketPath = socketPath!;
     terminal.shellPid = Number(shellPid);
     terminal.serverPid = Number(serverPid);
@@ -416,8 +439,16 @@ export class Terminal implements AsyncDisposable {
   }
 
   private async tmux(args: string[]): Promise<string> {
-    const proc = Bun.spawn(["tmux", "-L", this.socket, "-f", "/dev/null", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-    const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    const proc = Bun.spawn(["tmux", "-L", this.socket, "-f", "/dev/null", ...args], {
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [out, err, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
     if (code !== 0) throw new Error(`tmux ${args.join(" ")} failed (${code}): ${err.trim()}`);
     return out;
   }
@@ -444,7 +475,8 @@ export class Terminal implements AsyncDisposable {
       const text = await this.screen();
       const match = text.slice(from).match(pattern);
       if (match) return { match, end: from + match.index! + match[0].length };
-      if (performance.now() > deadline) throw new Error(`no ${pattern} on the terminal after ${timeoutMs} ms; screen:\n${text}`);
+      if (performance.now() > deadline)
+        throw new Error(`no ${pattern} on the terminal after ${timeoutMs} ms; screen:\n${text}`);
       await Bun.sleep(30);
     }
   }
@@ -464,7 +496,11 @@ export class Terminal implements AsyncDisposable {
     if (!this.serverKilled) this.track();
     for (const [pid, startTime] of this.seen) killIfSame(pid, startTime);
     if (!this.serverKilled) {
-      Bun.spawnSync(["tmux", "-L", this.socket, "-f", "/dev/null", "kill-server"], { stdin: "ignore", stdout: "ignore", stderr: "ignore" });
+      Bun.spawnSync(["tmux", "-L", this.socket, "-f", "/dev/null", "kill-server"], {
+        stdin: "ignore",
+        stdout: "ignore",
+        stderr: "ignore",
+      });
       this.serverKilled = true;
     }
     if (this.socketPath) rmSync(this.socketPath, { force: true });
