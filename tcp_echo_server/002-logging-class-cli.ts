@@ -19,6 +19,7 @@
 import type { Socket, TCPSocketListener } from "bun";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
+import { relative } from "node:path";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 type Level = (typeof LEVELS)[number];
@@ -135,7 +136,10 @@ function formatAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
-const HELP = `Usage: bun tcp_echo_server/002-logging-class-cli.ts [options]
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
+
+const HELP = `Usage: bun ${THIS_FILE} [options]
 
 Replies once to one client with its bytes uppercased (ASCII a-z), then exits.
 

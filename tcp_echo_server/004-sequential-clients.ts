@@ -22,6 +22,7 @@ import type { Socket, TCPSocketListener } from "bun";
 import { dlopen, FFIType, ptr } from "bun:ffi";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
+import { relative } from "node:path";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 type Level = (typeof LEVELS)[number];
@@ -241,7 +242,10 @@ function formatAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
-const HELP = `Usage: bun tcp_echo_server/004-sequential-clients.ts [options]
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
+
+const HELP = `Usage: bun ${THIS_FILE} [options]
 
 Serves clients one at a time, in arrival order: every message uppercased (ASCII a-z).
 Clients that arrive while another is served wait their turn. SIGINT/SIGTERM: graceful shutdown.

@@ -25,6 +25,7 @@ import type { Socket, TCPSocketListener } from "bun";
 import { dlopen, FFIType, ptr } from "bun:ffi";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
+import { relative } from "node:path";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 type Level = (typeof LEVELS)[number];
@@ -216,7 +217,9 @@ class EchoServer {
     });
     this.listener = listener;
     this.log.info(
-      `listening on ${formatAddress(this.host, listener.port)} (at most ${this.maxClients} clients at once, idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"})`,
+      `listening on ${formatAddress(this.host, listener.port)} ` +
+        `(at most ${this.maxClients} clients at once, ` +
+        `idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"})`,
     );
     this.log.info(`listening socket options: ${formatOptions((listener as WithFd).fd)}`);
     return listener.port;
@@ -235,7 +238,8 @@ class EchoServer {
     if (this.slots.taken >= this.maxClients) {
       socket.pause();
       this.log.info(
-        `from ${peerAddress(socket)}: all ${this.maxClients} slots taken, waiting (${this.clients.size - this.slots.taken} waiting)`,
+        `from ${peerAddress(socket)}: all ${this.maxClients} slots taken, ` +
+          `waiting (${this.clients.size - this.slots.taken} waiting)`,
         client.id,
       );
     }
@@ -315,7 +319,10 @@ function formatAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
-const HELP = `Usage: bun tcp_echo_server/005-bounded-concurrency.ts [options]
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
+
+const HELP = `Usage: bun ${THIS_FILE} [options]
 
 Serves up to --max-clients clients at once: every message uppercased (ASCII a-z).
 Clients over the limit wait for a free slot, in arrival order. SIGINT/SIGTERM: graceful shutdown.
@@ -370,7 +377,8 @@ function parseConfig(argv: string[]): EchoServerConfig | "help" {
   // setTimeout() takes at most 2^31-1 ms (about 24.8 days); beyond that it would fire at once.
   if (!/^\d+(\.\d+)?$/.test(values["idle-timeout"]) || idleTimeout > MAX_TIMER_SECONDS) {
     throw new UsageError(
-      `--idle-timeout must be a number of seconds from 0 (never) to ${MAX_TIMER_SECONDS}, got "${values["idle-timeout"]}"`,
+      `--idle-timeout must be a number of seconds from 0 (never) to ${MAX_TIMER_SECONDS}, ` +
+        `got "${values["idle-timeout"]}"`,
     );
   }
   return { host: values.host, port: Number(values.port), logLevel: logLevel as Level, maxClients, idleTimeout };

@@ -28,6 +28,7 @@ import { dlopen, FFIType, ptr } from "bun:ffi";
 import { readdirSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
+import { relative } from "node:path";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 type Level = (typeof LEVELS)[number];
@@ -202,7 +203,8 @@ class EchoServer {
     this.maxClients = fds === undefined ? config.maxClients : Math.min(config.maxClients, fds.allowed);
     if (fds !== undefined && config.maxClients > fds.allowed) {
       this.log.warn(
-        `--max-clients ${config.maxClients} does not fit under the open-files limit of ${fds.limit}: serving at most ${fds.allowed} clients at once (raise it with ulimit -n)`,
+        `--max-clients ${config.maxClients} does not fit under the open-files limit of ${fds.limit}: ` +
+          `serving at most ${fds.allowed} clients at once (raise it with ulimit -n)`,
       );
     }
   }
@@ -257,7 +259,10 @@ class EchoServer {
     this.listener = listener;
     const perIp = this.maxPerIp > 0 ? `${this.maxPerIp} per address` : "no per-address limit";
     this.log.info(
-      `listening on ${formatAddress(this.host, listener.port)} (at most ${this.maxClients} clients at once, ${perIp}, ${formatBytes(this.maxBuffer)} reply queue per client, idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"}, drain timeout ${this.drainTimeout} s)`,
+      `listening on ${formatAddress(this.host, listener.port)} ` +
+        `(at most ${this.maxClients} clients at once, ${perIp}, ` +
+        `${formatBytes(this.maxBuffer)} reply queue per client, ` +
+        `idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"}, drain timeout ${this.drainTimeout} s)`,
     );
     this.log.info(`listening socket options: ${formatOptions((listener as WithFd).fd)}`);
     return listener.port;
@@ -452,7 +457,8 @@ class EchoServer {
     let owed = 0;
     for (const socket of this.clients) owed += socket.data.queued;
     this.log.info(
-      `${signal} received: no new clients; draining ${this.clients.size} client(s) owed ${owed} queued reply bytes, at most ${this.drainTimeout} s`,
+      `${signal} received: no new clients; draining ${this.clients.size} client(s) owed ${owed} queued reply bytes, ` +
+        `at most ${this.drainTimeout} s`,
     );
     if (this.clients.size === 0) {
       this.finishShutdown();
@@ -480,7 +486,9 @@ class EchoServer {
     const { served, refused, bytesIn, bytesOut, drained, cut, discarded } = this.totals;
     const level = cut > 0 ? "warn" : "info";
     this.log[level](
-      `shutdown complete: ${drained} client(s) drained, ${cut} cut; since start ${served} served, ${refused} refused, ${bytesIn} bytes received and ${bytesOut} sent back, ${discarded} dropped after the signal; bye`,
+      `shutdown complete: ${drained} client(s) drained, ${cut} cut; ` +
+        `since start ${served} served, ${refused} refused, ` +
+        `${bytesIn} bytes received and ${bytesOut} sent back, ${discarded} dropped after the signal; bye`,
     );
     // Nothing is left open (listener stopped, every socket and timer closed), so the process now exits with 0.
   }
@@ -507,7 +515,10 @@ function formatBytes(bytes: number): string {
   return `${bytes} bytes`;
 }
 
-const HELP = `Usage: bun tcp_echo_server/006-correct-under-any-client.ts [options]
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
+
+const HELP = `Usage: bun ${THIS_FILE} [options]
 
 Serves every client at once, each message uppercased (ASCII a-z), whatever the client does: replies are queued
 when the client reads slowly, never dropped. Clients over a limit are refused. SIGINT/SIGTERM: stop accepting,

@@ -31,6 +31,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
+import { relative } from "node:path";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 type Level = (typeof LEVELS)[number];
@@ -308,7 +309,8 @@ class EchoServer {
     this.maxClients = fds === undefined ? config.maxClients : Math.min(config.maxClients, fds.allowed);
     if (fds !== undefined && config.maxClients > fds.allowed) {
       this.log.warn(
-        `--max-clients ${this.share}${config.maxClients} does not fit under the open-files limit of ${fds.limit}: serving at most ${fds.allowed} clients at once (raise it with ulimit -n)`,
+        `--max-clients ${this.share}${config.maxClients} does not fit under the open-files limit of ${fds.limit}: ` +
+          `serving at most ${fds.allowed} clients at once (raise it with ulimit -n)`,
       );
     }
   }
@@ -369,7 +371,10 @@ class EchoServer {
     this.listener = listener;
     const perIp = this.maxPerIp > 0 ? `${this.maxPerIp} per address` : "no per-address limit";
     this.log.info(
-      `listening on ${formatAddress(this.host, listener.port)} (pid ${process.pid}; at most ${this.maxClients} clients at once, ${perIp}, ${formatBytes(this.maxBuffer)} reply queue per client, idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"}, drain timeout ${this.drainTimeout} s)`,
+      `listening on ${formatAddress(this.host, listener.port)} (pid ${process.pid}; ` +
+        `at most ${this.maxClients} clients at once, ${perIp}, ` +
+        `${formatBytes(this.maxBuffer)} reply queue per client, ` +
+        `idle timeout ${this.idleTimeout ? `${this.idleTimeout} s` : "off"}, drain timeout ${this.drainTimeout} s)`,
     );
     this.log.debug(`listening socket options: ${formatOptions((listener as WithFd).fd)}`);
     return listener.port;
@@ -412,7 +417,8 @@ class EchoServer {
       refusal = `${this.clients.size} clients connected, the limit (--max-clients ${this.share}${this.maxClients})`;
     } else if (this.maxPerIp > 0 && fromIp >= this.maxPerIp) {
       reason = "max-per-ip";
-      refusal = `${fromIp} connections from this address, the limit (--max-per-ip ${this.maxPerIp}${this.share ? " in this worker" : ""})`;
+      const where = this.share ? " in this worker" : "";
+      refusal = `${fromIp} connections from this address, the limit (--max-per-ip ${this.maxPerIp}${where})`;
     }
     if (reason !== undefined) {
       this.refused[reason]++;
@@ -594,7 +600,8 @@ class EchoServer {
     let owed = 0;
     for (const socket of this.clients) owed += socket.data.queued;
     this.log.info(
-      `${signal}: no new clients; draining ${this.clients.size} client(s) owed ${owed} queued reply bytes, at most ${this.drainTimeout} s`,
+      `${signal}: no new clients; draining ${this.clients.size} client(s) owed ${owed} queued reply bytes, ` +
+        `at most ${this.drainTimeout} s`,
     );
     if (this.clients.size === 0) {
       this.finishShutdown();
@@ -631,7 +638,9 @@ class EchoServer {
     const refused = this.refused["max-clients"] + this.refused["max-per-ip"] + this.refused["shutting-down"];
     const level = cut > 0 ? "warn" : "info";
     this.log[level](
-      `shutdown complete: ${drained} client(s) drained, ${cut} cut; since start ${served} served, ${refused} refused, ${bytesIn} bytes received and ${bytesOut} sent back, ${discarded} dropped after the signal`,
+      `shutdown complete: ${drained} client(s) drained, ${cut} cut; ` +
+        `since start ${served} served, ${refused} refused, ` +
+        `${bytesIn} bytes received and ${bytesOut} sent back, ${discarded} dropped after the signal`,
     );
     this.onStopped({ drained, cut, discarded, served, refused, receivedBytes: bytesIn, sentBytes: bytesOut });
   }
@@ -677,7 +686,9 @@ class Supervisor {
   start(): void {
     const { workers, maxClients, maxPerIp } = this.config;
     this.log.info(
-      `starting ${workers} worker(s) on ${formatAddress(this.config.host, this.port)}; each serves at most ${Math.ceil(maxClients / workers)} clients${maxPerIp > 0 ? ` and ${maxPerIp} per address` : ""}`,
+      `starting ${workers} worker(s) on ${formatAddress(this.config.host, this.port)}; ` +
+        `each serves at most ${Math.ceil(maxClients / workers)} clients` +
+        `${maxPerIp > 0 ? ` and ${maxPerIp} per address` : ""}`,
     );
     // With --port 0 the first worker picks the port and the others join it; a fixed port they can all bind at once.
     this.spawn(0);
@@ -757,7 +768,8 @@ class Supervisor {
       } catch (error) {
         const { code, message } = error as NodeJS.ErrnoException;
         console.error(
-          `error: cannot serve metrics on ${formatAddress(host, metricsPort)}: ${code === "EADDRINUSE" ? "address already in use" : (code ?? message)}`,
+          `error: cannot serve metrics on ${formatAddress(host, metricsPort)}: ` +
+            `${code === "EADDRINUSE" ? "address already in use" : (code ?? message)}`,
         );
         for (const s of this.slots) s?.proc.kill("SIGKILL");
         process.exit(1);
@@ -852,7 +864,10 @@ class Supervisor {
     }
     const level = clean && total.cut === 0 ? "info" : "warn";
     this.log[level](
-      `shutdown complete: ${total.drained} client(s) drained, ${total.cut} cut across ${this.slots.length} worker(s); since start ${total.served} served, ${total.refused} refused, ${total.receivedBytes} bytes received and ${total.sentBytes} sent back, ${total.discarded} dropped after the signal; bye`,
+      `shutdown complete: ${total.drained} client(s) drained, ` +
+        `${total.cut} cut across ${this.slots.length} worker(s); ` +
+        `since start ${total.served} served, ${total.refused} refused, ${total.receivedBytes} bytes received and ` +
+        `${total.sentBytes} sent back, ${total.discarded} dropped after the signal; bye`,
     );
     process.exit(clean ? 0 : 1);
   }
@@ -993,7 +1008,10 @@ function formatBytes(bytes: number): string {
   return `${bytes} bytes`;
 }
 
-const HELP = `Usage: bun tcp_echo_server/007-every-core-observable.ts [options]
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
+
+const HELP = `Usage: bun ${THIS_FILE} [options]
 
 Serves every client at once on every core, each message uppercased (ASCII a-z), whatever the client does.
 Worker processes share the port; a worker that dies is replaced. Clients over a limit are refused.
@@ -1002,7 +1020,8 @@ SIGINT/SIGTERM: stop accepting, deliver the replies owed, close; a second signal
 Options (each also read from the environment variable in brackets; an option given here wins):
   --host HOST           address to listen on (default 127.0.0.1)                               [HOST]
   --port PORT           port to listen on, 0 for a free one (default 5000)                      [PORT]
-  --workers N           worker processes (default: the CPUs this process may use, here ${availableParallelism()})    [WORKERS]
+  --workers N           worker processes (default: the CPUs this process may use,
+                        ${`here ${availableParallelism()})`.padEnd(71)}[WORKERS]
   --max-clients N       clients served at once, shared out between the workers (default 10000) [MAX_CLIENTS]
   --max-per-ip N        connections from one address, 0 = no limit (default 0)                 [MAX_PER_IP]
   --max-buffer BYTES    unsent reply bytes per client before its reading pauses; k and m

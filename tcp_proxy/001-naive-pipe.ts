@@ -23,7 +23,11 @@
  */
 
 import type { Socket, SocketHandler, TCPSocketListener } from "bun";
+import { relative } from "node:path";
 import { parseArgs } from "node:util";
+
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
 
 // Naive, but still no stack trace for bad input: one line and a non-zero exit (2 = usage, 1 = cannot listen).
 function fail(message: string, exitCode: number): never {
@@ -46,7 +50,7 @@ try {
   fail(`${(error as Error).message.replace(/\s*\n\s*/g, " ")} (see --help)`, 2);
 }
 if (values.help) {
-  process.stdout.write(`Usage: bun tcp_proxy/001-naive-pipe.ts [options]
+  process.stdout.write(`Usage: bun ${THIS_FILE} [options]
 
 Forwards every client to the upstream, both directions, naively (see the header for what breaks).
 
@@ -65,8 +69,9 @@ const upstreamPort = Number(values.upstream.slice(separator + 1));
 const port = Number(values.port);
 if (!/^\d+$/.test(values.port) || port > 65535)
   fail(`--port must be an integer from 0 to 65535, got "${values.port}"`, 2);
-if (separator < 1 || !Number.isInteger(upstreamPort) || upstreamPort < 1 || upstreamPort > 65535) {
-  fail(`--upstream must be HOST:PORT, got "${values.upstream}"`, 2);
+if (separator < 1) fail(`--upstream must be HOST:PORT, got "${values.upstream}"`, 2);
+if (!Number.isInteger(upstreamPort) || upstreamPort < 1 || upstreamPort > 65535) {
+  fail(`--upstream needs a port from 1 to 65535, got "${values.upstream}"`, 2);
 }
 
 /** Each accepted client holds its upstream socket once that connection is open (undefined until then). */

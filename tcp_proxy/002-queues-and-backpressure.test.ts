@@ -22,12 +22,14 @@ describe("002 command line", () => {
   test("--help prints usage and exits 0", async () => {
     const { code, stdout, stderr } = await runToExit(STAGE, ["--help"]);
     expect(code).toBe(0);
-    expect(stdout).toContain("Usage: bun tcp_proxy/002-queues-and-backpressure.ts --upstream HOST:PORT");
+    expect(stdout).toStartWith(`Usage: bun ${STAGE} [options]\n`);
+    expect(stdout).toContain("--upstream HOST:PORT  where to forward connections (default 127.0.0.1:5000)");
     expect(stderr).toBe("");
   });
 
   test.each([
     [["--upstream", "nowhere"], /--upstream must look like HOST:PORT/],
+    [["--upstream", "127.0.0.1:99999"], /^error: --upstream needs a port from 1 to 65535, got "127.0.0.1:99999"/],
     [["--upstream", "127.0.0.1:0"], /--upstream needs a port from 1 to 65535/],
     [["--port", "70000"], /--port must be an integer from 0 to 65535/],
     [["--frobnicate"], /Unknown option '--frobnicate'/],

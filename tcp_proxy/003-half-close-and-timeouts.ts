@@ -26,6 +26,7 @@
 import type { Socket, TCPSocketListener } from "bun";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
+import { relative } from "node:path";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 type Level = (typeof LEVELS)[number];
@@ -393,7 +394,10 @@ function formatAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
-const HELP = `Usage: bun tcp_proxy/003-half-close-and-timeouts.ts --upstream HOST:PORT [options]
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
+
+const HELP = `Usage: bun ${THIS_FILE} [options]
 
 Forwards every TCP connection accepted on HOST:PORT to the upstream, bytes intact in both directions.
 
@@ -430,8 +434,8 @@ function parseSeconds(text: string, flag: string, zeroAllowed: boolean): number 
 function parseAddress(text: string, flag: string): Address {
   const match = text.match(/^(?:\[([^\]]+)\]|([^:\s]+)):(\d+)$/);
   if (!match) throw new UsageError(`${flag} must look like HOST:PORT or [IPV6]:PORT, got "${text}"`);
-  const port = parsePort(match[3]!, flag);
-  if (port === 0) throw new UsageError(`${flag} needs a port from 1 to 65535, got "${text}"`);
+  const port = Number(match[3]);
+  if (port < 1 || port > 65535) throw new UsageError(`${flag} needs a port from 1 to 65535, got "${text}"`);
   return { host: match[1] ?? match[2]!, port };
 }
 

@@ -28,6 +28,7 @@
 import type { Socket, TCPSocketListener } from "bun";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
+import { relative } from "node:path";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 type Level = (typeof LEVELS)[number];
@@ -348,7 +349,8 @@ class Connection {
     const now = performance.now();
     const connect = this.connectedAt === undefined ? "-" : `${(this.connectedAt - this.startedAt).toFixed(1)}ms`;
     this.log.info(
-      `${this.name} -> ${this.target} tries=${this.tried.length} duration=${((now - this.startedAt) / 1000).toFixed(3)}s ` +
+      `${this.name} -> ${this.target} tries=${this.tried.length} ` +
+        `duration=${((now - this.startedAt) / 1000).toFixed(3)}s ` +
         `connect=${connect} bytes_up=${this.bytesFrom.client} bytes_down=${this.bytesFrom.upstream} ` +
         `closed_by=${this.closedBy} reason="${this.reason}"`,
     );
@@ -551,7 +553,8 @@ class Proxy {
     this.pool.startChecks(this.timeouts.connectMs);
     this.log.info(
       `listening on ${formatAddress(this.host, listener.port)}, forwarding to ${upstreams} ` +
-        `(${this.pool.config.balance}, max ${this.limits.maxClients} clients${this.limits.maxPerIp > 0 ? `, ${this.limits.maxPerIp} per IP` : ""})`,
+        `(${this.pool.config.balance}, max ${this.limits.maxClients} clients` +
+        `${this.limits.maxPerIp > 0 ? `, ${this.limits.maxPerIp} per IP` : ""})`,
     );
     return listener.port;
   }
@@ -704,7 +707,10 @@ function formatAddress(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
-const HELP = `Usage: bun tcp_proxy/005-upstream-pool.ts --upstream HOST:PORT [--upstream HOST:PORT ...] [options]
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
+
+const HELP = `Usage: bun ${THIS_FILE} [options]
 
 Forwards every TCP connection accepted on HOST:PORT to one of the upstreams, bytes intact in both directions.
 
@@ -760,8 +766,8 @@ function parseSeconds(text: string, flag: string, zeroAllowed: boolean): number 
 function parseAddress(text: string, flag: string): Address {
   const match = text.match(/^(?:\[([^\]]+)\]|([^:\s]+)):(\d+)$/);
   if (!match) throw new UsageError(`${flag} must look like HOST:PORT or [IPV6]:PORT, got "${text}"`);
-  const port = parsePort(match[3]!, flag);
-  if (port === 0) throw new UsageError(`${flag} needs a port from 1 to 65535, got "${text}"`);
+  const port = Number(match[3]);
+  if (port < 1 || port > 65535) throw new UsageError(`${flag} needs a port from 1 to 65535, got "${text}"`);
   return { host: match[1] ?? match[2]!, port };
 }
 

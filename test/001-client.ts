@@ -21,6 +21,7 @@ import { closeSync, openSync, writeSync } from "node:fs";
 import net from "node:net";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
+import { relative } from "node:path";
 
 interface ClientConfig {
   host: string;
@@ -216,8 +217,9 @@ async function runClient(config: ClientConfig): Promise<Summary> {
 
 function printSummary(config: ClientConfig, summary: Summary): void {
   const failed = config.connections - summary.ok;
+  const target = formatAddress(config.host, config.port);
   const lines = [
-    `${config.connections} connections to ${formatAddress(config.host, config.port)}, one ${config.length}-byte message each`,
+    `${config.connections} connections to ${target}, one ${config.length}-byte message each`,
     `  ok       ${pc.green(String(summary.ok))}`,
     `  failed   ${failed === 0 ? "0" : pc.red(String(failed))}`,
   ];
@@ -231,7 +233,10 @@ function printSummary(config: ClientConfig, summary: Summary): void {
   print(1, `${lines.join("\n")}\n`);
 }
 
-const HELP = `Usage: bun test/001-client.ts [options]
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
+
+const HELP = `Usage: bun ${THIS_FILE} [options]
 
 Opens N connections at once; each sends a random lowercase string and checks that the reply is exactly
 its uppercase. Prints a summary; exit code 0 if every connection was ok, 1 if any failed.

@@ -21,6 +21,7 @@ import type { Socket } from "bun";
 import { closeSync, openSync, writeSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
+import { relative } from "node:path";
 
 interface ClientConfig {
   host: string;
@@ -320,8 +321,11 @@ async function runClient(config: ClientConfig): Promise<Summary> {
 function printSummary(config: ClientConfig, summary: Summary): void {
   const failed = config.connections - summary.ok;
   const messages = config.messages === 1 ? "one" : String(config.messages);
+  const plural = config.messages === 1 ? "" : "s";
+  const target = formatAddress(config.host, config.port);
   const lines = [
-    `${config.connections} connections to ${formatAddress(config.host, config.port)}, ${messages} ${config.length}-byte message${config.messages === 1 ? "" : "s"} each, started ${config.delayMs} ms apart`,
+    `${config.connections} connections to ${target}, ${messages} ${config.length}-byte message${plural} each, ` +
+      `started ${config.delayMs} ms apart`,
     `  ok       ${pc.green(String(summary.ok))}`,
     `  failed   ${failed === 0 ? "0" : pc.red(String(failed))}`,
   ];
@@ -335,7 +339,10 @@ function printSummary(config: ClientConfig, summary: Summary): void {
   print(1, `${lines.join("\n")}\n`);
 }
 
-const HELP = `Usage: bun test/002-client.ts [options]
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
+
+const HELP = `Usage: bun ${THIS_FILE} [options]
 
 Starts N connections one after another, --delay ms apart; each sends --messages random lowercase strings,
 one at a time, and checks that every reply is exactly its uppercase. Prints a summary; exit code 0 if every

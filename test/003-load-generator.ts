@@ -31,6 +31,7 @@ import * as hdr from "hdr-histogram-js";
 import { closeSync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
+import { relative } from "node:path";
 
 interface LoadConfig {
   host: string;
@@ -565,14 +566,20 @@ class LoadRun {
     const got = chunk[index]!;
     if (index >= checked) {
       const extra = chunk.length - checked;
-      const detail = `connection ${conn.number}: ${extra} reply byte${extra === 1 ? "" : "s"} more than requested, from stream offset ${streamOffset}: got ${describeByte(got)}`;
+      const bytes = `${extra} reply byte${extra === 1 ? "" : "s"}`;
+      const detail =
+        `connection ${conn.number}: ${bytes} more than requested, ` +
+        `from stream offset ${streamOffset}: got ${describeByte(got)}`;
       this.firstMismatch ??= { connection: conn.number, message, offset, streamOffset, expected: -1, got };
       this.fail(conn, "mismatch", detail);
       return;
     }
     const expected = this.upper[conn.readPos + index]!;
     this.firstMismatch ??= { connection: conn.number, message, offset, streamOffset, expected, got };
-    const detail = `connection ${conn.number}, message ${message}, byte ${offset} of ${this.size} (stream offset ${streamOffset}): got ${describeByte(got)}, expected ${describeByte(expected)}`;
+    const where =
+      `connection ${conn.number}, message ${message}, ` +
+      `byte ${offset} of ${this.size} (stream offset ${streamOffset})`;
+    const detail = `${where}: got ${describeByte(got)}, expected ${describeByte(expected)}`;
     this.fail(conn, "mismatch", detail);
   }
 
@@ -606,7 +613,9 @@ class LoadRun {
       } else if (conn.state === OPEN && conn.outstanding > 0) {
         const oldest = conn.sendTimes[conn.answerSlot]!;
         if (now - oldest > this.timeoutNs) {
-          const detail = `connection ${conn.number}: no complete reply to message ${conn.answered + 1} after ${this.config.timeoutSeconds} s (${conn.partial} of ${this.size} bytes)`;
+          const detail =
+            `connection ${conn.number}: no complete reply to message ${conn.answered + 1} ` +
+            `after ${this.config.timeoutSeconds} s (${conn.partial} of ${this.size} bytes)`;
           this.fail(conn, "timeout", detail);
         }
       }
@@ -656,13 +665,16 @@ class LoadRun {
 
   private progressLine(): string {
     const now = Bun.nanoseconds();
-    if (!this.trafficStarted)
-      return `connecting: ${this.connected} open, ${this.settled - this.connected} failed, of ${this.config.connections}`;
+    if (!this.trafficStarted) {
+      const failed = this.settled - this.connected;
+      return `connecting: ${this.connected} open, ${failed} failed, of ${this.config.connections}`;
+    }
     const seconds = (now - this.trafficStartNs) / 1e9;
     const phase = now < this.measureStartNs ? "warmup " : "";
     const rate = seconds > 0 ? this.answeredTotal / seconds : 0;
     const errors = CLASSES.reduce((sum, c) => sum + this.errors[c], 0);
-    return `${phase}${seconds.toFixed(1)}s  ${formatCount(this.answeredTotal)} msgs  ${formatCount(Math.round(rate))} msgs/s  ${this.live} connections  ${errors} errors`;
+    const counts = `${formatCount(this.answeredTotal)} msgs  ${formatCount(Math.round(rate))} msgs/s`;
+    return `${phase}${seconds.toFixed(1)}s  ${counts}  ${this.live} connections  ${errors} errors`;
   }
 }
 
@@ -747,8 +759,9 @@ function header(config: LoadConfig): string {
   const ramp = config.connectRate === 0 ? "all at once" : `${formatCount(config.connectRate)}/s`;
   return (
     `Running ${length} @ ${formatAddress(config.host, config.port)}\n` +
-    `  ${config.connections} connection${config.connections === 1 ? "" : "s"}, ${config.size}-byte messages, pipeline ${config.pipeline}, ` +
-    `connecting ${ramp}, warmup ${formatSeconds(config.warmupSeconds)}, timeout ${formatSeconds(config.timeoutSeconds)}\n`
+    `  ${config.connections} connection${config.connections === 1 ? "" : "s"}, ${config.size}-byte messages, ` +
+    `pipeline ${config.pipeline}, connecting ${ramp}, ` +
+    `warmup ${formatSeconds(config.warmupSeconds)}, timeout ${formatSeconds(config.timeoutSeconds)}\n`
   );
 }
 
@@ -771,15 +784,20 @@ function textSummary(config: LoadConfig, results: Results): string {
   const mib = (bytes: number): string => (bytes / 1048576).toFixed(2);
   const perSecond = (n: number): number => (results.elapsedSeconds > 0 ? n / results.elapsedSeconds : 0);
   const col = (text: string): string => text.padStart(10);
-  const row = (name: string, s: LatencySummary): string =>
-    `    ${name.padEnd(8)}${[s.p50, s.p90, s.p99, s.p99_9, s.max, s.mean].map((us) => col(s.count === 0 ? "-" : formatNs(us * 1000))).join("")}\n`;
+  const row = (name: string, s: LatencySummary): string => {
+    const cells = [s.p50, s.p90, s.p99, s.p99_9, s.max, s.mean].map((us) =>
+      col(s.count === 0 ? "-" : formatNs(us * 1000)),
+    );
+    return `    ${name.padEnd(8)}${cells.join("")}\n`;
+  };
   const totalErrors = CLASSES.reduce((sum, c) => sum + results.errors[c], 0);
   let text =
     `  ${"Latency".padEnd(10)}${["p50", "p90", "p99", "p99.9", "max", "mean"].map((h) => h.padStart(10)).join("")}\n` +
     row("reply", reply) +
     row("connect", connect) +
     "\n" +
-    `  ${formatCount(results.messages)} messages in ${results.elapsedSeconds.toFixed(2)}s${results.messages > 0 ? ", each reply checked byte for byte" : ""}\n` +
+    `  ${formatCount(results.messages)} messages in ${results.elapsedSeconds.toFixed(2)}s` +
+    `${results.messages > 0 ? ", each reply checked byte for byte" : ""}\n` +
     `  Messages/sec: ${perSecond(results.messages).toFixed(2)}\n` +
     `  Sent:         ${mib(results.bytesSent)} MiB, ${mib(perSecond(results.bytesSent))} MiB/s\n` +
     `  Received:     ${mib(results.bytesReceived)} MiB, ${mib(perSecond(results.bytesReceived))} MiB/s\n` +
@@ -854,7 +872,10 @@ function jsonSummary(config: LoadConfig, limits: Limits, results: Results): stri
 // ---------------------------------------------------------------------------------------------------------------
 // Command line.
 
-const HELP = `Usage: bun test/003-load-generator.ts [options]
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
+
+const HELP = `Usage: bun ${THIS_FILE} [options]
 
 Closed-loop request/response load: each connection sends a message, waits for its whole reply, checks it
 byte for byte against the uppercase of the request, and sends the next. Reports latency percentiles (HDR

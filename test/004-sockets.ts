@@ -30,6 +30,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
+import { relative } from "node:path";
 
 /** Kernel TCP states, as numbered in include/net/tcp_states.h, in the order they are shown. */
 const STATES: ReadonlyArray<[name: string, code: number]> = [
@@ -127,13 +128,11 @@ function table(config: SocketsConfig, census: Census): string[] {
   }
   const lines = [`  ${"state".padEnd(12)}${"local".padStart(9)}${"remote".padStart(9)}${"total".padStart(9)}`];
   for (const [name] of STATES) {
-    lines.push(
-      `  ${name.padEnd(12)}${dimZero(census.local[name]!, 9)}${dimZero(census.remote[name]!, 9)}${dimZero(census.total[name]!, 9)}`,
-    );
+    const counts = [census.local, census.remote, census.total].map((side) => dimZero(side[name]!, 9));
+    lines.push(`  ${name.padEnd(12)}${counts.join("")}`);
   }
-  lines.push(
-    `  ${"total".padEnd(12)}${String(sum(census.local)).padStart(9)}${String(sum(census.remote)).padStart(9)}${String(sum(census.total)).padStart(9)}`,
-  );
+  const totals = [census.local, census.remote, census.total].map((side) => String(sum(side)).padStart(9));
+  lines.push(`  ${"total".padEnd(12)}${totals.join("")}`);
   return lines;
 }
 
@@ -200,7 +199,10 @@ async function watch(config: SocketsConfig): Promise<void> {
   }
 }
 
-const HELP = `Usage: bun test/004-sockets.ts [options]
+// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
+const THIS_FILE = relative(process.cwd(), import.meta.path);
+
+const HELP = `Usage: bun ${THIS_FILE} [options]
 
 Counts TCP sockets (IPv4 and IPv6) by state, from /proc/net/tcp and /proc/net/tcp6.
 
