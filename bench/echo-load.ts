@@ -11,6 +11,7 @@
 
 import type { Socket } from "bun";
 import { parseArgs } from "node:util";
+import { flushQueue, sendQueued } from "../lib/sockets.ts";
 
 const { values } = parseArgs({
   options: {
@@ -101,21 +102,11 @@ function record(us: number): void {
   latencies[latencyCount++] = us;
 }
 
-function send(socket: Socket<Conn>, bytes: Uint8Array): void {
-  const conn = socket.data;
-  if (conn.unsent.length > 0) {
-    conn.unsent.push(bytes);
-    return;
-  }
-  const written = socket.write(bytes);
-  if (written >= 0 && written < bytes.length) conn.unsent.push(bytes.subarray(written));
-}
-
 function sendMessages(socket: Socket<Conn>, count: number, now: number): void {
   const conn = socket.data;
   for (let i = 0; i < count; i++) conn.sentAt[(conn.head + conn.inFlight + i) % pipeline] = now;
   conn.inFlight += count;
-  send(socket, count === pipeline ? burst : burst.subarray(0, count * size));
+  sendQueued(socket, conn.unsent, count === pipeline ? burst : burst.subarray(0, count * size));
 }
 
 const sockets: Socket<Conn>[] = [];
@@ -160,17 +151,7 @@ async function open(): Promise<Socket<Conn>> {
         if (running && done > 0) sendMessages(socket, done, now);
       },
       drain(socket) {
-        const c = socket.data;
-        while (c.unsent.length > 0) {
-          const head = c.unsent[0]!;
-          const written = socket.write(head);
-          if (written < 0) return;
-          if (written < head.length) {
-            c.unsent[0] = head.subarray(written);
-            return;
-          }
-          c.unsent.shift();
-        }
+        flushQueue(socket, socket.data.unsent);
       },
       close(socket) {
         if (running) unexpectedCloses++;

@@ -14,6 +14,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { unusedPort as freePort } from "../lib/sockets.ts";
 import { canPin, type Child, lastStage, memoryKiB, onCpu, ROOT, spawn, startListening, stop } from "./lib.ts";
 const { values } = parseArgs({
   options: {
@@ -41,13 +42,6 @@ function startStage(
   pin: (command: string[]) => string[],
 ): Promise<{ child: Child; port: number }> {
   return startListening(pin([process.execPath, file, "--port", "0", ...args]), file);
-}
-
-function freePort(): number {
-  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = listener.port;
-  listener.stop(true);
-  return port;
 }
 
 async function waitForPort(port: number): Promise<void> {

@@ -5,8 +5,7 @@
 
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
-
-const ROOT = resolve(import.meta.dir, "..");
+import { ROOT } from "../lib/stages.ts";
 const BENCHES: Record<string, string> = {
   echo: "bench/echo.ts",
   client: "bench/loadgen-vs-minimal.ts",

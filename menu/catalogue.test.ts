@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { exchange } from "../test/support/net.ts";
-import { LISTENING_LINE, ROOT, TempTree, isAlive, waitGone } from "../test/support/process.ts";
+import { ROOT, TempTree, isAlive, waitGone } from "../test/support/process.ts";
 import {
   type Catalogue,
   type Stage,
@@ -25,7 +25,7 @@ import {
   stagesOf,
   validateValue,
 } from "./catalogue.ts";
-import { LISTENING_LINE as menuLine, Service, stopChild } from "./children.ts";
+import { Service, stopChild } from "./children.ts";
 
 const real = loadCatalogue(ROOT);
 
@@ -386,10 +386,4 @@ describe("the catalogue as text", () => {
     expect(text).toContain('echo "hello from the menu" | nc -N 127.0.0.1 5000');
     expect(text).not.toContain("What changed"); // a single stage has nothing to compare with
   });
-});
-
-test("LISTENING_LINE of the tests and of the menu agree", () => {
-  for (const line of ["listening on 127.0.0.1:5000", "listening on [::1]:6000"]) {
-    expect(line.match(menuLine)?.slice(1)).toEqual(line.match(LISTENING_LINE)!.slice(1));
-  }
 });

@@ -1,7 +1,7 @@
 // test/004-sockets.ts against connections the test holds open to a real stage 005, so the right counts are known.
 
 import { describe, expect, test } from "bun:test";
-import { TestClient } from "./support/net.ts";
+import { TestClient, unusedPort } from "./support/net.ts";
 import { ROOT, run, runToExit, startStage } from "./support/process.ts";
 
 const TOOL = "test/004-sockets.ts";
@@ -37,9 +37,7 @@ async function censusUntil(port: number, accept: (c: Census) => boolean, timeout
  */
 async function untouchedPort(): Promise<number> {
   for (let attempt = 0; attempt < 20; attempt++) {
-    const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    const port = probe.port;
-    probe.stop(true);
+    const port = unusedPort();
     if ((await census(port)).total === 0) return port;
   }
   throw new Error("no port without leftover sockets in 20 tries");
