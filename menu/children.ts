@@ -33,6 +33,15 @@ export const GRACE_MS = 3000;
 /** How long after the grace period a shutdown exits anyway, whatever the children or the terminal do. */
 export const EXIT_MARGIN_MS = 1000;
 
+/** How often the menu asks whether its terminal is still there (no event says so while a stage runs). */
+export const TERMINAL_CHECK_MS = 1000;
+
+/**
+ * The longest the menu may take to exit once its terminal is gone or it is told to stop: the next terminal check,
+ * then a shutdown's certain exit. What a test may wait for, plus time for a loaded machine.
+ */
+export const LONGEST_EXIT_MS = TERMINAL_CHECK_MS + GRACE_MS + EXIT_MARGIN_MS;
+
 /** Every child the menu started that has not exited yet (lib/processes.ts kills them if the menu exits first). */
 export function liveChildren(): number[] {
   return trackedChildren().map((child) => child.pid);

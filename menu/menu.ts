@@ -48,6 +48,7 @@ import {
   runForeground,
   shutDown,
   shuttingDown,
+  TERMINAL_CHECK_MS,
 } from "./children.ts";
 import { runDemo } from "./demo.ts";
 
@@ -336,7 +337,7 @@ function watchTerminal(): void {
   // terminal itself. isatty() is false once the pty is hung up. Unreferenced: it never keeps the menu alive.
   setInterval(() => {
     if (!isatty(0)) gone();
-  }, 1000).unref();
+  }, TERMINAL_CHECK_MS).unref();
 }
 
 async function interactive(root: string): Promise<void> {

@@ -419,6 +419,12 @@ interface EchoUpstreamConnection {
   index: number;
 }
 
+export interface EchoUpstreamOptions {
+  host?: string;
+  port?: number;
+  greeting?: string;
+}
+
 /** How many bytes of each connection an `EchoUpstream` keeps, for assertions on what arrived first (PROXY headers). */
 const HEAD_BYTES = 4096;
 
@@ -440,10 +446,16 @@ export class EchoUpstream implements AsyncDisposable {
   private constructor(
     readonly host: string,
     public port: number,
+    private readonly greeting: Uint8Array | undefined,
   ) {}
 
-  static start(options: { host?: string; port?: number } = {}): EchoUpstream {
-    const upstream = new EchoUpstream(options.host ?? "127.0.0.1", options.port ?? 0);
+  /**
+   * `greeting`: bytes sent to each connection as soon as it is accepted, before any echo. Through a proxy, the
+   * client receiving them is the event that says the proxy's upstream connection is open.
+   */
+  static start(options: EchoUpstreamOptions = {}): EchoUpstream {
+    const greeting = options.greeting === undefined ? undefined : encode(options.greeting);
+    const upstream = new EchoUpstream(options.host ?? "127.0.0.1", options.port ?? 0, greeting);
     upstream.listen();
     return upstream;
   }
@@ -475,6 +487,8 @@ export class EchoUpstream implements AsyncDisposable {
           this.sockets.add(socket);
           this.accepted++;
           this.heads.push(new Uint8Array(0));
+          if (this.greeting) socket.data.queue.push(this.greeting);
+          flushEcho(socket);
           notify();
         },
         data: (socket, chunk) => {
@@ -547,7 +561,7 @@ export class EchoUpstream implements AsyncDisposable {
 }
 
 /** Starts an in-process `EchoUpstream` on a free port (or `port`). */
-export function startEchoUpstream(options: { host?: string; port?: number } = {}): EchoUpstream {
+export function startEchoUpstream(options: EchoUpstreamOptions = {}): EchoUpstream {
   return EchoUpstream.start(options);
 }
 
