@@ -12,32 +12,51 @@
 import type { Socket } from "bun";
 import { parseArgs } from "node:util";
 import { flushQueue, sendQueued } from "../lib/sockets.ts";
+import { commandLine, usageError } from "./lib.ts";
 
-const { values } = parseArgs({
-  options: {
-    host: { type: "string", default: "127.0.0.1" },
-    port: { type: "string" },
-    connections: { type: "string", default: "100" },
-    size: { type: "string", default: "64" },
-    pipeline: { type: "string", default: "1" },
-    duration: { type: "string", default: "5" },
-    warmup: { type: "string", default: "1" },
-    batch: { type: "string", default: "100" },
-    hold: { type: "boolean", default: false },
-    "cpu-of": { type: "string", default: "" },
-    json: { type: "boolean", default: false },
-    help: { type: "boolean", short: "h", default: false },
-  },
-  strict: true,
-});
+const HELP = `Usage: bun bench/echo-load.ts --port PORT [options]
 
-if (values.help || values.port === undefined) {
-  process.stdout.write(`Usage: bun bench/echo-load.ts --port PORT [--host H] [--connections N] [--size BYTES]
-         [--pipeline K] [--duration S] [--warmup S] [--batch N] [--hold] [--json] [--cpu-of PID,PID...]
---cpu-of: report the CPU time those processes (the server's) used during the measured window.
-`);
-  process.exit(values.help ? 0 : 2);
-}
+Closed-loop echo load, the driver bench/echo.ts and bench/proxy.ts run against each server. Prints its result
+(messages/s, reply MiB/s, round-trip percentiles, server CPU per message, problems seen) after --duration.
+
+Options:
+  --port PORT           the server's port (required)
+  --host HOST           the server's address (default 127.0.0.1)
+  --connections N       connections (default 100)
+  --size BYTES          message size (default 64)
+  --pipeline K          messages in flight per connection (default 1)
+  --duration S          measured seconds (default 5)
+  --warmup S            unmeasured seconds first (default 1)
+  --batch N             connections opened per ramp step (default 100)
+  --hold                open the connections, print {"held": N}, keep them idle until stdin ends or SIGTERM
+  --json                the result as one JSON line
+  --cpu-of PID,PID...   report the CPU time these processes (the server's) used in the measured window
+  -h, --help            show this help
+`;
+
+const values = commandLine(
+  HELP,
+  () =>
+    parseArgs({
+      options: {
+        host: { type: "string", default: "127.0.0.1" },
+        port: { type: "string" },
+        connections: { type: "string", default: "100" },
+        size: { type: "string", default: "64" },
+        pipeline: { type: "string", default: "1" },
+        duration: { type: "string", default: "5" },
+        warmup: { type: "string", default: "1" },
+        batch: { type: "string", default: "100" },
+        hold: { type: "boolean", default: false },
+        "cpu-of": { type: "string", default: "" },
+        json: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values,
+);
+if (values.port === undefined) usageError("--port is required");
 
 const host = values.host;
 const port = Number(values.port);

@@ -1,15 +1,7 @@
 #!/usr/bin/env bun
 // Echo benchmark (not a test): the last echo stage and stage 005 against two references kept in bench/reference/
-// (a minimal Bun.listen echo and a Node.js node:net echo), under the same load, side by side, in one run:
-//   100 / 1000 connections  closed loop, one 64-byte message in flight per connection: messages/s, p50/p99 RTT
-//   flood                   10 connections with 128 64-byte messages in flight each: echo bandwidth (MiB/s)
-//   held                    10,000 idle connections: KiB of server RSS per connection
-// plus the server's peak RSS and CPU time per message (from /proc: robust when the machine is shared).
-// With two cores and taskset, the server runs on CPU 0 and the load (bench/echo-load.ts) on CPU 1; the stage then
-// runs one worker, as its default (the CPUs it may use) says. Every server is measured --rounds times,
-// interleaved, and the median is kept. Writes bench/results/echo.json and echo.svg (the README shows the chart).
-// Usage: bun bench/echo.ts [--seconds 3] [--rounds 5] [--held 10000] [--out-dir bench/results]
-//        bun bench/echo.ts --chart-only      (redraws echo.svg from echo.json)
+// (a minimal Bun.listen echo and a Node.js node:net echo), under the same load, side by side, in one run. The
+// help text below says what it measures, how long it takes and where it writes.
 
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
@@ -17,10 +9,12 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import {
   canPin,
+  commandLine,
   descendants,
   lastStage,
   median,
   memoryKiB,
+  numberOption,
   onCpu,
   ROOT,
   spawn,
@@ -28,20 +22,54 @@ import {
   stop,
   waitForLine,
 } from "./lib.ts";
-const { values } = parseArgs({
-  options: {
-    seconds: { type: "string", default: "3" },
-    warmup: { type: "string", default: "1" },
-    rounds: { type: "string", default: "5" },
-    held: { type: "string", default: "10000" },
-    "out-dir": { type: "string", default: "bench/results" },
-    "chart-only": { type: "boolean", default: false },
-  },
-  strict: true,
-});
-const SECONDS = Number(values.seconds);
-const ROUNDS = Number(values.rounds);
-const HELD = Number(values.held);
+
+const HELP = `Usage: bun bench/echo.ts [options]        (or: bun run bench echo [options])
+
+Echo benchmark, not a test: the last echo stage and stage 005 against a minimal Bun.listen echo and a Node.js
+node:net echo (bench/reference/), each under the same closed-loop load (bench/echo-load.ts):
+  100 / 1000 connections  one 64-byte message in flight per connection: messages/s, p50 and p99 round trip
+  flood                   10 connections with 128 messages in flight each: echo bandwidth, MiB/s
+  held                    --held idle connections: KiB of server memory per connection
+and each server's peak memory and CPU time per message (from /proc). With taskset and two cores the server runs
+on CPU 0 and the load on CPU 1. Every server is measured --rounds times, interleaved, and the median is kept.
+
+Run time: per server and round, 3 x (warmup + seconds) plus about 4 s (start, held connections): 5-6 minutes
+with the defaults for 4 servers; --rounds 1 --seconds 1 takes about 45 s.
+
+Writes echo.json and echo.svg to --out-dir, by default bench/results/: that REPLACES the committed results the
+README shows. To keep them, write elsewhere: --out-dir /tmp/bench.
+
+Options:
+  --seconds S     measured seconds per scenario and round (default 3)
+  --warmup S      unmeasured seconds before each scenario (default 1)
+  --rounds N      rounds per server, the median is kept (default 5)
+  --held N        idle connections for the memory measure (default 10000)
+  --out-dir DIR   where echo.json and echo.svg go (default bench/results)
+  --chart-only    measure nothing: redraw echo.svg from the echo.json in --out-dir
+  -h, --help      show this help
+`;
+
+const values = commandLine(
+  HELP,
+  () =>
+    parseArgs({
+      options: {
+        seconds: { type: "string", default: "3" },
+        warmup: { type: "string", default: "1" },
+        rounds: { type: "string", default: "5" },
+        held: { type: "string", default: "10000" },
+        "out-dir": { type: "string", default: "bench/results" },
+        "chart-only": { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values,
+);
+const SECONDS = numberOption("--seconds", values.seconds, { min: 0.1 });
+const WARMUP = numberOption("--warmup", values.warmup);
+const ROUNDS = numberOption("--rounds", values.rounds, { min: 1, integer: true });
+const HELD = numberOption("--held", values.held, { min: 1, integer: true });
 const OUT_DIR = resolve(ROOT, values["out-dir"]);
 
 const LAST_STAGE = lastStage("tcp_echo_server");
@@ -115,7 +143,7 @@ async function runLoad(port: number, pids: number[], scenario: Scenario): Promis
     "--duration",
     String(SECONDS),
     "--warmup",
-    values.warmup,
+    String(WARMUP),
     "--json",
     "--cpu-of",
     pids.join(","),
@@ -390,7 +418,7 @@ const report = {
     loadBefore,
     loadAfter,
   },
-  config: { seconds: SECONDS, warmup: Number(values.warmup), rounds: ROUNDS, held: HELD, scenarios: SCENARIOS },
+  config: { seconds: SECONDS, warmup: WARMUP, rounds: ROUNDS, held: HELD, scenarios: SCENARIOS },
   servers: SERVERS.map((server) => ({
     name: server.name,
     command: server.command.map((part) => (part === process.execPath ? "bun" : part)).join(" "),

@@ -55,3 +55,38 @@ export function quantile(xs: number[], q: number): number {
 }
 
 export const median = (xs: number[]): number => quantile(xs, 0.5);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Command lines: --help, and usage errors in one line with exit 2 (never a stack trace).
+
+/** Prints `error: MESSAGE (see --help)` on stderr and exits 2. */
+export function usageError(message: string): never {
+  process.stderr.write(`error: ${message.split("\n")[0]} (see --help)\n`);
+  process.exit(2);
+}
+
+/**
+ * Runs `parse` (a parseArgs call with a boolean `help` option) on the command line: a parse error is a usage
+ * error; --help prints `help` and exits 0.
+ */
+export function commandLine<T extends { help?: boolean | undefined }>(help: string, parse: () => T): T {
+  let values: T;
+  try {
+    values = parse();
+  } catch (error) {
+    usageError((error as Error).message);
+  }
+  if (values.help) {
+    process.stdout.write(help);
+    process.exit(0);
+  }
+  return values;
+}
+
+/** `text` as a number of at least `min` (a whole one if `integer`), or a usage error naming `option`. */
+export function numberOption(option: string, text: string, { min = 0, integer = false } = {}): number {
+  const value = Number(text);
+  if (text.trim() === "" || !Number.isFinite(value) || value < min || (integer && !Number.isInteger(value)))
+    usageError(`${option} must be ${integer ? "a whole number" : "a number"} of at least ${min}, got "${text}"`);
+  return value;
+}

@@ -1,13 +1,7 @@
 #!/usr/bin/env bun
 // Proxy benchmark (not a test): the last proxy stage against a direct connection to the same servers, in one
-// run, with HAProxy (TCP mode) and socat as peers when they are installed.
-//   bulk   iperf3 client -> [proxy] -> iperf3 server, Gbit/s
-//   echo   closed-loop echo at --connections connections (bench/echo-load.ts, shared with the echo benchmark) -> [proxy] -> echo stage,
-//          messages/s and p50/p99 round trip
-// With two or more cores and taskset, the proxy runs on CPU 0 and everything else (load, servers) on CPU 1, so
-// "direct" and "through a proxy" load the same core and the proxy pays for its own core only.
-// Usage: bun run bench:proxy [--seconds 5] [--connections 100] [--size 64] [--out bench/results/proxy.json]
-// Needs iperf3 for the bulk part (apt-get install iperf3; haproxy and socat are optional peers).
+// run, with HAProxy (TCP mode) and socat as peers when they are installed. The help text below says what it
+// measures, how long it takes and where it writes.
 
 import type { Subprocess } from "bun";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -15,18 +9,62 @@ import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { unusedPort as freePort } from "../lib/sockets.ts";
-import { canPin, type Child, lastStage, memoryKiB, onCpu, ROOT, spawn, startListening, stop } from "./lib.ts";
-const { values } = parseArgs({
-  options: {
-    seconds: { type: "string", default: "5" },
-    connections: { type: "string", default: "100" },
-    size: { type: "string", default: "64" },
-    out: { type: "string", default: "bench/results/proxy.json" },
-  },
-  strict: true,
-});
-const SECONDS = Number(values.seconds);
-const CONNECTIONS = Number(values.connections);
+import {
+  canPin,
+  type Child,
+  commandLine,
+  lastStage,
+  memoryKiB,
+  numberOption,
+  onCpu,
+  ROOT,
+  spawn,
+  startListening,
+  stop,
+} from "./lib.ts";
+
+const HELP = `Usage: bun run bench:proxy [options]        (or: bun bench/proxy.ts, bun run bench proxy)
+
+Proxy benchmark, not a test: the last proxy stage against a direct connection to the same servers, and against
+HAProxy (TCP mode) and socat when they are installed:
+  bulk     iperf3 client -> [proxy] -> iperf3 server: Gbit/s (needs iperf3: apt-get install iperf3)
+  echo     closed-loop echo (bench/echo-load.ts) at --connections -> [proxy] -> the last echo stage:
+           messages/s, p50 and p99 round trip
+  memory   the proxy's peak memory per connection under that load, and per idle connection (1,000 held)
+With taskset and two cores the proxy runs on CPU 0, the load and the servers on CPU 1.
+
+Run time: per path (direct, the stage, each peer found), --seconds of bulk and 1 + --seconds of echo, plus a
+few seconds to start and to measure memory: about 1 minute with the defaults and both peers.
+
+Writes --out, by default bench/results/proxy.json: that REPLACES the committed results docs/proxy.md quotes.
+To keep them, write elsewhere: --out /tmp/proxy.json.
+
+Options:
+  --seconds S       seconds of each bulk and each echo measurement (default 5)
+  --connections N   echo connections (default 100)
+  --size BYTES      echo message size (default 64)
+  --out FILE        where the JSON results go (default bench/results/proxy.json)
+  -h, --help        show this help
+`;
+
+const values = commandLine(
+  HELP,
+  () =>
+    parseArgs({
+      options: {
+        seconds: { type: "string", default: "5" },
+        connections: { type: "string", default: "100" },
+        size: { type: "string", default: "64" },
+        out: { type: "string", default: "bench/results/proxy.json" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values,
+);
+const SECONDS = numberOption("--seconds", values.seconds, { min: 1, integer: true }); // iperf3 -t takes seconds
+const CONNECTIONS = numberOption("--connections", values.connections, { min: 1, integer: true });
+numberOption("--size", values.size, { min: 1, integer: true });
 
 const PROXY_STAGE = lastStage("tcp_proxy");
 const ECHO_STAGE = lastStage("tcp_echo_server");
