@@ -39,6 +39,20 @@ describe("002-client", () => {
     expect(code).toBe(0);
   });
 
+  // Stage 003 serves one client, then stops listening and exits: the later connections are refused. That is not
+  // "nobody there", and the summary must not say so.
+  test("refusals after some connections were accepted: the summary says what that means", async () => {
+    await using server = await startStage("tcp_echo_server/003-loop.ts", ["--port", "0", "--log-level", "warn"]);
+    const { code, stdout, stderr } = await client("-n", "3", "--delay", "300", "--port", String(server.port));
+    expect(stdout).toMatch(/^ {2}ok +1$/m);
+    const refused = "refused after \\d connections? (was|were) accepted";
+    const meaning = "the server may serve one client at a time, or have exited";
+    expect(stdout).toMatch(new RegExp(`^ {4}refused +[12] {2}${refused}: ${meaning}$`, "m"));
+    expect(stdout).not.toContain("is a server listening there?");
+    expect(stderr).toBe(""); // not "nothing is listening"
+    expect(code).toBe(1);
+  });
+
   test("several messages per connection, large enough to be split by TCP, no delay: every one ok", async () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn", "--max-clients", "20"]);
     const args = ["-n", "50", "--messages", "10", "--length", "200000", "--delay", "0", "--port", String(server.port)];
