@@ -242,7 +242,8 @@ export class Terminal implements AsyncDisposable {
 
   /** Waits for the program to exit and returns its exit status (128 + N if signal N killed it, as sh says). */
   async exitStatus(timeoutMs = 10_000): Promise<number> {
-    return Number((await this.waitFor(/^\[exit status (\d+)\]$/m, timeoutMs)).match[1]);
+    // Not anchored at the line's start: after Ctrl-C the terminal's "^C" can stand before it.
+    return Number((await this.waitFor(/\[exit status (\d+)\]$/m, timeoutMs)).match[1]);
   }
 
   /** SIGKILLs, by PID, every process seen in the pane that still runs, and kills the tmux server. Synchronous. */
