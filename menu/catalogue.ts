@@ -561,7 +561,8 @@ export async function catalogueListing(catalogue: Catalogue, style: ListingStyle
     for (const step of steps) out.push(`  ${step}`);
     out.push("");
   }
-  const withPrevious = catalogue.stages.findLast((stage) => previousStage(catalogue, stage));
+  // The first step of the first series (echo 001 -> 002), as the menu's What changed starts there.
+  const withPrevious = catalogue.stages.find((stage) => previousStage(catalogue, stage));
   if (withPrevious) {
     out.push(style.bold("What changed"), style.dim("  the lesson of a stage is its diff with the one before, e.g.:"));
     out.push(`  ${commandLine(diffCommand(previousStage(catalogue, withPrevious)!, withPrevious, false))}`, "");

@@ -62,6 +62,17 @@ describe("without a terminal", () => {
     console.log(`catalogue without a terminal: ${elapsed.toFixed(0)} ms`);
   });
 
+  // docs/menu.md once showed "Echo server (5 stages)" and "Proxy (none yet)" long after both had changed.
+  test("docs/menu.md shows the real catalogue: its --list block and the stage counts", async () => {
+    const doc = await Bun.file(`${ROOT}/docs/menu.md`).text();
+    const block = /^\$ bun run menu --list[^\n]*\n([^]*?)\n```/m.exec(doc)?.[1];
+    const { stdout } = await runToExit("menu/menu.ts", ["--list"]);
+    const regenerate = "docs/menu.md is out of date: paste the output of `bun run menu --list` into it";
+    expect(block, regenerate).toBe(stdout.trimEnd());
+    const echo = stagesOf(loadCatalogue(ROOT), "echo").length;
+    expect(doc, regenerate).toContain(`│  ● Echo server (${echo} stages in tcp_echo_server/)`);
+  });
+
   test("stdin an open pipe that never ends: it still does not wait for input", async () => {
     const { code, stdout } = await runToExit("menu/menu.ts", [], { stdin: "pipe", timeoutMs: 10_000 });
     expect(code).toBe(0);
