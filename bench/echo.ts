@@ -235,6 +235,18 @@ type Summary = ReturnType<typeof summarise>;
 
 const COLOURS = ["#8c8c8c", "#6a9955", "#d19a66", "#4f7cc9"];
 
+/** ` name="value"` for each attribute, in order. */
+function attributes(values: Record<string, string | number>): string {
+  return Object.entries(values)
+    .map(([name, value]) => ` ${name}="${value}"`)
+    .join("");
+}
+
+/** An SVG element: self-closing without `text`. */
+function tag(name: string, values: Record<string, string | number>, text?: string): string {
+  return text === undefined ? `<${name}${attributes(values)}/>` : `<${name}${attributes(values)}>${text}</${name}>`;
+}
+
 function escape(text: string): string {
   return text.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
 }
@@ -285,63 +297,53 @@ function chart(
   const top = 70;
   const width = panels.length * panelWidth + 20;
   const height = top + panelHeight + 125;
+  const middle = (x0: number) => x0 + panelWidth / 2;
   const out: string[] = [];
-  out.push(
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
-  );
-  out.push(`<rect width="${width}" height="${height}" fill="#ffffff"/>`);
-  out.push(
-    `<text x="10" y="22" font-size="16" font-weight="bold">Echo servers, same load, one run (median of ${meta.rounds} rounds)</text>`,
-  );
-  out.push(
-    `<text x="10" y="42" fill="#555">${escape(`${meta.date.slice(0, 10)}, ${cpus().length} cores${meta.pinned ? ", server on CPU 0, load on CPU 1" : ""}, load average ${meta.load.toFixed(1)}; ratio = ${STAGE_NAME} / Bun minimal`)}</text>`,
-  );
+  const svg = { xmlns: "http://www.w3.org/2000/svg", width, height, viewBox: `0 0 ${width} ${height}` };
+  out.push(`<svg${attributes({ ...svg, "font-family": "sans-serif", "font-size": 12 })}>`);
+  out.push(tag("rect", { width, height, fill: "#ffffff" }));
+  const title = `Echo servers, same load, one run (median of ${meta.rounds} rounds)`;
+  out.push(tag("text", { x: 10, y: 22, "font-size": 16, "font-weight": "bold" }, title));
+  const pinned = meta.pinned ? ", server on CPU 0, load on CPU 1" : "";
+  const machine = `${meta.date.slice(0, 10)}, ${cpus().length} cores${pinned}, load average ${meta.load.toFixed(1)}`;
+  out.push(tag("text", { x: 10, y: 42, fill: "#555" }, escape(`${machine}; ratio = ${STAGE_NAME} / Bun minimal`)));
   panels.forEach((panel, p) => {
     const x0 = 10 + p * panelWidth;
     const values = names.map((name) => panel.value(results[name]!));
     const max = Math.max(...values) * 1.15 || 1;
     const barWidth = (panelWidth - 50) / names.length;
-    out.push(
-      `<text x="${x0 + panelWidth / 2}" y="${top - 8}" text-anchor="middle" font-weight="bold">${escape(panel.title)}</text>`,
-    );
-    out.push(
-      `<line x1="${x0 + 10}" y1="${top + panelHeight}" x2="${x0 + panelWidth - 20}" y2="${top + panelHeight}" stroke="#999"/>`,
-    );
+    const heading = { x: middle(x0), y: top - 8, "text-anchor": "middle", "font-weight": "bold" };
+    out.push(tag("text", heading, escape(panel.title)));
+    const baseline = top + panelHeight;
+    out.push(tag("line", { x1: x0 + 10, y1: baseline, x2: x0 + panelWidth - 20, y2: baseline, stroke: "#999" }));
     values.forEach((value, i) => {
       const h = (value / max) * (panelHeight - 20);
       const x = x0 + 15 + i * barWidth;
       const y = top + panelHeight - h;
-      out.push(
-        `<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(barWidth - 6).toFixed(1)}" height="${h.toFixed(1)}" fill="${COLOURS[i % COLOURS.length]}"/>`,
-      );
+      const bar = { x: x.toFixed(1), y: y.toFixed(1), width: (barWidth - 6).toFixed(1), height: h.toFixed(1) };
+      out.push(tag("rect", { ...bar, fill: COLOURS[i % COLOURS.length]! }));
       const label =
         value >= 10_000 ? `${(value / 1000).toFixed(0)}k` : value >= 100 ? value.toFixed(0) : value.toFixed(2);
-      out.push(
-        `<text x="${(x + (barWidth - 6) / 2).toFixed(1)}" y="${(y - 4).toFixed(1)}" text-anchor="middle" font-size="11">${label}</text>`,
-      );
+      const above = { x: (x + (barWidth - 6) / 2).toFixed(1), y: (y - 4).toFixed(1), "text-anchor": "middle" };
+      out.push(tag("text", { ...above, "font-size": 11 }, label));
     });
     const stage = panel.value(results[STAGE_NAME]!);
     const reference = panel.value(results["Bun minimal"]!);
     const ratio = panel.better === "lower" ? `${stage.toFixed(2)} KiB` : `${(stage / reference).toFixed(2)}x`;
-    out.push(
-      `<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 20}" text-anchor="middle" fill="#555">${escape(panel.unit)}</text>`,
-    );
-    out.push(
-      `<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 40}" text-anchor="middle" font-weight="bold" fill="${COLOURS[3]}">${escape(`${STAGE_NAME}: ${ratio}`)}</text>`,
-    );
-    out.push(
-      `<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 56}" text-anchor="middle" fill="#555">${escape(`target ${panel.target}`)}</text>`,
-    );
+    const below = (dy: number) => ({ x: middle(x0), y: top + panelHeight + dy, "text-anchor": "middle" });
+    out.push(tag("text", { ...below(20), fill: "#555" }, escape(panel.unit)));
+    const stageRatio = escape(`${STAGE_NAME}: ${ratio}`);
+    out.push(tag("text", { ...below(40), "font-weight": "bold", fill: COLOURS[3]! }, stageRatio));
+    out.push(tag("text", { ...below(56), fill: "#555" }, escape(`target ${panel.target}`)));
   });
   const legendY = top + panelHeight + 84;
   names.forEach((name, i) => {
     const x = 10 + i * 170;
-    out.push(`<rect x="${x}" y="${legendY}" width="12" height="12" fill="${COLOURS[i % COLOURS.length]}"/>`);
-    out.push(`<text x="${x + 18}" y="${legendY + 11}">${escape(name)}</text>`);
+    out.push(tag("rect", { x, y: legendY, width: 12, height: 12, fill: COLOURS[i % COLOURS.length]! }));
+    out.push(tag("text", { x: x + 18, y: legendY + 11 }, escape(name)));
   });
-  out.push(
-    `<text x="10" y="${legendY + 32}" fill="#555">${escape("msgs/s: 64-byte messages, one in flight per connection. Higher is better, except KiB per connection.")}</text>`,
-  );
+  const note = "msgs/s: 64-byte messages, one in flight per connection. Higher is better, except KiB per connection.";
+  out.push(tag("text", { x: 10, y: legendY + 32, fill: "#555" }, escape(note)));
   out.push("</svg>");
   return `${out.join("\n")}\n`;
 }
@@ -372,7 +374,9 @@ if (values["chart-only"]) {
 const started = Date.now();
 const loadBefore = loadavg()[0]!;
 console.log(
-  `echo bench: ${SERVERS.map((s) => s.name).join(", ")}; ${ROUNDS} round(s) of ${SECONDS} s per scenario; ${cpus().length} cores, ${pinning ? "server on CPU 0, load on CPU 1" : "no pinning"}; load average ${loadBefore.toFixed(2)}`,
+  `echo bench: ${SERVERS.map((s) => s.name).join(", ")}; ${ROUNDS} round(s) of ${SECONDS} s per scenario; ` +
+    `${cpus().length} cores, ${pinning ? "server on CPU 0, load on CPU 1" : "no pinning"}; ` +
+    `load average ${loadBefore.toFixed(2)}`,
 );
 const runs: Record<string, Measurement[]> = Object.fromEntries(SERVERS.map((server) => [server.name, []]));
 for (let r = 1; r <= ROUNDS; r++) {
@@ -381,7 +385,8 @@ for (let r = 1; r <= ROUNDS; r++) {
     runs[server.name]!.push(result);
     const cells = SCENARIOS.map(({ name }) => `${name} ${result.scenarios[name]!.msgsPerSec} msgs/s`).join(", ");
     console.log(
-      `round ${r} ${server.name.padEnd(12)} ${cells}, flood ${result.scenarios.flood!.replyMiBPerSec} MiB/s, held ${result.kibPerHeldConnection.toFixed(2)} KiB/conn`,
+      `round ${r} ${server.name.padEnd(12)} ${cells}, flood ${result.scenarios.flood!.replyMiBPerSec} MiB/s, ` +
+        `held ${result.kibPerHeldConnection.toFixed(2)} KiB/conn`,
     );
   }
 }

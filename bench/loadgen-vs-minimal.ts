@@ -125,11 +125,13 @@ const common = ["-d", values.duration, "--warmup", values.warmup, "-s", values.s
 
 console.log(
   `server: ${serverFile}; ${values.size}-byte messages, ${values.warmup}s warmup + ${values.duration}s per run, ` +
-    `${rounds} rounds of A (load generator) and B (minimal client), ordered A B B A ...${PIN ? "; server on CPU 0, clients on CPU 1" : ""}`,
+    `${rounds} rounds of A (load generator) and B (minimal client), ordered A B B A ...` +
+    (PIN ? "; server on CPU 0, clients on CPU 1" : ""),
 );
 console.log("");
 console.log(
-  "| connections | A msgs/s (runs) | B msgs/s (runs) | A/B, medians | A/B, median of pairs (middle half) | CPU µs/msg A, B |",
+  "| connections | A msgs/s (runs) | B msgs/s (runs) | A/B, medians | A/B, median of pairs (middle half) " +
+    "| CPU µs/msg A, B |",
 );
 console.log("|---|---|---|---|---|---|");
 const server = await startServer(serverFile);
@@ -165,7 +167,8 @@ try {
     const cpuB = median(b.map((r) => r.cpuMicrosPerMessage));
     console.log(
       `| ${connections} | ${rateA.map(thousands).join(", ")} | ${rateB.map(thousands).join(", ")} | ` +
-        `${ratioOfMedians.toFixed(2)}x | ${medianOfPairs.toFixed(2)}x (${middleHalf}) | ${cpuA.toFixed(2)}, ${cpuB.toFixed(2)} |`,
+        `${ratioOfMedians.toFixed(2)}x | ${medianOfPairs.toFixed(2)}x (${middleHalf}) | ` +
+        `${cpuA.toFixed(2)}, ${cpuB.toFixed(2)} |`,
     );
   }
 } finally {

@@ -292,7 +292,8 @@ async function main(): Promise<void> {
     `load average before: ${loadBefore.toFixed(2)} (other work on the machine skews every path alike, not evenly)`,
   );
   console.log(
-    `cores: ${cpus().length}, ${pinning ? "proxy on CPU 0, load and servers on CPU 1" : "no pinning (taskset missing or one core)"}`,
+    `cores: ${cpus().length}, ` +
+      (pinning ? "proxy on CPU 0, load and servers on CPU 1" : "no pinning (taskset missing or one core)"),
   );
   console.log(
     `peers found: ${peers.map((peer) => peer.name).join(", ")}${iperf3 ? "" : " (iperf3 missing: no bulk test)"}`,
@@ -337,7 +338,8 @@ async function main(): Promise<void> {
       }
       const { msgsPerSec, p50Ms, p99Ms } = row.echo;
       console.log(
-        `  ${row.name.padEnd(12)} echo ${Math.round(msgsPerSec)} msgs/s, p50 ${p50Ms.toFixed(3)} ms, p99 ${p99Ms.toFixed(3)} ms`,
+        `  ${row.name.padEnd(12)} echo ${Math.round(msgsPerSec)} msgs/s, ` +
+          `p50 ${p50Ms.toFixed(3)} ms, p99 ${p99Ms.toFixed(3)} ms`,
       );
     }
   } finally {
@@ -349,7 +351,8 @@ async function main(): Promise<void> {
   const ratio = (value: number | undefined, base: number | undefined) => (value && base ? value / base : NaN);
   const fmt = (value: number, digits = 2) => (Number.isFinite(value) ? value.toFixed(digits) : "-");
   const lines = [
-    `| path | bulk Gbit/s | x direct | echo msgs/s | x direct | p50 ms | p99 ms | peak memory per connection | idle memory per connection |`,
+    "| path | bulk Gbit/s | x direct | echo msgs/s | x direct | p50 ms | p99 ms | peak memory per connection " +
+      "| idle memory per connection |",
     `| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
     ...rows.map((row) => {
       const bulk = ratio(row.bulkGbps, direct.bulkGbps);
@@ -362,7 +365,18 @@ async function main(): Promise<void> {
             : `${(row.memoryPerConnection / 1024).toFixed(1)} KiB`;
       const idle =
         row.idleMemoryPerConnection === undefined ? "-" : `${(row.idleMemoryPerConnection / 1024).toFixed(1)} KiB`;
-      return `| ${row.name} | ${fmt(row.bulkGbps ?? NaN)} | ${row === direct ? "1" : fmt(bulk)} | ${Math.round(row.echo?.msgsPerSec ?? 0)} | ${row === direct ? "1" : fmt(msgs)} | ${fmt(row.echo?.p50Ms ?? NaN, 3)} | ${fmt(row.echo?.p99Ms ?? NaN, 3)} | ${memory} | ${idle} |`;
+      const cells = [
+        row.name,
+        fmt(row.bulkGbps ?? NaN),
+        row === direct ? "1" : fmt(bulk),
+        Math.round(row.echo?.msgsPerSec ?? 0),
+        row === direct ? "1" : fmt(msgs),
+        fmt(row.echo?.p50Ms ?? NaN, 3),
+        fmt(row.echo?.p99Ms ?? NaN, 3),
+        memory,
+        idle,
+      ];
+      return `| ${cells.join(" | ")} |`;
     }),
   ];
   const bar = (value: number) =>
@@ -382,7 +396,21 @@ async function main(): Promise<void> {
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(
     out,
-    `${JSON.stringify({ date: new Date().toISOString(), proxy: PROXY_STAGE, echo: ECHO_STAGE, seconds: SECONDS, connections: CONNECTIONS, pinned: pinning, loadBefore, loadAfter: loadavg()[0], rows }, null, 2)}\n`,
+    `${JSON.stringify(
+      {
+        date: new Date().toISOString(),
+        proxy: PROXY_STAGE,
+        echo: ECHO_STAGE,
+        seconds: SECONDS,
+        connections: CONNECTIONS,
+        pinned: pinning,
+        loadBefore,
+        loadAfter: loadavg()[0],
+        rows,
+      },
+      null,
+      2,
+    )}\n`,
   );
   console.log(`\nwritten to ${values.out}`);
 }

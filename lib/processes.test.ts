@@ -39,7 +39,8 @@ describe("grace periods, on a clock moved by hand", () => {
     expect(child.signals.map((received) => received.signal)).toEqual(["SIGINT"]);
   });
 
-  test("awaitWithGrace sends nothing first (the terminal's Ctrl-C did), and a child already gone gets nothing", async () => {
+  // awaitWithGrace sends nothing first: the terminal's Ctrl-C did.
+  test("awaitWithGrace only kills, at the end; a child already gone gets no signal", async () => {
     const clock = new ManualClock();
     const child = new FakeChild(clock);
     const waiting = awaitWithGrace(child, 400, clock);

@@ -50,7 +50,7 @@ setInterval(() => {}, 60_000);
   expect(outcome).toMatchObject({ pid, code: 0, killed: false, interrupted: true });
 });
 
-test("Ctrl-C: a child without a handler dies of SIGINT, as from a shell, without waiting for the grace period", async () => {
+test("Ctrl-C: a child without a handler dies of SIGINT, as from a shell, not after the grace period", async () => {
   const interrupt = new AbortController();
   const outcome = await runForeground(
     { argv: ["bun", "tcp_echo_server/003-loop.ts", "--port", "0", "--log-level", "error"], env: { NO_COLOR: "1" } },
@@ -162,7 +162,7 @@ describe("the menu's shutdown (SIGTERM, SIGHUP, terminal gone), on a clock moved
   });
 });
 
-test("a background service: its address from the listening line, its output line by line, stopped with SIGINT", async () => {
+test("a background service: its address, its output line by line, stopped with SIGINT", async () => {
   const lines: string[] = [];
   const service = new Service(
     "echo",

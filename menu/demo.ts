@@ -187,7 +187,9 @@ export async function builtInCheck(
     }
     return {
       ok: false,
-      summary: `built-in check: sent ${JSON.stringify(CHECK_LINE)}, expected ${JSON.stringify(expected)}, got ${JSON.stringify(text)}`,
+      summary:
+        `built-in check: sent ${JSON.stringify(CHECK_LINE)}, expected ${JSON.stringify(expected)}, ` +
+        `got ${JSON.stringify(text)}`,
     };
   } catch (error) {
     return { ok: false, summary: `built-in check to ${host}:${port} failed: ${(error as Error).message}` };

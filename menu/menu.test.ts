@@ -99,7 +99,7 @@ describe("in a terminal", () => {
     expect(screen).not.toMatch(TOP_PROMPT);
   });
 
-  test("arrow keys to 003, it listens, Ctrl-C stops it and the menu is back, Ctrl-C again exits; nothing left", async () => {
+  test("arrow keys to 003, it listens, Ctrl-C stops it, back at the menu, Ctrl-C exits; nothing left", async () => {
     // The stage list starts on the newest echo stage; 003 is that many places up (stages land over time).
     const echo = stagesOf(loadCatalogue(ROOT), "echo");
     const upToLoop = echo.length - 1 - echo.findIndex((stage) => stage.file === "tcp_echo_server/003-loop.ts");
@@ -227,7 +227,7 @@ describe("in a terminal", () => {
     await waitGone(terminal.pids(), 5000);
   });
 
-  test("guided demo, Ctrl-C while the client runs: echo server and client stopped, back at the menu; nothing left", async () => {
+  test("guided demo, Ctrl-C while the client runs: both stopped, back at the menu; nothing left", async () => {
     using tree = new TempTree({
       "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" },
       "test/001-client-hang.ts": { from: "menu/fixtures/hanging-client.ts" },
@@ -279,7 +279,7 @@ describe("the terminal goes away", () => {
     await waitGone([menu, stage], GONE_WITHIN_MS);
   });
 
-  test("with no SIGHUP (a session of its own) while a stage runs: the menu notices, stops the stage and exits", async () => {
+  test("no SIGHUP (a session of its own) while a stage runs: the menu notices, stops the stage, exits", async () => {
     // Outside the terminal's session the kernel signals neither of them, and nothing reads stdin during a run:
     // only the menu's own check of its terminal can end them.
     using tree = new TempTree({ "tcp_echo_server/003-loop.ts": { from: "tcp_echo_server/003-loop.ts" } });

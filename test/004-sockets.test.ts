@@ -48,7 +48,7 @@ async function openClients(count: number, port: number, host = "127.0.0.1"): Pro
 }
 
 describe("004-sockets", () => {
-  test("counts the connections the test holds open, from both ends, and the TIME_WAIT their closing leaves", async () => {
+  test("counts the connections the test holds, from both ends, and the TIME_WAIT their closing leaves", async () => {
     await using server = await startStage(SERVER, ["--port", String(await untouchedPort()), "--log-level", "info"]);
     const clients = await openClients(30, server.port);
     try {
@@ -108,7 +108,8 @@ describe("004-sockets", () => {
       const [json, text] = [await census(server.port), await runToExit(TOOL, ["--port", String(server.port)])];
       expect(text.code).toBe(0);
       expect(text.stdout).toStartWith(
-        `TCP sockets with port ${server.port} at either end (local = ours, remote = the far end's), from /proc/net/tcp and /proc/net/tcp6\n`,
+        `TCP sockets with port ${server.port} at either end (local = ours, remote = the far end's), ` +
+          "from /proc/net/tcp and /proc/net/tcp6\n",
       );
       expect(text.stdout).toMatch(/^ {2}state +local +remote +total$/m);
       expect(text.stdout).toMatch(new RegExp(`^ {2}LISTEN +1 +0 +${json.states.LISTEN}$`, "m"));
