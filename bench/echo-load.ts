@@ -10,7 +10,6 @@
 // Connections are closed with RST so that a run does not leave thousands of sockets in TIME_WAIT.
 
 import type { Socket } from "bun";
-import { parseArgs } from "node:util";
 import { flushQueue, sendQueued } from "../lib/sockets.ts";
 import { commandLine, usageError } from "./lib.ts";
 
@@ -34,28 +33,19 @@ Options:
   -h, --help            show this help
 `;
 
-const values = commandLine(
-  HELP,
-  () =>
-    parseArgs({
-      options: {
-        host: { type: "string", default: "127.0.0.1" },
-        port: { type: "string" },
-        connections: { type: "string", default: "100" },
-        size: { type: "string", default: "64" },
-        pipeline: { type: "string", default: "1" },
-        duration: { type: "string", default: "5" },
-        warmup: { type: "string", default: "1" },
-        batch: { type: "string", default: "100" },
-        hold: { type: "boolean", default: false },
-        "cpu-of": { type: "string", default: "" },
-        json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values,
-);
+const values = commandLine(HELP, {
+  host: { type: "string", default: "127.0.0.1" },
+  port: { type: "string" },
+  connections: { type: "string", default: "100" },
+  size: { type: "string", default: "64" },
+  pipeline: { type: "string", default: "1" },
+  duration: { type: "string", default: "5" },
+  warmup: { type: "string", default: "1" },
+  batch: { type: "string", default: "100" },
+  hold: { type: "boolean", default: false },
+  "cpu-of": { type: "string", default: "" },
+  json: { type: "boolean", default: false },
+});
 if (values.port === undefined) usageError("--port is required");
 
 const host = values.host;

@@ -6,7 +6,6 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { join, resolve } from "node:path";
-import { parseArgs } from "node:util";
 import {
   canPin,
   commandLine,
@@ -49,23 +48,14 @@ Options:
   -h, --help      show this help
 `;
 
-const values = commandLine(
-  HELP,
-  () =>
-    parseArgs({
-      options: {
-        seconds: { type: "string", default: "3" },
-        warmup: { type: "string", default: "1" },
-        rounds: { type: "string", default: "5" },
-        held: { type: "string", default: "10000" },
-        "out-dir": { type: "string", default: "bench/results" },
-        "chart-only": { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values,
-);
+const values = commandLine(HELP, {
+  seconds: { type: "string", default: "3" },
+  warmup: { type: "string", default: "1" },
+  rounds: { type: "string", default: "5" },
+  held: { type: "string", default: "10000" },
+  "out-dir": { type: "string", default: "bench/results" },
+  "chart-only": { type: "boolean", default: false },
+});
 const SECONDS = numberOption("--seconds", values.seconds, { min: 0.1 });
 const WARMUP = numberOption("--warmup", values.warmup);
 const ROUNDS = numberOption("--rounds", values.rounds, { min: 1, integer: true });

@@ -4,6 +4,7 @@
 
 import type { Subprocess } from "bun";
 import { cpus } from "node:os";
+import { type ParseArgsOptionsConfig, parseArgs } from "node:util";
 import * as processes from "../lib/processes.ts";
 import { environment, killTree, OutputCollector, track, WITHOUT_COLOUR } from "../lib/processes.ts";
 import { ROOT } from "../lib/stages.ts";
@@ -65,22 +66,29 @@ export function usageError(message: string): never {
   process.exit(2);
 }
 
+const HELP_OPTION = { type: "boolean", short: "h", default: false } as const;
+
 /**
- * Runs `parse` (a parseArgs call with a boolean `help` option) on the command line: a parse error is a usage
- * error; --help prints `help` and exits 0.
+ * Parses this process's command line against `options` (plus -h/--help; no positional arguments): --help prints
+ * `help` and exits 0; anything parseArgs rejects is a usage error.
  */
-export function commandLine<T extends { help?: boolean | undefined }>(help: string, parse: () => T): T {
-  let values: T;
+export function commandLine<const O extends ParseArgsOptionsConfig>(help: string, options: O) {
+  const config = {
+    options: { ...options, help: HELP_OPTION },
+    strict: true,
+    allowPositionals: false,
+  } as const;
+  let parsed: ReturnType<typeof parseArgs<typeof config>>;
   try {
-    values = parse();
+    parsed = parseArgs(config);
   } catch (error) {
     usageError((error as Error).message);
   }
-  if (values.help) {
+  if ((parsed.values as { help?: boolean }).help) {
     process.stdout.write(help);
     process.exit(0);
   }
-  return values;
+  return parsed.values;
 }
 
 /** `text` as a number of at least `min` (a whole one if `integer`), or a usage error naming `option`. */

@@ -5,7 +5,6 @@
 
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
-import { parseArgs } from "node:util";
 import {
   canPin,
   commandLine,
@@ -48,24 +47,15 @@ Options:
   -h, --help           show this help
 `;
 
-const values = commandLine(
-  HELP,
-  () =>
-    parseArgs({
-      options: {
-        server: { type: "string" },
-        connections: { type: "string", short: "c", default: "1,10,50,200" },
-        duration: { type: "string", short: "d", default: "2" },
-        warmup: { type: "string", default: "0.5" },
-        rounds: { type: "string", default: "10" },
-        size: { type: "string", short: "s", default: "64" },
-        pin: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values,
-);
+const values = commandLine(HELP, {
+  server: { type: "string" },
+  connections: { type: "string", short: "c", default: "1,10,50,200" },
+  duration: { type: "string", short: "d", default: "2" },
+  warmup: { type: "string", default: "0.5" },
+  rounds: { type: "string", default: "10" },
+  size: { type: "string", short: "s", default: "64" },
+  pin: { type: "boolean", default: false },
+});
 numberOption("--duration", values.duration, { min: 0.1 });
 numberOption("--warmup", values.warmup);
 numberOption("--size", values.size, { min: 1, integer: true });

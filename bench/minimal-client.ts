@@ -8,7 +8,6 @@
 //   bun bench/minimal-client.ts --port 5000 -c 50 -d 5 -s 64 --warmup 1
 
 import type { Socket } from "bun";
-import { parseArgs } from "node:util";
 import { commandLine } from "./lib.ts";
 
 const HELP = `Usage: bun bench/minimal-client.ts --port PORT [-c N] [-d S] [-s BYTES] [--warmup S] [--host HOST]
@@ -18,23 +17,14 @@ The yardstick bench/loadgen-vs-minimal.ts compares the load generator with: -c c
 {"messages", "elapsedSeconds", "messagesPerSecond", "clientCpu"} as JSON.
 `;
 
-const values = commandLine(
-  HELP,
-  () =>
-    parseArgs({
-      options: {
-        host: { type: "string", default: "127.0.0.1" },
-        port: { type: "string", default: "5000" },
-        connections: { type: "string", short: "c", default: "10" },
-        duration: { type: "string", short: "d", default: "5" },
-        size: { type: "string", short: "s", default: "64" },
-        warmup: { type: "string", default: "0" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values,
-);
+const values = commandLine(HELP, {
+  host: { type: "string", default: "127.0.0.1" },
+  port: { type: "string", default: "5000" },
+  connections: { type: "string", short: "c", default: "10" },
+  duration: { type: "string", short: "d", default: "5" },
+  size: { type: "string", short: "s", default: "64" },
+  warmup: { type: "string", default: "0" },
+});
 const connections = Number(values.connections);
 const size = Number(values.size);
 const message = Buffer.alloc(size, "a");

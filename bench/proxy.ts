@@ -7,7 +7,6 @@ import type { Subprocess } from "bun";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { parseArgs } from "node:util";
 import { unusedPort as freePort } from "../lib/sockets.ts";
 import {
   canPin,
@@ -47,21 +46,12 @@ Options:
   -h, --help        show this help
 `;
 
-const values = commandLine(
-  HELP,
-  () =>
-    parseArgs({
-      options: {
-        seconds: { type: "string", default: "5" },
-        connections: { type: "string", default: "100" },
-        size: { type: "string", default: "64" },
-        out: { type: "string", default: "bench/results/proxy.json" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values,
-);
+const values = commandLine(HELP, {
+  seconds: { type: "string", default: "5" },
+  connections: { type: "string", default: "100" },
+  size: { type: "string", default: "64" },
+  out: { type: "string", default: "bench/results/proxy.json" },
+});
 const SECONDS = numberOption("--seconds", values.seconds, { min: 1, integer: true }); // iperf3 -t takes seconds
 const CONNECTIONS = numberOption("--connections", values.connections, { min: 1, integer: true });
 numberOption("--size", values.size, { min: 1, integer: true });
