@@ -6,10 +6,15 @@
 import { readFileSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { environment, WITHOUT_COLOUR } from "../lib/processes.ts";
-import { ROOT, stageFiles } from "../lib/stages.ts";
+import { ROOT, stageFiles as stageFilesOf } from "../lib/stages.ts";
 
 /** The project's root (lib/stages.ts's ROOT, under the name the menu has always used). */
 export const PROJECT_ROOT = ROOT;
+
+/** Stage files of one folder (lib/stages.ts's stageFiles, in the argument order the menu has always used). */
+export function stageFiles(root: string, folder: string): string[] {
+  return stageFilesOf(folder, root);
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Areas: the folders that hold stages.
@@ -219,7 +224,7 @@ export interface Catalogue {
 export function loadCatalogue(root = PROJECT_ROOT): Catalogue {
   const stages: Stage[] = [];
   for (const area of AREAS) {
-    for (const name of stageFiles(area.folder, root)) stages.push(readStage(root, area, name));
+    for (const name of stageFilesOf(area.folder, root)) stages.push(readStage(root, area, name));
   }
   return { root, stages };
 }
