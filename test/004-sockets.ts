@@ -173,22 +173,27 @@ async function watch(config: SocketsConfig): Promise<void> {
   };
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
-  let drawn = 0;
+  // What the last refresh drew, to go back up over it: the rows it took (a line wider than the terminal wraps onto
+  // more than one) and the width it took them at (after a resize the terminal may rewrap them: start afresh).
+  let drawnRows = 0;
+  let drawnWidth = 0;
   while (!stopping) {
     const census = takeCensus(config.port);
     if (config.json) {
       process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), ...toJson(config, census) })}\n`);
     } else if (tty) {
-      // Redraw in place: go back up over the previous table and overwrite it.
+      const width = process.stdout.columns || 80;
       const lines = [
         `${title(config)}, every ${config.intervalMs / 1000} s (Ctrl-C to stop)`,
         ...table(config, census),
         pc.dim(new Date().toISOString()),
       ];
-      process.stdout.write(
-        `${drawn > 0 ? `\x1b[${drawn}A` : ""}${lines.map((line) => `\r\x1b[K${line}`).join("\n")}\n`,
-      );
-      drawn = lines.length;
+      // Redraw in place: back up over the previous table and overwrite it line by line, then clear what is left
+      // below (the screen is cleared only after a resize: a terminal may keep what it clears in its scrollback).
+      const back = drawnRows === 0 ? "" : width === drawnWidth ? `\x1b[${drawnRows}A` : "\x1b[H\x1b[J";
+      process.stdout.write(`${back}${lines.map((line) => `\r\x1b[K${line}`).join("\n")}\n\x1b[J`);
+      drawnRows = lines.reduce((rows, line) => rows + Math.max(1, Math.ceil(Bun.stringWidth(line) / width)), 0);
+      drawnWidth = width;
     } else {
       process.stdout.write(`${compactLine(census)}\n`);
     }
