@@ -21,7 +21,7 @@
 
 import { readdirSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { lastStage } from "../bench/lib.ts";
+import { lastStage } from "../lib/stages.ts";
 import { descendants, memoryKiB, run, startStage } from "./support/process.ts";
 
 const LOAD = "test/003-load-generator.ts";
