@@ -101,6 +101,13 @@ export interface RunOptions {
    * and hard: Bun raises its soft limit to the hard one at start), or a namespace wrapper.
    */
   prefix?: string[];
+  /**
+   * Run `file` as a program of its own (a compiled executable, or a command such as `bunx`) instead of
+   * `bun file`: the executables that `bun run build` makes are tested with the same helpers as the stages.
+   */
+  executable?: boolean;
+  /** Working directory (default: the repository root). */
+  cwd?: string;
 }
 
 /** A spawned bun process with its output captured. */
@@ -189,9 +196,10 @@ function childEnv(extra: Record<string, string> = {}): Record<string, string | u
 
 /** Spawns `bun <file> ...args` (file relative to the repo root) and returns as soon as it has started. */
 export function run(file: string, args: string[] = [], options: RunOptions = {}): Running {
-  const command = [...(options.prefix ?? []), process.execPath, resolve(ROOT, file), ...args];
+  const program = options.executable ? [file] : [process.execPath, resolve(ROOT, file)];
+  const command = [...(options.prefix ?? []), ...program, ...args];
   const proc = Bun.spawn(command, {
-    cwd: ROOT,
+    cwd: options.cwd ?? ROOT,
     env: childEnv(options.env),
     stdin: options.stdin ?? "ignore",
     stdout: "pipe",
