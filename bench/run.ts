@@ -1,7 +1,8 @@
 #!/usr/bin/env bun
 // `bun run bench [name ...]`: runs the benchmarks (not tests), each in its own process, one after another.
-// Names: echo (bench/echo.ts), client (bench/loadgen-vs-minimal.ts), proxy (bench/proxy.ts); without a name,
-// every one whose file exists. Options after the names go to each benchmark (e.g. `bun run bench echo --rounds 1`).
+// Names: echo (bench/echo.ts), client (bench/loadgen-vs-minimal.ts), proxy (bench/proxy.ts), executables
+// (bench/executables.ts); without a name, every one whose file exists. Options after the names go to each
+// benchmark (e.g. `bun run bench echo --rounds 1`).
 
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
@@ -11,6 +12,7 @@ const BENCHES: Record<string, string> = {
   echo: "bench/echo.ts",
   client: "bench/loadgen-vs-minimal.ts",
   proxy: "bench/proxy.ts",
+  executables: "bench/executables.ts",
 };
 
 const args = process.argv.slice(2);

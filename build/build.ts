@@ -58,7 +58,8 @@ async function buildOne(name: CommandName, entry: string, outdir: string, compil
     target: "bun",
     // The launcher imports the stage dynamically (so --healthcheck runs without starting it): one file anyway.
     splitting: false,
-    ...(compile ? { compile: { outfile: file } } : { outdir, naming: name }),
+    // Executables carry bytecode: about a third less CPU to start (docs/deploy.md), for 1.5 MB more.
+    ...(compile ? { compile: { outfile: file }, bytecode: true, format: "esm" } : { outdir, naming: name }),
   });
   if (!result.success) throw new AggregateError(result.logs, `${name}: build failed`);
   return { name, source: relative(ROOT, sourceOf(name)), file, bytes: statSync(file).size };

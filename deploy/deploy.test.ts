@@ -197,7 +197,7 @@ describe("Kubernetes: what the schema cannot see", () => {
     }
   });
 
-  test("echo: its variables are the server's, grace period > preStop + DRAIN_TIMEOUT, memory holds the worst case", () => {
+  test("echo: the server's variables, grace > preStop + DRAIN_TIMEOUT, memory for the worst case", () => {
     const echo = deploymentRunning("tcp-echo-server");
     const variables = env(container(echo));
     expect(Object.keys(variables).filter((name) => !ECHO_VARIABLES.has(name))).toEqual([]);
@@ -243,7 +243,7 @@ describe("Kubernetes: what the schema cannot see", () => {
 // Compose.
 
 describe("compose: the proxy in front of three echo replicas", () => {
-  test("images and build targets are the Dockerfile's; three echo replicas; the proxy waits for them to be healthy", () => {
+  test("images and targets are the Dockerfile's; three echo replicas; the proxy waits until healthy", () => {
     for (const service of Object.values(compose.services as Record<string, Json>)) {
       commandOfImage(service.image);
       expect(IMAGE_TARGETS.get(service.image.split(":")[0])).toBe(service.build.target);
@@ -317,5 +317,17 @@ describe("systemd unit", () => {
     });
     expect(server.host).toBe(unitEnv.HOST);
     expect(await server.stop(service.KillSignal as NodeJS.Signals)).toBe(0);
+  });
+});
+
+describe("docs/deploy.md", () => {
+  const docs = readFileSync(join(ROOT, "docs", "deploy.md"), "utf8");
+  test("maps every variable the echo server reads, and names every flag the manifests give the proxy", () => {
+    expect([...ECHO_VARIABLES].filter((name) => !docs.includes(`\`${name}\``))).toEqual([]);
+    const proxyFlags = [
+      ...container(deploymentRunning("tcp-proxy")).args,
+      ...(compose.services.proxy.command as string[]),
+    ].filter((arg: string) => arg.startsWith("--"));
+    expect([...new Set(proxyFlags)].filter((flag) => !docs.includes(`\`${flag}`))).toEqual([]);
   });
 });
