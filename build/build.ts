@@ -84,7 +84,8 @@ export async function build(
   });
 }
 
-const HELP = `Usage: bun run build [--bundle] [--outdir DIR] [COMMAND ...]
+function help(): string {
+  return `Usage: bun run build [--bundle] [--outdir DIR] [COMMAND ...]
 
 Builds ${COMMANDS.map((c) => c.name).join(", ")} (all by default) from their stages:
 ${COMMANDS.map((c) => `  ${c.name.padEnd(16)} ${c.what} (${c.source()})`).join("\n")}
@@ -96,23 +97,25 @@ Options:
   --outdir DIR    where to write them (default dist/, or dist/npm/ with --bundle)
   -h, --help      show this help
 `;
+}
+
+const OPTIONS = {
+  bundle: { type: "boolean", default: false },
+  outdir: { type: "string" },
+  help: { type: "boolean", short: "h", default: false },
+} as const;
 
 if (import.meta.main) {
-  let parsed: ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true }>>;
-  const options = {
-    bundle: { type: "boolean", default: false },
-    outdir: { type: "string" },
-    help: { type: "boolean", short: "h", default: false },
-  } as const;
+  let parsed: ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>;
   try {
-    parsed = parseArgs({ args: Bun.argv.slice(2), options, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: Bun.argv.slice(2), options: OPTIONS, allowPositionals: true, strict: true });
   } catch (error) {
     console.error(`error: ${(error as Error).message.replace(/\s*\n\s*/g, " ")}`);
     process.exit(2);
   }
   const { values, positionals } = parsed;
   if (values.help) {
-    process.stdout.write(HELP);
+    process.stdout.write(help());
     process.exit(0);
   }
   const known = COMMANDS.map((c) => c.name as string);
