@@ -33,6 +33,12 @@ const ENTRY_POINTS: EntryPoint[] = [
     bad: [["--bogus"], ["--seconds", "0"], ["--connections", "many"]],
   },
   {
+    file: "bench/executables.ts",
+    options: ["--rounds N", "--out FILE", "-h, --help"],
+    writes: [/REPLACES the committed results/, /--out \/tmp\/executables\.json/],
+    bad: [["--bogus"], ["--rounds", "0"], ["stray"]],
+  },
+  {
     file: "bench/echo-load.ts",
     options: ["--port PORT", "--pipeline K", "--hold"],
     writes: [],
@@ -78,7 +84,7 @@ describe("bench entry points", () => {
     const unknown = await runToExit("bench/run.ts", ["nope"]);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toBe(
-      'error: unknown benchmark "nope": the benchmarks are echo, client, proxy (see --help)\n',
+      'error: unknown benchmark "nope": the benchmarks are echo, client, proxy, executables (see --help)\n',
     );
   });
 

@@ -27,6 +27,10 @@ const BENCHES: Record<string, Bench> = {
     file: "bench/proxy.ts",
     summary: "the last proxy stage vs direct and peers, about 1 min; REPLACES bench/results/proxy.json",
   },
+  executables: {
+    file: "bench/executables.ts",
+    summary: "the built commands vs bun FILE.ts: size, start-up, memory; REPLACES bench/results/executables.json",
+  },
 };
 
 const available = Object.keys(BENCHES).filter((name) => existsSync(resolve(ROOT, BENCHES[name]!.file)));

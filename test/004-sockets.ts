@@ -30,7 +30,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
-import { relative } from "node:path";
+import { basename, relative } from "node:path";
 
 /** Kernel TCP states, as numbered in include/net/tcp_states.h, in the order they are shown. */
 const STATES: ReadonlyArray<[name: string, code: number]> = [
@@ -204,10 +204,13 @@ async function watch(config: SocketsConfig): Promise<void> {
   }
 }
 
-// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
-const THIS_FILE = relative(process.cwd(), import.meta.path);
+// The usage line names the command as it was started, so renaming or copying the stage changes nothing here:
+// `bun PATH` for this file, or the name it was built under (`bun run build`: an executable or an installed command).
+const THIS_COMMAND = import.meta.path.endsWith(".ts")
+  ? `bun ${relative(process.cwd(), import.meta.path)}`
+  : basename(import.meta.path);
 
-const HELP = `Usage: bun ${THIS_FILE} [options]
+const HELP = `Usage: ${THIS_COMMAND} [options]
 
 Counts TCP sockets (IPv4 and IPv6) by state, from /proc/net/tcp and /proc/net/tcp6.
 

@@ -45,15 +45,24 @@ export interface RunOptions {
    * and hard: Bun raises its soft limit to the hard one at start), or a namespace wrapper.
    */
   prefix?: string[];
+  /**
+   * Run `file` as a program of its own (a compiled executable, or a command such as `bunx`) instead of
+   * `bun file`: the executables that `bun run build` makes are tested with the same helpers as the stages.
+   */
+  executable?: boolean;
+  /** Working directory (default: the repository root). */
+  cwd?: string;
 }
 
-/** `bun <file> ...args` from the repo root, colour off, as `options` say. */
+/** `bun <file> ...args` (or the executable `file` itself) from the repo root, colour off, as `options` say. */
 function bunCommand(file: string, args: string[], options: RunOptions) {
-  const command = [...(options.prefix ?? []), process.execPath, resolve(ROOT, file), ...args];
-  return { command, spawn: { env: environment(WITHOUT_COLOUR, options.env ?? {}), stdin: options.stdin } };
+  const program = options.executable ? [file] : [process.execPath, resolve(ROOT, file)];
+  const command = [...(options.prefix ?? []), ...program, ...args];
+  const env = environment(WITHOUT_COLOUR, options.env ?? {});
+  return { command, spawn: { env, stdin: options.stdin, cwd: options.cwd } };
 }
 
-/** Spawns `bun <file> ...args` (file relative to the repo root) and returns as soon as it has started. */
+/** Spawns `bun <file> ...args` (file relative to the repo root; or the executable `file`) and returns at once. */
 export function run(file: string, args: string[] = [], options: RunOptions = {}): Running {
   const { command, spawn } = bunCommand(file, args, options);
   return spawnProcess(command, spawn);
