@@ -53,7 +53,7 @@ export interface HostileStage {
   args?: string[];
   options?: RunOptions;
   /**
-   * What a client that sends 8 MiB without reading, then half-closes (FIN), gets: its whole reply and then the
+   * What a client that sends 16 MiB (64 where it loses) without reading, then half-closes (FIN), gets: its whole reply and then the
    * server's FIN ("delivers"), or a reply cut short (a stage that documents it does not finish a half-close, or
    * drops what a partial write did not take): the test then shows that documented loss.
    */
@@ -320,7 +320,9 @@ export function hostileContractTests(stage: HostileStage): void {
       async () => {
         const client = await target.session();
         const start = client.receivedLength;
-        const request = bytes(8 * MiB);
+        // Enough that the stage still owes part of the reply when the FIN comes; and where the loss is documented,
+        // more than every kernel buffer on the way can hold (a client's receive buffer alone may grow to 32 MiB).
+        const request = bytes(halfClose === "delivers" ? 16 * MiB : 64 * MiB);
         client.pauseReading();
         client.write(request);
         const finSent = client.shutdown(); // FIN as soon as the stage has taken every byte
@@ -588,7 +590,7 @@ function oneClientTests(stage: HostileStage): void {
       await using server = await startStage(stage.file, stage.args ?? [], stage.options);
       const client = await TestClient.connect(server.port);
       client.pauseReading();
-      client.write(bytes(8 * MiB));
+      client.write(bytes(64 * MiB));
       await peerStopsTaking(client);
       client.reset();
       await cleanExit(server);
