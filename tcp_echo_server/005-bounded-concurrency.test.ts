@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { echoContractTests } from "../test/support/echo-contract.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 import { decode, encode, TestClient, upperAscii } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
 
@@ -156,4 +157,6 @@ describe("005 concurrent clients, bounded by a semaphore", () => {
   });
 
   echoContractTests({ file: STAGE, args: ["--port", "0"] });
+  // Partial writes are not handled before 006: a client that half-closes with a big reply pending loses some of it.
+  hostileContractTests({ file: STAGE, kind: "echo", args: ["--port", "0"], halfClose: "loses" });
 });

@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { echoContractTests } from "../test/support/echo-contract.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 import { hardenedEchoTests, waitForCount } from "../test/support/echo-hardened.ts";
 import { connectMany, decode, exchange, TestClient } from "../test/support/net.ts";
 import { descendants, isAlive, runToExit, startStage, waitGone, type Running } from "../test/support/process.ts";
@@ -164,6 +165,7 @@ describe("007 every core, observable", () => {
   });
 
   echoContractTests({ file: STAGE, args: [...BASE, "--workers", "2"] });
+  hostileContractTests({ file: STAGE, kind: "echo", args: [...BASE, "--workers", "2"] });
 
   test("a worker that dies is replaced, and new connections are served", async () => {
     await using server = await startStage(STAGE, [...BASE, "--workers", "2"]);

@@ -361,10 +361,7 @@ class EchoServer {
         drain: (socket) => this.flush(socket),
         end: (socket) => this.onEnd(socket),
         close: (socket, error) => this.onClose(socket, error),
-        error: (socket, error) => {
-          this.totals.errors++;
-          this.log.error(`socket error: ${error.message}`, socket.data.id);
-        },
+        error: (socket, error) => this.onHandlerError(socket, error),
       },
     }; // reusePort works on Bun.listen, but its typings only declare it for Bun.connect
     const listener = Bun.listen<Client>(options);
@@ -549,8 +546,8 @@ class EchoServer {
   }
 
   private onClose(socket: Socket<Client>, error?: Error): void {
-    const client = socket.data;
-    if (client.closed) return;
+    const client = clientOf(socket);
+    if (client === undefined || client.closed) return; // undefined: its `open` threw, it was never counted
     client.closed = true;
     clearTimeout(client.idleTimer);
     clearTimeout(client.lingerTimer);
@@ -585,6 +582,18 @@ class EchoServer {
       errors: this.totals.errors,
       queuedBytes,
     };
+  }
+
+  /**
+   * A handler threw: Bun hands the exception to `error` (without an `error` handler, or if this one threw too, it
+   * would end the process, and every client with it). Only this client pays: its connection is closed (RST) with a
+   * log line, and the server carries on with the others.
+   */
+  private onHandlerError(socket: Socket<Client>, error: Error): void {
+    this.totals.errors++;
+    const client = clientOf(socket);
+    this.log.error(`${client ? "" : "a client being accepted: "}${error.message}; closing that connection`, client?.id);
+    socket.terminate();
   }
 
   /**
@@ -985,6 +994,14 @@ function renderMetrics(
     ),
   );
   return `${lines.join("\n")}\n`;
+}
+
+/**
+ * The client a socket belongs to, or undefined before `open` has set `socket.data`: Bun still calls `error` and
+ * `close` for a socket whose `open` threw, so those two must not take `socket.data` for granted.
+ */
+function clientOf(socket: Socket<Client>): Client | undefined {
+  return socket.data as Client | undefined;
 }
 
 function formatOptions(fd: number | undefined): string {
