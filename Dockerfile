@@ -23,5 +23,6 @@ USER bun
 EXPOSE 5000
 STOPSIGNAL SIGTERM
 # Stage 007: one worker per CPU the container may use (WORKERS=N to choose), graceful drain on SIGTERM within
-# DRAIN_TIMEOUT (8 s, under docker stop's 10 s). Metrics: docker run -e METRICS_PORT=9100 -p 9100:9100 ...
+# DRAIN_TIMEOUT (8 s, under docker stop's 10 s). Metrics stay on the container's loopback unless asked for:
+#   docker run -e METRICS_PORT=9100 -e METRICS_HOST=0.0.0.0 -p 127.0.0.1:9100:9100 ...
 CMD ["bun", "tcp_echo_server/007-every-core-observable.ts"]

@@ -74,4 +74,14 @@ describe("Dockerfile", () => {
     expect(await server.stop("SIGTERM")).toBe(0);
     await client.readToEnd();
   });
+
+  test("HOST=0.0.0.0 does not publish the metrics: they stay on loopback unless METRICS_HOST says otherwise", async () => {
+    const env = { ...imageEnv(), PORT: "0", METRICS_PORT: "0", WORKERS: "1" };
+    await using server = await startStage(command[1]!, command.slice(2), { env });
+    await server.waitForLog(/metrics on http:\/\/127\.0\.0\.1:\d+\/metrics/);
+    await using published = await startStage(command[1]!, command.slice(2), {
+      env: { ...env, METRICS_HOST: "0.0.0.0" },
+    });
+    await published.waitForLog(/metrics on http:\/\/0\.0\.0\.0:\d+\/metrics/);
+  });
 });
