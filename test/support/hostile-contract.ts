@@ -149,6 +149,11 @@ class Target {
     return this.server!.pid;
   }
 
+  /** Open descriptors of the healthy stage, idle (each scenario starts from there). */
+  get baseline(): number {
+    return this.baselineFds;
+  }
+
   private get alive(): boolean {
     return this.server !== undefined && this.server.proc.exitCode === null && this.server.proc.signalCode === null;
   }
@@ -233,6 +238,13 @@ class Target {
           tail(server.output),
       );
     }
+    await this.settled(pids);
+    await this.probe();
+    await this.settled(pids); // the probe's own connection too: the next scenario starts from the baseline
+  }
+
+  /** Resolves once `pids` hold no more descriptors than at the baseline; throws after SETTLE_MS. */
+  private async settled(pids: number[]): Promise<void> {
     const deadline = performance.now() + SETTLE_MS;
     let open = openFds(pids);
     while (open > this.baselineFds) {
@@ -242,7 +254,6 @@ class Target {
       await Bun.sleep(50); // /proc gives no event when a descriptor closes
       open = openFds(pids);
     }
-    await this.probe();
   }
 
   /** A scenario failed: whatever it left behind (a leak, a stuck connection) must not fail the next ones too. */
