@@ -43,6 +43,7 @@ CMD ["--api-host", "0.0.0.0", "--api-port", "8474"]
 # WORKERS, MAX_CLIENTS, DRAIN_TIMEOUT, METRICS_PORT, LOG_FORMAT, ...: `docker run --rm tcp_echo_server --help`).
 # WORKERS defaults to the CPUs the container may use (its cpuset, not a --cpus quota: set WORKERS to match).
 # DRAIN_TIMEOUT (8 s) stays under docker stop's 10 s. The health check is one echo exchange on HOST and PORT.
+# Metrics stay on the container's loopback unless asked for: -e METRICS_PORT=9100 -e METRICS_HOST=0.0.0.0.
 FROM runtime AS echo
 COPY --from=build /src/dist/tcp-echo-server /usr/local/bin/tcp-echo-server
 ENV HOST=0.0.0.0 \

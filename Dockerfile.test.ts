@@ -300,4 +300,13 @@ describe("the images' commands, run here", () => {
     expect(health).toMatchObject({ code: 0, stdout: expect.stringMatching(/^healthy: http:/) });
     expect(await server.stop(proxy.stopSignal as NodeJS.Signals)).toBe(0);
   });
+
+  test("echo: HOST=0.0.0.0 does not publish the metrics; they stay on loopback unless METRICS_HOST says so", async () => {
+    const echo = stage("echo");
+    const env = { ...echo.env, PORT: "0", METRICS_PORT: "0", WORKERS: "1" };
+    await using server = await startStage(here(echo), echo.cmd, { env });
+    await server.waitForLog(/metrics on http:\/\/127\.0\.0\.1:\d+\/metrics/);
+    await using published = await startStage(here(echo), echo.cmd, { env: { ...env, METRICS_HOST: "0.0.0.0" } });
+    await published.waitForLog(/metrics on http:\/\/0\.0\.0\.0:\d+\/metrics/);
+  });
 });

@@ -429,6 +429,19 @@ export function memoryKiB(pids: number | number[]): { rss: number; peak: number 
   return total;
 }
 
+/** Open file descriptors (sockets, pipes, files...) of `pids`, summed, from /proc/PID/fd (Linux). */
+export function openFds(pids: number | number[]): number {
+  let count = 0;
+  for (const pid of [pids].flat()) {
+    try {
+      count += readdirSync(`/proc/${pid}/fd`).length;
+    } catch {
+      // exited meanwhile: it holds none
+    }
+  }
+  return count;
+}
+
 /** Resets the VmHWM peak of `pids` to their current RSS (Linux: writes 5 to /proc/PID/clear_refs). */
 export function resetMemoryPeak(pids: number | number[]): void {
   for (const pid of [pids].flat()) writeFileSync(`/proc/${pid}/clear_refs`, "5");

@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { echoContractTests } from "../test/support/echo-contract.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 import { decode, TestClient } from "../test/support/net.ts";
 import { portIsFree, runToExit, startStage } from "../test/support/process.ts";
 
@@ -59,4 +60,6 @@ describe("001 simple one echo", () => {
   });
 
   echoContractTests({ file: STAGE, options: onFreePort });
+  // One client, then it exits: whatever that client does, the exit is clean.
+  hostileContractTests({ file: STAGE, kind: "echo", options: onFreePort, servesOneClient: true });
 });

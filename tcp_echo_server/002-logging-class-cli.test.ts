@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { echoContractTests } from "../test/support/echo-contract.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 import { decode, TestClient } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
 
@@ -81,4 +82,6 @@ describe("002 logging, a class, a command line", () => {
   });
 
   echoContractTests({ file: STAGE, args: ["--port", "0"] });
+  // One client, then it exits: even one that resets before the accept completes (no address) is a clean exit.
+  hostileContractTests({ file: STAGE, kind: "echo", args: ["--port", "0"], servesOneClient: true });
 });

@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { echoContractTests } from "../test/support/echo-contract.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 import { decode, TestClient } from "../test/support/net.ts";
 import { startStage } from "../test/support/process.ts";
 
@@ -108,4 +109,5 @@ describe("003 a loop, and the socket options", () => {
   });
 
   echoContractTests({ file: STAGE, args: ["--port", "0"] });
+  hostileContractTests({ file: STAGE, kind: "echo", args: ["--port", "0"], servesOneClient: true });
 });

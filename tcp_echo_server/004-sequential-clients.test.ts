@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { echoContractTests } from "../test/support/echo-contract.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 import { decode, TestClient } from "../test/support/net.ts";
 import { startStage } from "../test/support/process.ts";
 
@@ -93,4 +94,6 @@ describe("004 many clients, one after another, and a graceful shutdown", () => {
   });
 
   echoContractTests({ file: STAGE, args: ["--port", "0"] });
+  // Partial writes are not handled before 006: a client that half-closes with a big reply pending loses some of it.
+  hostileContractTests({ file: STAGE, kind: "echo", args: ["--port", "0"], halfClose: "loses" });
 });

@@ -6,7 +6,11 @@
  *         newcomers are accepted but held: their sockets are paused, so what they send waits in the kernel's
  *         receive buffer (nothing is lost, nothing is refused) until their turn comes. SIGINT (Ctrl-C) and SIGTERM
  *         (docker stop, kill) trigger a graceful shutdown: stop accepting, close the current and the waiting
- *         clients, log what was closed, exit 0.
+ *         clients, log what was closed, exit 0. Per-client state lives in `socket.data`, set in `open`, and no
+ *         client can take the server down through it: Bun still calls `error` and `close` for a socket whose
+ *         `open` threw before setting it, so those two check (`clientOf`); an exception in any handler reaches
+ *         `error`, which closes that client's connection with a log line while the others carry on (with no
+ *         `error` handler, one exception would end the process and every connection with it).
  * Lacks:  concurrency: a slow or idle client holds everyone else up (005 serves several at once, bounded); an idle
  *         timeout (005); partial writes are not handled (006); no cap on waiting clients: each holds a file
  *         descriptor until its turn (a paused socket does not even notice its client's FIN), so enough of them
@@ -159,6 +163,7 @@ class EchoServer {
         data: (socket, data) => this.onData(socket, data),
         end: (socket) => this.onEnd(socket),
         close: (socket, error) => this.onClose(socket, error),
+        error: (socket, error) => this.onHandlerError(socket, error),
       },
     });
     this.listener = listener;
@@ -198,6 +203,7 @@ class EchoServer {
   }
 
   private onClose(socket: Socket<Client>, error?: Error): void {
+    if (clientOf(socket) === undefined) return; // its `open` threw: it was never served nor waiting
     if (error) this.log.warn(`client #${socket.data.id} failed: ${error.message}`);
     if (this.stopping) return; // shutdown() closes everyone and reports it
     if (socket === this.current) {
@@ -213,6 +219,17 @@ class EchoServer {
     this.log.info(`client #${socket.data.id} left while waiting`);
   }
 
+  /**
+   * A handler threw: Bun hands the exception to `error` (without an `error` handler, or if this one threw too, it
+   * would end the process, and every client with it). Only this client pays: its connection is closed with a log
+   * line, and the server carries on with the others.
+   */
+  private onHandlerError(socket: Socket<Client>, error: Error): void {
+    const who = clientOf(socket) === undefined ? "a client being accepted" : `client #${socket.data.id}`;
+    this.log.error(`${who}: ${error.message}; closing that connection`);
+    socket.terminate();
+  }
+
   /** Stops accepting, closes the current and the waiting clients, and reports how many there were. */
   shutdown(signal: string): void {
     if (this.stopping) return;
@@ -225,6 +242,14 @@ class EchoServer {
     for (const socket of waiting) socket.end();
     this.log.info(`closed ${current ? 1 : 0} active and ${waiting.length} waiting client(s); bye`);
   }
+}
+
+/**
+ * The client a socket belongs to, or undefined before `open` has set `socket.data`: Bun still calls `error` and
+ * `close` for a socket whose `open` threw, so those two must not take `socket.data` for granted.
+ */
+function clientOf(socket: Socket<Client>): Client | undefined {
+  return socket.data as Client | undefined;
 }
 
 function formatOptions(fd: number | undefined): string {

@@ -1,19 +1,10 @@
 import { describe, expect, test } from "bun:test";
 import { echoContractTests } from "../test/support/echo-contract.ts";
-import { decode, encode, TestClient, upperAscii } from "../test/support/net.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
+import { connectMany, decode, TestClient } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
 
 const STAGE = "tcp_echo_server/005-bounded-concurrency.ts";
-
-/** Opens `count` connections in batches, so that the listen backlog (512) never overflows. */
-async function connectMany(port: number, count: number, batch = 200): Promise<TestClient[]> {
-  const clients: TestClient[] = [];
-  for (let start = 0; start < count; start += batch) {
-    const size = Math.min(batch, count - start);
-    clients.push(...(await Promise.all(Array.from({ length: size }, () => TestClient.connect(port)))));
-  }
-  return clients;
-}
 
 describe("005 concurrent clients, bounded by a semaphore", () => {
   test("serves clients at the same time, up to --max-clients; the next one waits its turn with its bytes kept", async () => {
@@ -88,19 +79,37 @@ describe("005 concurrent clients, bounded by a semaphore", () => {
     expect(lines.filter((line) => line.includes("[conn 1 | active 1/5]")).length).toBeGreaterThanOrEqual(3);
   });
 
-  test("serves 1,000 concurrent clients, then exits 0 promptly on SIGINT with all of them connected", async () => {
-    await using server = await startStage(STAGE, ["--port", "0", "--max-clients", "1000", "--log-level", "warn"]);
-    const clients = await connectMany(server.port, 1000);
-    const requests = clients.map((_, i) => encode(`client number ${i} says hello`));
-    clients.forEach((client, i) => client.write(requests[i]!));
-    const replies = await Promise.all(clients.map((client, i) => client.readAtLeast(requests[i]!.length)));
-    replies.forEach((reply, i) => expect(reply).toEqual(upperAscii(requests[i]!)));
-    expect(clients.every((client) => !client.peerEnded)).toBe(true); // all 1,000 still connected
+  // The seed's own scenario: the original hung with 1,000 clients and Ctrl-C. Here with the default --max-clients
+  // (100), so that 900 of them wait, as they did there.
+  test("the seed's 1,000 clients at once, default limit: every reply right, those over it served in turn", async () => {
+    await using server = await startStage(STAGE, ["--port", "0"]);
+    const requests = Array.from({ length: 1000 }, (_, i) => `client number ${i} says hello`);
+    const replies = await Promise.all(
+      requests.map(async (request) => {
+        const client = await TestClient.connect(server.port); // all at once, as the seed's client did
+        client.write(request);
+        const reply = decode(await client.readAtLeast(request.length, 30_000));
+        client.close(); // frees the slot for a client that waits
+        return reply;
+      }),
+    );
+    replies.forEach((reply, i) => expect(reply).toBe(requests[i]!.toUpperCase()));
+    const log = server.stderr.text;
+    expect(log).toContain("all 100 slots taken, waiting"); // some did wait...
+    const active = [...log.matchAll(/\| active (\d+)\/100\]/g)].map(([, n]) => Number(n));
+    expect(Math.max(...active)).toBe(100); // ...and never more than 100 were served at once
+    await server.waitForLog(/\[conn 1000 \| active \d+\/100\] (done|left while waiting)/, 10_000);
+  });
 
+  test("SIGINT with 1,000 clients connected, 900 of them waiting: exit 0 within 3 s, everyone closed", async () => {
+    await using server = await startStage(STAGE, ["--port", "0"]);
+    const clients = await Promise.all(Array.from({ length: 1000 }, () => TestClient.connect(server.port)));
+    clients.forEach((client, i) => client.write(`client ${i}`)); // the waiting ones' bytes wait in the kernel
+    await server.waitForLog(/all 100 slots taken, waiting \(900 waiting\)/, 20_000);
     const stopping = performance.now();
     expect(await server.stop("SIGINT")).toBe(0);
     expect(performance.now() - stopping).toBeLessThan(3000);
-    expect(server.stderr.text).toBe(""); // warn level: a clean shutdown logs nothing at warn or above
+    expect(server.stderr.text).toContain("closed 100 active and 900 waiting client(s); bye");
     await Promise.all(clients.map((client) => client.readToEnd()));
   });
 
@@ -156,4 +165,6 @@ describe("005 concurrent clients, bounded by a semaphore", () => {
   });
 
   echoContractTests({ file: STAGE, args: ["--port", "0"] });
+  // Partial writes are not handled before 006: a client that half-closes with a big reply pending loses some of it.
+  hostileContractTests({ file: STAGE, kind: "echo", args: ["--port", "0"], halfClose: "loses" });
 });

@@ -213,6 +213,7 @@ class EchoServer {
         data: (socket, data) => this.onData(socket, data),
         end: (socket) => this.onEnd(socket),
         close: (socket, error) => this.onClose(socket, error),
+        error: (socket, error) => this.onHandlerError(socket, error),
       },
     });
     this.listener = listener;
@@ -276,7 +277,8 @@ class EchoServer {
   }
 
   private onClose(socket: Socket<Client>, error?: Error): void {
-    const client = socket.data;
+    const client = clientOf(socket);
+    if (client === undefined) return; // its `open` threw: it holds no slot and waits for none
     client.closed = true;
     clearTimeout(client.idleTimer);
     this.clients.delete(socket);
@@ -288,6 +290,17 @@ class EchoServer {
     } else if (!this.stopping) {
       this.log.info("left while waiting", client.id);
     }
+  }
+
+  /**
+   * A handler threw: Bun hands the exception to `error` (without an `error` handler, or if this one threw too, it
+   * would end the process, and every client with it). Only this client pays: its connection is closed with a log
+   * line, and the server carries on with the others.
+   */
+  private onHandlerError(socket: Socket<Client>, error: Error): void {
+    const client = clientOf(socket);
+    this.log.error(`${client ? "" : "a client being accepted: "}${error.message}; closing that connection`, client?.id);
+    socket.terminate();
   }
 
   /** Stops accepting, closes every client (served or waiting), and reports how many there were. */
@@ -302,6 +315,14 @@ class EchoServer {
     for (const socket of this.clients) socket.end();
     this.log.info(`closed ${active} active and ${waiting} waiting client(s); bye`);
   }
+}
+
+/**
+ * The client a socket belongs to, or undefined before `open` has set `socket.data`: Bun still calls `error` and
+ * `close` for a socket whose `open` threw, so those two must not take `socket.data` for granted.
+ */
+function clientOf(socket: Socket<Client>): Client | undefined {
+  return socket.data as Client | undefined;
 }
 
 function formatOptions(fd: number | undefined): string {

@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { echoContractTests } from "../test/support/echo-contract.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 import { hardenedEchoTests, payload, sameBytes } from "../test/support/echo-hardened.ts";
 import { TestClient, upperAscii } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
@@ -41,6 +42,7 @@ describe("006 correct under any client", () => {
   });
 
   echoContractTests({ file: STAGE, args: ["--port", "0"] });
+  hostileContractTests({ file: STAGE, kind: "echo", args: ["--port", "0"] });
 
   // The lesson: a client that sends a lot before reading. Bun's write() takes what fits in the kernel and drops
   // the rest unless the server keeps it. 005 does not: its reply comes back short. 006 queues it and pauses the

@@ -253,7 +253,7 @@ class EchoServer {
         drain: (socket) => this.flush(socket),
         end: (socket) => this.onEnd(socket),
         close: (socket, error) => this.onClose(socket, error),
-        error: (socket, error) => this.log.error(`socket error: ${error.message}`, socket.data.id),
+        error: (socket, error) => this.onHandlerError(socket, error),
       },
     });
     this.listener = listener;
@@ -420,8 +420,8 @@ class EchoServer {
   }
 
   private onClose(socket: Socket<Client>, error?: Error): void {
-    const client = socket.data;
-    if (client.closed) return;
+    const client = clientOf(socket);
+    if (client === undefined || client.closed) return; // undefined: its `open` threw, it was never counted
     client.closed = true;
     clearTimeout(client.idleTimer);
     clearTimeout(client.lingerTimer);
@@ -438,6 +438,17 @@ class EchoServer {
       else this.totals.cut++;
       if (this.clients.size === 0) this.finishShutdown();
     }
+  }
+
+  /**
+   * A handler threw: Bun hands the exception to `error` (without an `error` handler, or if this one threw too, it
+   * would end the process, and every client with it). Only this client pays: its connection is closed (RST) with a
+   * log line, and the server carries on with the others.
+   */
+  private onHandlerError(socket: Socket<Client>, error: Error): void {
+    const client = clientOf(socket);
+    this.log.error(`${client ? "" : "a client being accepted: "}${error.message}; closing that connection`, client?.id);
+    socket.terminate();
   }
 
   /**
@@ -492,6 +503,14 @@ class EchoServer {
     );
     // Nothing is left open (listener stopped, every socket and timer closed), so the process now exits with 0.
   }
+}
+
+/**
+ * The client a socket belongs to, or undefined before `open` has set `socket.data`: Bun still calls `error` and
+ * `close` for a socket whose `open` threw, so those two must not take `socket.data` for granted.
+ */
+function clientOf(socket: Socket<Client>): Client | undefined {
+  return socket.data as Client | undefined;
 }
 
 function formatOptions(fd: number | undefined): string {

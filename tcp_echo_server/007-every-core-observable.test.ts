@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { echoContractTests } from "../test/support/echo-contract.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 import { hardenedEchoTests, waitForCount } from "../test/support/echo-hardened.ts";
 import { connectMany, decode, exchange, TestClient } from "../test/support/net.ts";
 import { descendants, isAlive, runToExit, startStage, waitGone, type Running } from "../test/support/process.ts";
@@ -85,6 +86,7 @@ describe("007 every core, observable", () => {
       "IDLE_TIMEOUT",
       "DRAIN_TIMEOUT",
       "METRICS_PORT",
+      "METRICS_HOST",
       "LOG_LEVEL",
       "LOG_FORMAT",
     ];
@@ -147,6 +149,19 @@ describe("007 every core, observable", () => {
     });
   });
 
+  test("a port this stage serves already: a second copy says so in one line, exits 1, does not join", async () => {
+    // The workers share their port with SO_REUSEPORT, which would let a second copy's workers join them.
+    await using first = await startStage(STAGE, [...BASE, "--workers", "2"]);
+    const second = await runToExit(STAGE, ["--host", "127.0.0.1", "--port", String(first.port), "--workers", "2"]);
+    expect(second).toEqual({
+      code: 1,
+      stdout: "",
+      stderr: `error: cannot listen on 127.0.0.1:${first.port}: address already in use\n`,
+    });
+    expect(descendants(first.pid).length).toBe(2); // the first is untouched
+    expect(decode(await exchange(first.port, "still mine", { halfClose: true }))).toBe("STILL MINE");
+  });
+
   test("a port in use: one line, exit 1, no worker left behind", async () => {
     await using first = await startStage("tcp_echo_server/006-correct-under-any-client.ts", ["--port", "0"]);
     const { code, stdout, stderr } = await runToExit(STAGE, [
@@ -164,6 +179,7 @@ describe("007 every core, observable", () => {
   });
 
   echoContractTests({ file: STAGE, args: [...BASE, "--workers", "2"] });
+  hostileContractTests({ file: STAGE, kind: "echo", args: [...BASE, "--workers", "2"] });
 
   test("a worker that dies is replaced, and new connections are served", async () => {
     await using server = await startStage(STAGE, [...BASE, "--workers", "2"]);
@@ -246,6 +262,57 @@ describe("007 every core, observable", () => {
     }
     expect(await (await fetch(url!.replace("/metrics", "/"))).text()).toBe("see /metrics\n");
     for (const client of staying) client.reset();
+  });
+
+  test("metrics listen on 127.0.0.1 whatever --host is; --metrics-host or METRICS_HOST opens them wider", async () => {
+    // 127.0.0.2 is loopback too, but only a socket bound to 0.0.0.0 (or to it) answers there.
+    const reachableOn127002 = async (port: number): Promise<boolean> =>
+      TestClient.connect(port, "127.0.0.2").then(
+        (client) => (client.close(), true),
+        () => false,
+      );
+    const wide = ["--host", "0.0.0.0", "--port", "0", "--workers", "1", "--metrics-port", "0"];
+    await using server = await startStage(STAGE, wide);
+    const [, port] = (await server.waitForLog(/metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/))!;
+    expect(await reachableOn127002(server.port)).toBe(true); // the echo follows --host
+    expect(await reachableOn127002(Number(port))).toBe(false); // the metrics do not
+    await using opened = await startStage(STAGE, wide, { env: { METRICS_HOST: "0.0.0.0" } });
+    const [, openPort] = (await opened.waitForLog(/metrics on http:\/\/0\.0\.0\.0:(\d+)\/metrics/))!;
+    expect(await reachableOn127002(Number(openPort))).toBe(true);
+    const empty = await runToExit(STAGE, ["--metrics-host", ""]);
+    expect([empty.code, empty.stderr]).toEqual([2, "error: --metrics-host must not be empty (see --help)\n"]);
+  });
+
+  test("the metrics endpoint answers a client that half-closes after its request (printf ... | nc -N)", async () => {
+    await using server = await startStage(STAGE, [...BASE, "--workers", "2", "--metrics-port", "0"]);
+    const [, port] = (await server.waitForLog(/metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/))!;
+    const ask = async (request: string): Promise<string> => {
+      const client = await TestClient.connect(Number(port));
+      client.write(request);
+      await client.shutdown(); // FIN right after the request, as `nc -N` does
+      return decode(await client.readToEnd(5000));
+    };
+    const reply = await ask("GET /metrics HTTP/1.0\r\n\r\n");
+    expect(reply).toStartWith("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n");
+    const body = reply.slice(reply.indexOf("\r\n\r\n") + 4);
+    expect(reply).toContain(`\r\nContent-Length: ${Buffer.byteLength(body)}\r\n`);
+    expect(parsePrometheus(body).get("echo_workers")).toBe(2);
+    // What else a scraper, a browser or a scanner may send: one status line each, then the connection closes.
+    expect(await ask("GET /metrics?x=1 HTTP/1.1\r\nHost: here\r\n\r\n")).toStartWith("HTTP/1.1 200 OK\r\n");
+    expect(await ask("GET / HTTP/1.1\r\n\r\n")).toEndWith("\r\n\r\nsee /metrics\n");
+    expect(await ask("POST /metrics HTTP/1.1\r\n\r\n")).toStartWith("HTTP/1.1 405 Method Not Allowed\r\n");
+    expect(await ask("hello\r\n\r\n")).toStartWith("HTTP/1.1 400 Bad Request\r\n");
+    expect(await ask(`GET /${"x".repeat(10_000)}`)).toStartWith("HTTP/1.1 431 ");
+    expect(await ask("GET /metr")).toBe(""); // FIN before the request is whole: nothing to answer
+    const nc = Bun.which("nc");
+    if (nc) {
+      const piped = Bun.spawn([nc, "-N", "127.0.0.1", port!], {
+        stdin: new Blob(["GET /metrics HTTP/1.0\r\n\r\n"]),
+        stdout: "pipe",
+      });
+      expect(await new Response(piped.stdout).text()).toContain("\necho_connections_total 0\n");
+      expect(await piped.exited).toBe(0);
+    }
   });
 
   test("metrics count refusals by limit, and a replaced worker does not take the totals with it", async () => {

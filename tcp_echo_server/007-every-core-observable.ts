@@ -3,24 +3,33 @@
  * 007 - every core, observable: supervised workers, metrics, JSON logs, configuration from the environment
  *
  * Adds:   --workers N processes (default: the CPUs this process may use) share the port with SO_REUSEPORT; the
- *         kernel spreads new connections between them. A supervisor (this file run normally) spawns the workers
- *         (this same file, with ECHO_WORKER set), prints the listening line once they all listen, replaces a
- *         worker that dies while the port keeps serving, and on SIGINT/SIGTERM has every worker drain within
- *         --drain-timeout (a second signal cuts at once). Metrics in Prometheus text format on --metrics-port
- *         (connections active and total, bytes in and out, refused, errors, queued bytes; per worker and for the
- *         whole server), gathered from the workers over IPC at scrape time. --log-format json for structured
- *         logs. Every option can also come from an environment variable (HOST, PORT, WORKERS, ...) for
- *         containers; the Dockerfile runs this stage. Speed: replies are uppercased in place four bytes at a time
- *         (no copy), and small queued chunks are flushed together in one write instead of one write each.
+ *         kernel spreads new connections between them. The port is theirs alone: the supervisor first claims it
+ *         with a plain bind, which fails on a port anything listens on (a SO_REUSEPORT group included), so a
+ *         second copy of this stage exits 1 with one line instead of joining the first's workers and taking half
+ *         its clients. The supervisor (this file run normally) spawns the workers (this same file, with
+ *         ECHO_WORKER set), prints the listening line once they all listen, replaces a worker that dies while the
+ *         port keeps serving, and on SIGINT/SIGTERM has every worker drain within --drain-timeout (a second signal
+ *         cuts at once). Metrics in Prometheus text format on --metrics-port (connections active and total, bytes
+ *         in and out, refused, errors, queued bytes; per worker and for the whole server), gathered from the
+ *         workers over IPC at scrape time, served on --metrics-host (127.0.0.1 whatever --host is: HOST=0.0.0.0
+ *         does not publish them) by a small HTTP responder on Bun.listen, which also answers a client that
+ *         half-closes after its request (Bun.serve drops those when the answer is asynchronous, as gathering is).
+ *         --log-format json for structured logs. Every option can also come from an environment variable (HOST,
+ *         PORT, WORKERS, ...) for containers; the Dockerfile runs this stage. Speed: replies are uppercased in
+ *         place four bytes at a time (no copy), and small queued chunks are flushed together in one write
+ *         instead of one write each.
  * Lacks:  one exact global count for the limits: each worker (a process with its own open-files limit) serves
  *         --max-clients / N, and the kernel spreads connections evenly but not exactly, so a worker can refuse
  *         while another has room; --max-per-ip applies in each worker as given (divided, it would refuse a
  *         client's second connection whenever both land on the same worker), so one address can hold up to
  *         N x --max-per-ip. Exact counts need shared state (a supervisor round trip per connection, or threads).
- *         A replaced worker's own counters start from 0 (the whole-server sums carry on).
+ *         A replaced worker's own counters start from 0 (the whole-server sums carry on). The port claim is
+ *         released the moment before the workers bind: two copies started in the same instant can both pass it
+ *         and then share the port, and any process of the same user that sets SO_REUSEPORT itself can still join
+ *         (the kernel allows it for one user); holding the claim would need the workers to inherit the socket.
  *
  * Try it: bun tcp_echo_server/007-every-core-observable.ts --port 5000 --metrics-port 9100
- *         curl -s 127.0.0.1:9100/metrics
+ *         curl -s 127.0.0.1:9100/metrics     (or: printf 'GET /metrics HTTP/1.0\r\n\r\n' | nc -N 127.0.0.1 9100)
  *         PORT=5000 WORKERS=4 LOG_FORMAT=json bun tcp_echo_server/007-every-core-observable.ts
  *         kill -KILL <a worker's pid from the log>: the supervisor replaces it, 127.0.0.1:5000 keeps answering
  */
@@ -117,6 +126,8 @@ interface EchoServerConfig {
   drainTimeout: number;
   /** Port of the Prometheus endpoint (0 = a free one); undefined = no metrics. */
   metricsPort: number | undefined;
+  /** Address of the Prometheus endpoint: loopback unless asked, whatever --host is. */
+  metricsHost: string;
 }
 
 // Bytes, not strings: a reply must be exactly as long as the request whatever the client sends. The chunk Bun
@@ -361,10 +372,7 @@ class EchoServer {
         drain: (socket) => this.flush(socket),
         end: (socket) => this.onEnd(socket),
         close: (socket, error) => this.onClose(socket, error),
-        error: (socket, error) => {
-          this.totals.errors++;
-          this.log.error(`socket error: ${error.message}`, socket.data.id);
-        },
+        error: (socket, error) => this.onHandlerError(socket, error),
       },
     }; // reusePort works on Bun.listen, but its typings only declare it for Bun.connect
     const listener = Bun.listen<Client>(options);
@@ -549,8 +557,8 @@ class EchoServer {
   }
 
   private onClose(socket: Socket<Client>, error?: Error): void {
-    const client = socket.data;
-    if (client.closed) return;
+    const client = clientOf(socket);
+    if (client === undefined || client.closed) return; // undefined: its `open` threw, it was never counted
     client.closed = true;
     clearTimeout(client.idleTimer);
     clearTimeout(client.lingerTimer);
@@ -585,6 +593,18 @@ class EchoServer {
       errors: this.totals.errors,
       queuedBytes,
     };
+  }
+
+  /**
+   * A handler threw: Bun hands the exception to `error` (without an `error` handler, or if this one threw too, it
+   * would end the process, and every client with it). Only this client pays: its connection is closed (RST) with a
+   * log line, and the server carries on with the others.
+   */
+  private onHandlerError(socket: Socket<Client>, error: Error): void {
+    this.totals.errors++;
+    const client = clientOf(socket);
+    this.log.error(`${client ? "" : "a client being accepted: "}${error.message}; closing that connection`, client?.id);
+    socket.terminate();
   }
 
   /**
@@ -659,6 +679,150 @@ interface WorkerSlot {
 
 const METRICS_TIMEOUT_MS = 1000;
 
+/** What the metrics endpoint answers to one request. */
+interface HttpAnswer {
+  status: number;
+  body: string;
+  type?: string;
+}
+
+/** One connection to the metrics endpoint. */
+interface HttpExchange {
+  /** The request head so far (latin1), until its blank line. */
+  head: string;
+  /** The request has been read (or refused): later bytes are ignored. */
+  answering: boolean;
+  /** The response is queued: close once it is out. */
+  responded: boolean;
+  /** Response bytes the kernel has not taken yet. */
+  queue: Uint8Array[];
+  closed: boolean;
+  timer: Timer | undefined;
+}
+
+const HTTP_REASONS: Record<number, string> = {
+  200: "OK",
+  400: "Bad Request",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  408: "Request Timeout",
+  431: "Request Header Fields Too Large",
+};
+/** Most bytes of request head read before it is refused; Prometheus sends a few hundred. */
+const HTTP_HEAD_LIMIT = 8192;
+/** Time a client has to send its request before it is answered 408 and closed. */
+const HTTP_REQUEST_MS = 10_000;
+
+/**
+ * The metrics endpoint: one HTTP/1.x request per connection (`Connection: close`), answered on Bun.listen. Not
+ * Bun.serve: it drops a request whose client half-closes (FIN) before an asynchronous response is ready, and
+ * this one is asynchronous (the workers are asked over IPC), so `printf 'GET /metrics HTTP/1.0\r\n\r\n' | nc -N`
+ * got nothing. With allowHalfOpen the socket stays writable after the client's FIN. Bounded like the echo itself:
+ * a head of at most HTTP_HEAD_LIMIT bytes, sent within HTTP_REQUEST_MS, and a bug in a handler closes only that
+ * connection (the supervisor must not die of a scraper).
+ */
+class MetricsEndpoint {
+  private readonly listener: TCPSocketListener<HttpExchange>;
+
+  constructor(
+    host: string,
+    port: number,
+    private readonly log: Logger,
+    private readonly answer: (path: string) => Promise<HttpAnswer>,
+  ) {
+    this.listener = Bun.listen<HttpExchange>({
+      hostname: host,
+      port,
+      allowHalfOpen: true,
+      socket: {
+        open: (socket) => {
+          socket.data = { head: "", answering: false, responded: false, queue: [], closed: false, timer: undefined };
+          socket.data.timer = setTimeout(() => this.respond(socket, { status: 408, body: "" }), HTTP_REQUEST_MS);
+        },
+        data: (socket, chunk) => this.onData(socket, chunk),
+        drain: (socket) => this.flush(socket),
+        // The client has sent all it will: without a whole request head there is nothing to answer.
+        end: (socket) => {
+          if (!socket.data.answering) socket.end();
+        },
+        close: (socket) => {
+          const exchange = socket.data as HttpExchange | undefined;
+          if (exchange === undefined) return;
+          exchange.closed = true;
+          clearTimeout(exchange.timer);
+        },
+        error: (socket, error) => {
+          this.log.error(`metrics endpoint: ${error.message}; closing that connection`);
+          socket.terminate();
+        },
+      },
+    });
+  }
+
+  get port(): number {
+    return this.listener.port;
+  }
+
+  stop(): void {
+    this.listener.stop(true);
+  }
+
+  private onData(socket: Socket<HttpExchange>, chunk: Uint8Array): void {
+    const exchange = socket.data;
+    if (exchange.answering) return;
+    exchange.head += Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length).toString("latin1");
+    const end = exchange.head.indexOf("\r\n\r\n");
+    if (end < 0) {
+      if (exchange.head.length > HTTP_HEAD_LIMIT) this.respond(socket, { status: 431, body: "" });
+      return;
+    }
+    const request = /^([A-Z]+) ([^ ]+) HTTP\/1\.[01]$/.exec(exchange.head.slice(0, exchange.head.indexOf("\r\n")));
+    if (request === null) return this.respond(socket, { status: 400, body: "" });
+    if (request[1] !== "GET") return this.respond(socket, { status: 405, body: "" });
+    exchange.answering = true;
+    const path = request[2]!.split("?")[0]!;
+    this.answer(path).then(
+      (answer) => this.respond(socket, answer),
+      (error: Error) => {
+        this.log.error(`metrics endpoint: ${error.message}`);
+        socket.terminate();
+      },
+    );
+  }
+
+  /** Writes the response (what the kernel does not take now goes on `drain`), then closes. */
+  private respond(socket: Socket<HttpExchange>, answer: HttpAnswer): void {
+    const exchange = socket.data;
+    if (exchange.responded) return;
+    [exchange.answering, exchange.responded] = [true, true];
+    clearTimeout(exchange.timer);
+    if (exchange.closed) return; // the client left while the workers were asked
+    const body = new TextEncoder().encode(answer.body);
+    const head =
+      `HTTP/1.1 ${answer.status} ${HTTP_REASONS[answer.status] ?? ""}\r\n` +
+      `Content-Type: ${answer.type ?? "text/plain; charset=utf-8"}\r\n` +
+      `Content-Length: ${body.length}\r\n` +
+      `${answer.status === 405 ? "Allow: GET\r\n" : ""}Connection: close\r\n\r\n`;
+    exchange.queue.push(new TextEncoder().encode(head), body);
+    this.flush(socket);
+  }
+
+  private flush(socket: Socket<HttpExchange>): void {
+    const exchange = socket.data;
+    while (exchange.queue.length > 0) {
+      const next = exchange.queue[0]!;
+      const written = socket.write(next);
+      if (written < 0) return;
+      if (written < next.length) {
+        exchange.queue[0] = next.subarray(written);
+        return;
+      }
+      exchange.queue.shift();
+    }
+    if (exchange.responded && !exchange.closed) socket.end();
+  }
+}
+
 /**
  * Runs the workers: starts them, prints the listening line when they all listen, replaces any that dies, serves
  * the metrics, and stops them all on SIGINT/SIGTERM.
@@ -672,7 +836,7 @@ class Supervisor {
   private restarts = 0;
   /** Counters of workers that are gone, so that the whole-server totals never go backwards. */
   private readonly retired: Counters = emptyCounters();
-  private metricsServer: ReturnType<typeof Bun.serve> | undefined;
+  private metricsEndpoint: MetricsEndpoint | undefined;
   private metricsSeq = 0;
   private readonly pendingMetrics = new Map<string, (counters: Counters) => void>();
   private hardDeadline: Timer | undefined;
@@ -684,15 +848,28 @@ class Supervisor {
   }
 
   start(): void {
-    const { workers, maxClients, maxPerIp } = this.config;
+    const { workers, maxClients, maxPerIp, host } = this.config;
+    // The workers bind with SO_REUSEPORT, and the kernel lets any socket of this user that sets it join their
+    // port, a second copy of this stage included: it would print its listening line and take half the clients.
+    // So the port is claimed first with a plain bind, which fails on a port that anything listens on (a
+    // SO_REUSEPORT group too), and released for the workers. (With --port 0 this is also where the port is
+    // picked.) Two copies started in the same instant could both pass before either's workers listen: see Lacks.
+    try {
+      const probe = Bun.listen({ hostname: host, port: this.port, socket: { data() {} } });
+      this.port = probe.port;
+      probe.stop(true);
+    } catch (error) {
+      const { code, message } = error as NodeJS.ErrnoException;
+      const reason = code === "EADDRINUSE" ? "address already in use" : (code ?? message);
+      console.error(`error: cannot listen on ${formatAddress(host, this.port)}: ${reason}`);
+      process.exit(1);
+    }
     this.log.info(
-      `starting ${workers} worker(s) on ${formatAddress(this.config.host, this.port)}; ` +
+      `starting ${workers} worker(s) on ${formatAddress(host, this.port)}; ` +
         `each serves at most ${Math.ceil(maxClients / workers)} clients` +
         `${maxPerIp > 0 ? ` and ${maxPerIp} per address` : ""}`,
     );
-    // With --port 0 the first worker picks the port and the others join it; a fixed port they can all bind at once.
-    this.spawn(0);
-    if (this.port !== 0) for (let index = 1; index < workers; index++) this.spawn(index);
+    for (let index = 0; index < workers; index++) this.spawn(index);
   }
 
   private spawn(index: number): void {
@@ -730,10 +907,6 @@ class Supervisor {
           this.log.info(
             `worker ${slot.index} (pid ${slot.proc.pid}) is back: ${this.config.workers} worker(s) listening`,
           );
-        if (this.port === 0) {
-          this.port = message.port;
-          for (let index = 1; index < this.config.workers; index++) this.spawn(index);
-        }
         if (!this.announced && this.slots.every((s) => s?.listening)) void this.announce();
         break;
       case "failed":
@@ -758,19 +931,17 @@ class Supervisor {
   /** All workers listen: start the metrics endpoint, then print the one line on stdout. */
   private async announce(): Promise<void> {
     this.announced = true;
-    const { metricsPort, host } = this.config;
+    const { metricsPort, metricsHost, host } = this.config;
     if (metricsPort !== undefined) {
       try {
-        this.metricsServer = Bun.serve({
-          hostname: host,
-          port: metricsPort,
-          fetch: (request) => this.serveMetrics(request),
-        });
-        this.log.info(`metrics on http://${formatAddress(host, this.metricsServer.port ?? metricsPort)}/metrics`);
+        this.metricsEndpoint = new MetricsEndpoint(metricsHost, metricsPort, this.log, (path) =>
+          this.serveMetrics(path),
+        );
+        this.log.info(`metrics on http://${formatAddress(metricsHost, this.metricsEndpoint.port)}/metrics`);
       } catch (error) {
         const { code, message } = error as NodeJS.ErrnoException;
         console.error(
-          `error: cannot serve metrics on ${formatAddress(host, metricsPort)}: ` +
+          `error: cannot serve metrics on ${formatAddress(metricsHost, metricsPort)}: ` +
             `${code === "EADDRINUSE" ? "address already in use" : (code ?? message)}`,
         );
         for (const s of this.slots) s?.proc.kill("SIGKILL");
@@ -848,7 +1019,7 @@ class Supervisor {
 
   private finish(): void {
     clearTimeout(this.hardDeadline);
-    void this.metricsServer?.stop(true);
+    this.metricsEndpoint?.stop();
     const total: DrainReport = {
       drained: 0,
       cut: 0,
@@ -896,8 +1067,8 @@ class Supervisor {
     );
   }
 
-  private async serveMetrics(request: Request): Promise<Response> {
-    if (new URL(request.url).pathname !== "/metrics") return new Response("see /metrics\n", { status: 404 });
+  private async serveMetrics(path: string): Promise<HttpAnswer> {
+    if (path !== "/metrics") return { status: 404, body: "see /metrics\n" };
     const perWorker = await this.gather();
     const sum = emptyCounters();
     addCounters(sum, this.retired);
@@ -909,7 +1080,7 @@ class Supervisor {
       workers: perWorker.length,
       restarts: this.restarts,
     });
-    return new Response(text, { headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" } });
+    return { status: 200, body: text, type: "text/plain; version=0.0.4; charset=utf-8" };
   }
 }
 
@@ -989,6 +1160,14 @@ function renderMetrics(
   return `${lines.join("\n")}\n`;
 }
 
+/**
+ * The client a socket belongs to, or undefined before `open` has set `socket.data`: Bun still calls `error` and
+ * `close` for a socket whose `open` threw, so those two must not take `socket.data` for granted.
+ */
+function clientOf(socket: Socket<Client>): Client | undefined {
+  return socket.data as Client | undefined;
+}
+
 function formatOptions(fd: number | undefined): string {
   const options = fd === undefined ? {} : EchoServer.getSocketOptions(fd);
   const entries = Object.entries(options);
@@ -1034,8 +1213,10 @@ Options (each also read from the environment variable in brackets; an option giv
   --idle-timeout S      close a client silent for S seconds, 0 = never (default 60)            [IDLE_TIMEOUT]
   --drain-timeout S     on SIGINT/SIGTERM, cut the clients still connected after S seconds
                         (default 8)                                                            [DRAIN_TIMEOUT]
-  --metrics-port PORT   serve Prometheus metrics at http://HOST:PORT/metrics, 0 for a free
-                        port (default: no metrics)                                             [METRICS_PORT]
+  --metrics-port PORT   serve Prometheus metrics at http://METRICS-HOST:PORT/metrics, 0 for a
+                        free port (default: no metrics)                                        [METRICS_PORT]
+  --metrics-host HOST   address for the metrics endpoint, whatever --host is (default
+                        127.0.0.1: metrics are not for the clients' network)                   [METRICS_HOST]
   --log-level LEVEL     debug, info, warn or error (default info)                              [LOG_LEVEL]
   --log-format FORMAT   text or json, one object a line (default text)                         [LOG_FORMAT]
   -h, --help            show this help
@@ -1057,6 +1238,7 @@ const ENVIRONMENT: Record<string, string> = {
   "idle-timeout": "IDLE_TIMEOUT",
   "drain-timeout": "DRAIN_TIMEOUT",
   "metrics-port": "METRICS_PORT",
+  "metrics-host": "METRICS_HOST",
   "log-level": "LOG_LEVEL",
   "log-format": "LOG_FORMAT",
 };
@@ -1071,6 +1253,7 @@ const DEFAULTS: Record<string, string | undefined> = {
   "idle-timeout": "60",
   "drain-timeout": "8",
   "metrics-port": undefined,
+  "metrics-host": "127.0.0.1",
   "log-level": "info",
   "log-format": "text",
 };
@@ -1144,6 +1327,10 @@ function parseConfig(argv: string[], env: Record<string, string | undefined>): E
   const metrics = option("metrics-port");
   const metricsPort =
     metrics.value === undefined ? undefined : integer("metrics-port", 0, 65535, "an integer from 0 to 65535");
+  const metricsHost = option("metrics-host");
+  if (metricsHost.value === "" || metricsHost.value === undefined) {
+    throw new UsageError(`${metricsHost.label} must not be empty`);
+  }
   return {
     host: host.value,
     port,
@@ -1156,6 +1343,7 @@ function parseConfig(argv: string[], env: Record<string, string | undefined>): E
     idleTimeout,
     drainTimeout,
     metricsPort,
+    metricsHost: metricsHost.value,
   };
 }
 

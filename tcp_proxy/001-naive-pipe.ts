@@ -14,6 +14,8 @@
  *         - half-close: when the client has finished sending (FIN, `nc -N`), the proxy closes both connections at
  *           once, so the upstream's reply never reaches it (003 forwards the FIN and keeps the other way open);
  *         - an upstream that refuses the connection just closes the client, without a word (002 logs why);
+ *         - an exception in any handler (a bug) ends the process, and every client's connection with it: there is
+ *           no `error` handler to contain it to one connection (002);
  *         - no logs, no timeouts, no limits (002, 003, 004).
  *
  * Try it: bun tcp_echo_server/003-loop.ts --port 5000

@@ -12,6 +12,8 @@
  *           flushes the queue on `drain`, then reads again (resume): backpressure, in both directions, so a slow
  *           reader slows the writer down instead of growing the proxy's memory or losing bytes;
  *         - an upstream that refuses or cannot be reached: the client is closed at once and the reason logged;
+ *         - when one side closes, what it sent last still goes to the other, which is read meanwhile (what it says
+ *           is dropped: nobody is left to hear it) so that neither waits for the other forever;
  *         - no client can take the proxy down: one that resets before the accept completes (a port scanner, a
  *           health check) reaches `open` with no address and is let go; `socket.data` is unset until `open` sets
  *           it, so every handler asks `connectionOf(socket)`; and an exception in one connection's handler (Bun
@@ -177,6 +179,7 @@ class Connection {
 
   /** Bytes arrived on `from`: pass them to the other side, or queue them and stop reading `from` for now. */
   forward(from: Side, chunk: Uint8Array): void {
+    if (this.closed) return; // the other side has closed: nothing can reach it any more
     const queue = this.queueTo(other(from));
     const source = this.socket(from)!;
     const destination = this.socket(other(from));
@@ -219,8 +222,13 @@ class Connection {
     const reason = error ? `${side} connection failed: ${error.message}` : `${side} closed`;
     this.log.info(`${this.name} closed (${reason})`);
     const peer = this.socket(other(side));
-    if (this.queueTo(other(side)).empty) peer?.end();
-    else this.closing = true; // `flush` ends the other side once its queue is out (or once it has connected)
+    if (this.queueTo(other(side)).empty) return void peer?.end();
+    // What `side` sent last is still queued for the peer: `flush` ends the peer once it has taken it (or once it
+    // has connected). The peer's answers can go nowhere now, yet a peer may wait for us to read them before it
+    // takes the rest (an echo server does): read it again and drop what it says (`forward`), or both would wait
+    // forever, holding both sockets.
+    this.closing = true;
+    peer?.resume();
   }
 }
 

@@ -2,6 +2,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import { Blackhole, decode, echoTransfer, randomBytes, startEchoUpstream, TestClient } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 
 const STAGE = "tcp_proxy/003-half-close-and-timeouts.ts";
 const PREVIOUS = "tcp_proxy/002-queues-and-backpressure.ts";
@@ -162,3 +163,5 @@ describe("003 timeouts", () => {
     expect(stderr).toMatch(message);
   });
 });
+
+hostileContractTests({ file: STAGE, kind: "proxy", args: ["--port", "0"] });

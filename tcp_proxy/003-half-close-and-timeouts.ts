@@ -8,7 +8,8 @@
  *         but only once everything queued for that side has been written (a FIN overtaking the last bytes would
  *         truncate them), and the other direction keeps flowing until its own FIN. When both FINs have been passed
  *         on, the proxy closes both sockets. A reset or error on one side still closes the other at once, after
- *         what is queued for it.
+ *         what is queued for it; a peer that does not take that within --idle-timeout is cut (RST), so a client
+ *         that floods, stops reading and resets cannot leave its upstream connection behind for good.
  *         Two timers: --connect-timeout (the upstream must open within it, or the client is closed and the reason
  *         logged: a host that drops SYNs would otherwise leave the client hanging for minutes) and --idle-timeout
  *         (no byte either way for that long closes both sides). JS timers, not socket.timeout(), which Bun checks
@@ -206,6 +207,7 @@ class Connection {
 
   /** Bytes arrived on `from`: pass them to the other side, or queue them and stop reading `from` for now. */
   forward(from: Side, chunk: Uint8Array): void {
+    if (this.closed) return; // the other side has closed: nothing can reach it any more
     this.lastActivity = performance.now();
     const queue = this.queueTo(other(from));
     const source = this.socket(from)!;
@@ -260,7 +262,7 @@ class Connection {
    * when our FIN to a side has already gone, Bun reports that side's own FIN as `close`, not `end`.
    */
   sideClosed(side: Side, error?: Error): void {
-    if (this.closed) return;
+    if (this.closed) return void this.clearTimers(); // the other socket, closed before: nothing left to wait for
     this.closed = true;
     this.clearTimers();
     const finished = !error && this.finSent[side];
@@ -271,8 +273,21 @@ class Connection {
         : `${side} closed`;
     this.log.info(`${this.name} closed (${reason})`);
     const peer = this.socket(other(side));
-    if (this.queueTo(other(side)).empty) peer?.end();
-    else this.closing = true; // `flush` ends the other side once its queue is out
+    if (this.queueTo(other(side)).empty) return void peer?.end();
+    // What `side` sent last is still queued for the peer: `flush` ends the peer once it has taken it. The peer's
+    // answers can go nowhere now, yet a peer may wait for us to read them before it takes the rest (an echo server
+    // does): read it again and drop what it says (`forward`), or both would wait forever, holding both sockets.
+    // A peer that does not take the rest within --idle-timeout is cut.
+    this.closing = true;
+    if (peer === undefined) return; // not connected yet: `upstreamOpened` drops it
+    peer.resume();
+    if (this.timeouts.idleMs > 0)
+      this.idleTimer = setTimeout(() => this.cutLeftover(other(side)), this.timeouts.idleMs);
+  }
+
+  private cutLeftover(to: Side): void {
+    this.log.warn(`${this.name} ${to} did not take the last ${this.queueTo(to).bytes} bytes in time: cut`);
+    this.socket(to)?.terminate();
   }
 
   /** Closes both sides now (timeouts; both FINs passed on). */

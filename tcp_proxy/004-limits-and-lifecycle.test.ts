@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { decode, startEchoUpstream, TestClient } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 
 const STAGE = "tcp_proxy/004-limits-and-lifecycle.ts";
 const PREVIOUS = "tcp_proxy/003-half-close-and-timeouts.ts";
@@ -164,3 +165,5 @@ describe("004 graceful shutdown", () => {
     expect(stderr).toMatch(message);
   });
 });
+
+hostileContractTests({ file: STAGE, kind: "proxy", args: ["--port", "0"] });

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { Blackhole, decode, type EchoUpstream, startEchoUpstream, TestClient } from "../test/support/net.ts";
 import { runToExit, startStage, type Running } from "../test/support/process.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 
 const STAGE = "tcp_proxy/005-upstream-pool.ts";
 
@@ -178,3 +179,5 @@ describe("005 failures", () => {
     expect(stderr).toMatch(message);
   });
 });
+
+hostileContractTests({ file: STAGE, kind: "proxy", args: ["--port", "0"] });

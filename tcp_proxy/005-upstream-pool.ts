@@ -241,6 +241,7 @@ class Connection {
 
   /** Bytes arrived on `from`: pass them to the other side, or queue them and stop reading `from` for now. */
   forward(from: Side, chunk: Uint8Array): void {
+    if (this.closed) return; // the other side has closed: nothing can reach it any more
     this.lastActivity = performance.now();
     this.bytesFrom[from] += chunk.length;
     const queue = this.queueTo(other(from));
@@ -312,8 +313,21 @@ class Connection {
         ? "fin"
         : "closed";
     const peer = this.socket(other(side));
-    if (this.queueTo(other(side)).empty) peer?.end();
-    else this.closing = true; // `flush` ends the other side once its queue is out
+    if (this.queueTo(other(side)).empty) return void peer?.end();
+    // What `side` sent last is still queued for the peer: `flush` ends the peer once it has taken it. The peer's
+    // answers can go nowhere now, yet a peer may wait for us to read them before it takes the rest (an echo server
+    // does): read it again and drop what it says (`forward`), or both would wait forever, holding both sockets and
+    // a --max-clients slot. A peer that does not take the rest within --idle-timeout is cut.
+    this.closing = true;
+    if (peer === undefined) return; // not connected yet: `upstreamOpened` lets it go
+    peer.resume();
+    if (this.timeouts.idleMs > 0)
+      this.idleTimer = setTimeout(() => this.cutLeftover(other(side)), this.timeouts.idleMs);
+  }
+
+  private cutLeftover(to: Side): void {
+    this.log.warn(`${this.name} ${to} did not take the last ${this.queueTo(to).bytes} bytes in time: cut`);
+    this.socket(to)?.terminate();
   }
 
   private socketClosed(side: Side): void {

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { concatBytes, decode, encode, startEchoUpstream, TestClient } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 
 const STAGE = "tcp_proxy/006-observability-and-edges.ts";
 
@@ -248,3 +249,5 @@ describe("006 metrics", () => {
     expect(stderr).toMatch(message);
   });
 });
+
+hostileContractTests({ file: STAGE, kind: "proxy", args: ["--port", "0"], acceptProxy: true });

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { decode, echoTransfer, randomBytes, startEchoUpstream, TestClient } from "../test/support/net.ts";
 import { runToExit, startStage, type Running } from "../test/support/process.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 
 const STAGE = "tcp_proxy/007-fault-injection.ts";
 const MiB = 1024 * 1024;
@@ -241,3 +242,5 @@ describe("007 control API", () => {
     expect(stderr).toMatch(message);
   });
 });
+
+hostileContractTests({ file: STAGE, kind: "proxy", args: ["--port", "0"], acceptProxy: true });

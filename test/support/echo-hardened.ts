@@ -33,10 +33,18 @@ export function sumOf(text: string, pattern: RegExp): number {
   return sum;
 }
 
-/** Waits until the server's stderr has `pattern` `count` times (one occurrence after another: no backtracking). */
-export async function waitForCount(server: Running, pattern: RegExp, count: number, timeoutMs = 15_000): Promise<void> {
+/**
+ * Waits until the server's stderr, from character `from` on, has `pattern` (not global) `count` times (one occurrence
+ * after another: no backtracking).
+ */
+export async function waitForCount(
+  server: Running,
+  pattern: RegExp,
+  count: number,
+  timeoutMs = 15_000,
+  from = 0,
+): Promise<void> {
   const deadline = performance.now() + timeoutMs;
-  let from = 0;
   for (let seen = 0; seen < count; seen++) {
     const left = Math.max(1, deadline - performance.now());
     const match = await server.waitForLog(pattern, left, from).catch((error: Error) => {

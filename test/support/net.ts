@@ -226,6 +226,21 @@ export class TestClient {
   }
 }
 
+/**
+ * Resolves once the peer has stopped taking `client`'s bytes (its queue here has not shrunk for 300 ms) or has
+ * taken them all. Polled: the kernel gives no event for "the other side stopped reading".
+ */
+export async function peerStopsTaking(client: TestClient, timeoutMs = 10_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  let last = client.unsent;
+  let since = performance.now();
+  while (client.unsent > 0 && performance.now() < deadline) {
+    await Bun.sleep(50);
+    if (client.unsent !== last) [last, since] = [client.unsent, performance.now()];
+    else if (performance.now() - since >= 300) return;
+  }
+}
+
 /** Connects, sends `request`, optionally half-closes, and waits for `request.length` reply bytes. */
 export async function exchange(
   port: number,
@@ -280,15 +295,28 @@ export async function connectMany(
 
 /**
  * `count` clients that connect and reset at once (RST, as `SO_LINGER` 0 or a port scanner does), all in flight
- * together, so that many reset before the server's accept completes. Resolves once every one has been reset.
+ * together, so that many reset before the server's accept completes; with `first`, each sends those bytes (a
+ * partial PROXY header, say) just before its RST. Resolves once every one has been reset, with how many could not
+ * connect at all (a server that stopped listening, or died: the caller decides whether that is a failure).
  */
-export async function resetStorm(port: number, count: number, host = "127.0.0.1"): Promise<void> {
+export async function resetStorm(
+  port: number,
+  count: number,
+  options: { host?: string; first?: Uint8Array | string } = {},
+): Promise<number> {
+  let failed = 0;
   await Promise.all(
     Array.from({ length: count }, async () => {
-      const socket = await Bun.connect({ hostname: host, port, socket: { data() {} } });
-      socket.terminate();
+      try {
+        const socket = await Bun.connect({ hostname: options.host ?? "127.0.0.1", port, socket: { data() {} } });
+        if (options.first !== undefined) socket.write(options.first);
+        socket.terminate();
+      } catch {
+        failed++;
+      }
     }),
   );
+  return failed;
 }
 
 /** How a deliberately wrong echo server misbehaves (see `startFaultyEchoServer`). */

@@ -28,6 +28,7 @@ export {
   descendants,
   isAlive,
   memoryKiB,
+  openFds,
   resetMemoryPeak,
   Running,
   waitGone,
