@@ -106,7 +106,7 @@ function checkXml(text: string): string[] {
 const hasScript = Bun.which("script") !== null;
 
 describe("005-open-loop-load", () => {
-  test("below saturation: the rate kept within 2%, every planned message written and verified, files written", async () => {
+  test("below saturation: rate kept within 2%, every planned message written and verified, files written", async () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
     using dir = tempDir();
     const hgrmFile = join(dir.path, "run.hgrm");
@@ -180,7 +180,7 @@ describe("005-open-loop-load", () => {
 
   // The lesson of the stage: one second of stall in a five-second run. The three runs go side by side, each
   // against its own stalling server, so the test takes one run's time.
-  test("a server stalling 1 s: the corrected p99 shows it; the uncorrected and 003's closed-loop ones do not", async () => {
+  test("a server stalling 1 s: the corrected p99 shows it; the uncorrected and closed-loop (003) do not", async () => {
     const stalling = () => startStage(STALLING, ["--port", "0", "--stall-every", "5", "--stall-for", "1"]);
     await using forClosed = await stalling();
     await using forOpen = await stalling();
