@@ -7,12 +7,18 @@
 // byte and times every message, drives the server at least as hard as a client that does nothing else.
 // Not a test: `bun run bench:client` (about 2 x rounds x (warmup + duration) seconds per connection count).
 //
+// Then the open-loop client, test/005-open-loop-load.ts, against the same server in the same run: the highest
+// --rate it holds within 1% (achieved msgs/s at least 99% of the requested rate), searched upwards from half the
+// closed-loop median at the largest -c and then bisected, and the CPU time it spends per message at a fixed
+// --fixed-rate, next to the closed-loop clients' CPU per message at full speed.
+//
 //   bun bench/loadgen-vs-minimal.ts [--server tcp_echo_server/NNN-x.ts] [-c 1,10,50,200] [-d 2] [--warmup 0.5]
-//                                   [--rounds 10] [-s 64] [--pin]
+//                                   [--rounds 10] [-s 64] [--pin] [--fixed-rate 20000] [--no-open-loop]
 // The server defaults to the highest-numbered echo stage from 005 on (the earlier ones serve one client at a time).
 // --pin (with taskset, 2+ cores) puts the server on CPU 0 and each client on CPU 1; without it the scheduler
 // places them, which is fairer on a machine that other work shares.
 
+import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { canPin, lastStage, median, onCpu, quantile, ROOT, startListening, stop } from "./lib.ts";
 
@@ -25,6 +31,8 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "10" },
     size: { type: "string", short: "s", default: "64" },
     pin: { type: "boolean", default: false },
+    "fixed-rate": { type: "string", default: "20000" },
+    "no-open-loop": { type: "boolean", default: false },
   },
   strict: true,
 });
@@ -89,6 +97,8 @@ console.log(
 );
 console.log("|---|---|---|---|---|---|");
 const server = await startServer(serverFile);
+/** Median msgs/s and CPU µs per message of the closed-loop clients, at the largest connection count. */
+let closedLoop: { connections: number; a: RunResult; b: RunResult } | undefined;
 try {
   for (const connections of connectionCounts) {
     const a: RunResult[] = [];
@@ -123,7 +133,75 @@ try {
       `| ${connections} | ${rateA.map(thousands).join(", ")} | ${rateB.map(thousands).join(", ")} | ` +
         `${ratioOfMedians.toFixed(2)}x | ${medianOfPairs.toFixed(2)}x (${middleHalf}) | ${cpuA.toFixed(2)}, ${cpuB.toFixed(2)} |`,
     );
+    closedLoop = {
+      connections,
+      a: { messagesPerSecond: median(rateA), cpuMicrosPerMessage: cpuA },
+      b: { messagesPerSecond: median(rateB), cpuMicrosPerMessage: cpuB },
+    };
   }
+  if (!values["no-open-loop"] && closedLoop) await openLoopSection(String(server.port), closedLoop);
 } finally {
   await server.stop();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The open-loop client (test/005-open-loop-load.ts) against the same server, after the closed-loop rounds.
+
+/** One open-loop run at `rate` msgs/s with the closed-loop runs' connections, message size, warmup and duration. */
+async function openLoopRun(port: string, rate: number, connections: number): Promise<RunResult & { held: boolean }> {
+  // 16 in flight per connection: room for the server's latency at any rate it can serve, so that what limits the
+  // client is the client (or the server), not its --pipeline bound.
+  const args = ["--rate", String(Math.round(rate)), "-c", String(connections), "--pipeline", "16"];
+  const result = await runClient(["test/005-open-loop-load.ts", "--port", port, ...args, ...common, "--json"]);
+  return { ...result, held: result.messagesPerSecond >= rate * 0.99 };
+}
+
+/**
+ * The highest rate held within 1%: up from `start` by 15% a step until a run falls short, then three bisections
+ * between the last rate held and the first missed. One run per rate, so a noisy machine makes it conservative.
+ */
+async function highestHeldRate(
+  port: string,
+  start: number,
+  connections: number,
+): Promise<{ rate: number; run: RunResult }> {
+  let held: { rate: number; run: RunResult } | undefined;
+  let missed: number | undefined;
+  for (let rate = start, step = 0; step < 15 && missed === undefined; rate *= 1.15, step++) {
+    const run = await openLoopRun(port, rate, connections);
+    if (run.held) held = { rate, run };
+    else missed = rate;
+  }
+  if (held === undefined) return highestHeldRate(port, start / 2, connections);
+  for (let i = 0; i < 3 && missed !== undefined; i++) {
+    const rate: number = (held.rate + missed) / 2;
+    const run = await openLoopRun(port, rate, connections);
+    if (run.held) held = { rate, run };
+    else missed = rate;
+  }
+  return held;
+}
+
+async function openLoopSection(
+  port: string,
+  closed: { connections: number; a: RunResult; b: RunResult },
+): Promise<void> {
+  const { connections } = closed;
+  const fixedRate = Number(values["fixed-rate"]);
+  const highest = await highestHeldRate(port, closed.a.messagesPerSecond / 2, connections);
+  const fixed = await openLoopRun(port, fixedRate, connections);
+  const row = (client: string, inFlight: number, rate: string, run: RunResult): string =>
+    `| ${client} | ${inFlight} | ${rate} | ${thousands(run.messagesPerSecond)} | ${run.cpuMicrosPerMessage.toFixed(2)} |`;
+  console.log("");
+  console.log(
+    `Open loop against the same server, ${connections} connections (load average ${loadavg()[0]!.toFixed(1)}):`,
+  );
+  console.log("");
+  console.log("| client | most in flight per connection | requested msgs/s | achieved msgs/s | CPU µs/msg |");
+  console.log("|---|---|---|---|---|");
+  console.log(row("003 closed loop (median above)", 1, "-", closed.a));
+  console.log(row("minimal closed loop (median above)", 1, "-", closed.b));
+  console.log(row("005 open loop, highest rate held within 1%", 16, thousands(highest.rate), highest.run));
+  console.log(row("005 open loop, fixed rate", 16, thousands(fixedRate), fixed));
+  if (!fixed.held) console.log(`(the fixed rate was not held: ${thousands(fixed.messagesPerSecond)} msgs/s)`);
 }
