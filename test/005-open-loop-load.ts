@@ -1489,7 +1489,7 @@ function heldBack(config: LoadConfig, outcome: Outcome): string[] {
       `the client's event loop: the busiest worker used ${Math.round(busiest * 100)}% of a core and ${ticks}. ` +
         "Add --workers (each is a process with its own loop), or lower --rate",
     );
-  } else if (tick.max > 10_000) {
+  } else if (tick.p99 > 5_000 || tick.max > 20_000) {
     reasons.push(
       `the machine: ${ticks} while the busiest worker used only ${Math.round(busiest * 100)}% of a core, so it ` +
         `waited for a CPU (load average ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores) or for garbage ` +
