@@ -254,6 +254,21 @@ describe("005-open-loop-load", () => {
     expect(code).toBe(0);
   });
 
+  test("without --rate: 003's closed loop, on several workers too, with exact counts and one latency", async () => {
+    await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
+    const args = ["-c", "4", "-m", "50", "--workers", "2", "--pipeline", "2", "--port", String(server.port)];
+    const { code, report, text } = await load(CLIENT, args);
+    expect(text).toContain("  closed loop (each connection sends when its replies are in), 2 worker processes\n");
+    expect(report.requestedRate).toBeNull();
+    expect(report.planned).toBeNull();
+    expect(report.sendLagMicroseconds).toBeNull();
+    expect(report.messages).toBe(200);
+    expect(report.workers.map((w) => w.messages)).toEqual([100, 100]);
+    expect(report.uncorrectedLatencyMicroseconds).toEqual(report.latencyMicroseconds); // no plan to correct from
+    expect(report.latencyMicroseconds.count).toBe(200);
+    expect(code).toBe(0);
+  });
+
   test("a rate the client cannot hold: a warning naming what held it back, the shortfall counted", async () => {
     await using server = await startStage(SERVER, ["--port", "0", "--log-level", "warn"]);
     // One connection, one message in flight: a loopback round trip of 20 µs or more caps it at 50,000 msgs/s.

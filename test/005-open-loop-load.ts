@@ -32,7 +32,7 @@
  *         bun test/003-load-generator.ts -c 10 -d 5 --port 5001
  *         bun test/005-open-loop-load.ts --rate 2000 -c 10 -d 5 --port 5001
  *         bun test/005-open-loop-load.ts --rate 2000 -c 10 -d 5 --pipeline 1000 --port 5001
- *   The closed loop reports a p99 of a millisecond or less: ten messages (one per connection) waited out the
+ *   The closed loop reports a p99 of a millisecond or two: ten messages (one per connection) waited out the
  *   stall, among tens of thousands. At 2,000 msgs/s, 2,000 of the 10,000 planned messages fall in the stall:
  *   the corrected p99 is close to the full second (p90 about half of it), while the uncorrected p99 stays near
  *   the closed loop's: with one message in flight per connection (--pipeline 1, wrk2's model) the client held
@@ -62,9 +62,11 @@
  *     as 003 and wrk do at the end of a closed-loop run, would hide a stall that falls at the very end.
  *   - Latencies are counted in a table of 100 ns steps (one increment) and folded into HDR histograms once a
  *     second, which gives the per-second series and the live p99 for the cost of a scan per second.
- *   - Workers are processes, not Bun Workers: same throughput, but the open-files limit and the heap are each
- *     process's own (docs/clients.md has the measurements). The plan is shared: worker w runs the connections
- *     j = w, w+W, ..., all starting from one wall-clock instant, so together they send exactly one plan.
+ *   - Workers are processes, not Bun Workers: the same throughput and CPU when measured, but in a Bun Worker
+ *     process.cpuUsage() is the whole process's, so no worker could tell its own CPU (which "what held it back"
+ *     needs); and the open-files limit and the heap are each process's own (docs/clients.md has the numbers).
+ *     The plan is shared: worker w runs the connections j = w, w+W, ..., all starting from one wall-clock
+ *     instant, so together they send exactly one plan.
  */
 
 // Layout (new = not in 003; changed = 003's part, modified):
