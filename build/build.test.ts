@@ -113,4 +113,14 @@ describe("compiled clients", () => {
     expect(sockets.code).toBe(0);
     expect(JSON.parse(sockets.stdout)).toMatchObject({ local: { LISTEN: 1 } });
   });
+
+  test("tcp-load at a fixed rate with 2 worker processes: the workers are the executable itself", async () => {
+    await using upstream = startEchoUpstream();
+    const args = ["--port", String(upstream.port), "--rate", "400", "-c", "4", "-d", "1", "--workers", "2", "--json"];
+    const load = await runToExit(bin("tcp-load"), args, executable);
+    expect(load.code).toBe(0);
+    const report = JSON.parse(load.stdout) as { requestedRate: number; messages: number; errors: { total: number } };
+    expect(report).toMatchObject({ requestedRate: 400, errors: { total: 0 } });
+    expect(report.messages).toBeGreaterThan(300);
+  });
 });

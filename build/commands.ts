@@ -21,7 +21,8 @@ export interface Command {
 export const COMMANDS: readonly Command[] = [
   { name: "tcp-echo-server", what: "the last echo stage", source: () => lastStage("tcp_echo_server") },
   { name: "tcp-proxy", what: "the last proxy stage", source: () => lastStage("tcp_proxy") },
-  { name: "tcp-load", what: "the load generator", source: () => "test/003-load-generator.ts" },
+  // The open-loop client: 003's closed loop without --rate, a fixed rate with coordinated omission corrected with it.
+  { name: "tcp-load", what: "the load generator", source: () => "test/005-open-loop-load.ts" },
   { name: "tcp-sockets", what: "the socket counter", source: () => "test/004-sockets.ts" },
 ];
 

@@ -18,8 +18,9 @@
  *         pool (so a batch of pipelined messages is one write, and nothing is allocated per message) and replies
  *         are compared against the pool's uppercase twin (a plain loop for short chunks, one Buffer.compare for
  *         long ones); latencies are tallied in 100 ns steps and folded into the histogram at the end.
- * Lacks:  open-loop (fixed-rate) load, which measures latency without coordinated omission; several source
- *         addresses to get past one address's ephemeral ports; TLS. (The last client stage.)
+ * Lacks:  open-loop (fixed-rate) load, which measures latency without coordinated omission, and more than one
+ *         core (test/005-open-loop-load.ts adds both); several source addresses to get past one address's
+ *         ephemeral ports; TLS.
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000 --log-level warn
  *         bun test/003-load-generator.ts -c 50 -d 5 --port 5000
