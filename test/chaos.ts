@@ -14,13 +14,12 @@
  *   - nothing leaks: the proxy's open files come back to where they started, the echo server is back to its
  *     supervisor and 2 workers, and the proxy's memory stayed under a bound.
  *
- * Usage: bun test/chaos.ts [--duration 30s] [--connections 40] [--kill-every 4s] [--json]
- *        bun run soak                          (the same, for 10 minutes; --duration to choose)
+ * Usage: bun test/chaos.ts --help;  bun run soak   (the same, for 10 minutes; --duration to choose)
  * The test (test/chaos.test.ts) runs it for about 30 s.
  */
 
 import { readdirSync } from "node:fs";
-import { parseArgs } from "node:util";
+import { commandLine, numberOption, usageError } from "../lib/cli.ts";
 import { lastStage } from "../lib/stages.ts";
 import { descendants, memoryKiB, run, startStage } from "./support/process.ts";
 
@@ -66,41 +65,42 @@ interface Report {
   violations: string[];
 }
 
-class UsageError extends Error {}
+const HELP = `Usage: bun test/chaos.ts [options]        (or: bun run soak [options], 10 minutes by default)
+
+Load (test/003, in rounds of fresh connections) through the last proxy stage, with these toxics on:
+  ${TOXICS.join("\n  ")}
+to the last echo stage with ${WORKERS} workers, one of them killed with SIGKILL every --kill-every. Exit 0 when
+every reply that arrived was exact, every error is a reset or close a kill explains, a round after the kills is
+clean and nothing leaked.
+
+Options:
+  --duration TIME      how long the chaos lasts: 30, 30s, 500ms, 10m (default 30s; at least ${ROUND_SECONDS * 2}s)
+  --connections N      connections per round of load, 1-1000 (default 40)
+  --kill-every TIME    time between two worker kills (default 4s; at least 0.5s)
+  --json               the report as JSON on stdout
+  -h, --help           show this help
+`;
 
 function parseSeconds(text: string, flag: string): number {
   const match = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text);
-  if (!match) throw new UsageError(`${flag} must be a duration like 30, 30s, 500ms or 10m, got "${text}"`);
+  if (!match) usageError(`${flag} must be a duration like 30, 30s, 500ms or 10m, got "${text}"`);
   const unit = match[2] ?? "s";
   return Number(match[1]) * (unit === "ms" ? 0.001 : unit === "m" ? 60 : 1);
 }
 
-function parseOptions(argv: string[]): Options | "help" {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        duration: { type: "string", default: "30s" },
-        connections: { type: "string", default: "40" },
-        "kill-every": { type: "string", default: "4s" },
-        json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-      strict: true,
-    }));
-  } catch (error) {
-    throw new UsageError((error as Error).message.replace(/\s*\n\s*/g, " "));
-  }
-  if (values.help) return "help";
-  const connections = Number(values.connections);
-  if (!/^\d+$/.test(values.connections) || connections < 1 || connections > 1000) {
-    throw new UsageError(`--connections must be an integer from 1 to 1000, got "${values.connections}"`);
-  }
+function parseOptions(): Options {
+  const values = commandLine(HELP, {
+    duration: { type: "string", default: "30s" },
+    connections: { type: "string", default: "40" },
+    "kill-every": { type: "string", default: "4s" },
+    json: { type: "boolean", default: false },
+  });
+  const connections = numberOption("--connections", values.connections, { min: 1, integer: true });
+  if (connections > 1000) usageError(`--connections must be at most 1000, got "${values.connections}"`);
   const durationSeconds = parseSeconds(values.duration, "--duration");
-  if (durationSeconds < ROUND_SECONDS * 2) throw new UsageError(`--duration must be at least ${ROUND_SECONDS * 2}s`);
+  if (durationSeconds < ROUND_SECONDS * 2) usageError(`--duration must be at least ${ROUND_SECONDS * 2}s`);
   const killEverySeconds = parseSeconds(values["kill-every"], "--kill-every");
-  if (killEverySeconds < 0.5) throw new UsageError("--kill-every must be at least 0.5s");
+  if (killEverySeconds < 0.5) usageError("--kill-every must be at least 0.5s");
   return { durationSeconds, connections, killEverySeconds, json: values.json };
 }
 
@@ -228,19 +228,7 @@ function textReport(report: Report): string {
 }
 
 async function main(): Promise<void> {
-  let options: Options | "help";
-  try {
-    options = parseOptions(process.argv.slice(2));
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    process.stderr.write(`error: ${error.message} (see --help)\n`);
-    process.exit(2);
-  }
-  if (options === "help") {
-    const header = (await Bun.file(import.meta.path).text()).split("*/")[0]!;
-    process.stdout.write(`${header.replace(/^#!.*\n\/\*\n/, "").replace(/^ \* ?/gm, "")}\n`);
-    return;
-  }
+  const options = parseOptions();
   const report = await chaos(options);
   if (options.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   else process.stdout.write(`${textReport(report)}\n`);
