@@ -4,7 +4,7 @@ import { hardenedEchoTests, waitForCount } from "../test/support/echo-hardened.t
 import { connectMany, decode, exchange, TestClient } from "../test/support/net.ts";
 import { descendants, isAlive, runToExit, startStage, waitGone, type Running } from "../test/support/process.ts";
 
-const STAGE = "tcp_echo_server/007-every-core-observable.ts";
+const STAGE = "tcp_echo_server/013-ready-for-containers.ts";
 // Explicit, so a HOST or WORKERS variable in the test's own environment cannot change what is tested. A short
 // drain: disposal SIGKILLs the supervisor, and its orphaned workers drain their clients before they exit.
 const BASE = ["--host", "127.0.0.1", "--port", "0", "--drain-timeout", "2"];
@@ -148,7 +148,7 @@ describe("007 every core, observable", () => {
   });
 
   test("a port in use: one line, exit 1, no worker left behind", async () => {
-    await using first = await startStage("tcp_echo_server/006-correct-under-any-client.ts", ["--port", "0"]);
+    await using first = await startStage("tcp_echo_server/009-draining-shutdown.ts", ["--port", "0"]);
     const { code, stdout, stderr } = await runToExit(STAGE, [
       "--host",
       "127.0.0.1",

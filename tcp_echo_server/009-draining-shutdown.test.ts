@@ -4,7 +4,7 @@ import { hardenedEchoTests, payload, sameBytes } from "../test/support/echo-hard
 import { TestClient, upperAscii } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
 
-const STAGE = "tcp_echo_server/006-correct-under-any-client.ts";
+const STAGE = "tcp_echo_server/009-draining-shutdown.ts";
 const PREVIOUS = "tcp_echo_server/005-bounded-concurrency.ts";
 const MiB = 1024 * 1024;
 
