@@ -170,10 +170,10 @@ interface Client {
   queued: number;
   /** Reading is paused because the queue went over --max-buffer. */
   paused: boolean;
+  idleTimer: Timer | undefined;
   bytesIn: number;
   bytesOut: number;
   closed: boolean;
-  idleTimer: Timer | undefined;
 }
 
 class EchoServer {
@@ -261,10 +261,10 @@ class EchoServer {
       queue: [],
       queued: 0,
       paused: false,
+      idleTimer: undefined,
       bytesIn: 0,
       bytesOut: 0,
       closed: false,
-      idleTimer: undefined,
     };
     this.clients.add(socket);
     this.log.debug(`socket options: ${formatOptions((socket as WithFd).fd)}`, socket.data.id);

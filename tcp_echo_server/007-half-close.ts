@@ -164,10 +164,10 @@ interface Client {
   paused: boolean;
   /** The client sent FIN: close once the queue is flushed. */
   peerEnded: boolean;
+  idleTimer: Timer | undefined;
   bytesIn: number;
   bytesOut: number;
   closed: boolean;
-  idleTimer: Timer | undefined;
 }
 
 class EchoServer {
@@ -258,10 +258,10 @@ class EchoServer {
       queued: 0,
       paused: false,
       peerEnded: false,
+      idleTimer: undefined,
       bytesIn: 0,
       bytesOut: 0,
       closed: false,
-      idleTimer: undefined,
     };
     this.clients.add(socket);
     this.log.debug(`socket options: ${formatOptions((socket as WithFd).fd)}`, socket.data.id);
