@@ -27,7 +27,7 @@
  *         toUpperAscii; socket options
  *         Client                            new: the reply queue, paused, bytes in and out
  *         EchoServer
- *           start                           new: the `drain` handler
+ *           start                           new: the `drain` and `error` handlers
  *           onOpen, handleConn
  *           onData                          replies through send()
  *           send, flush, countSent          new: queue what the kernel does not take, flush it on `drain`
@@ -242,6 +242,7 @@ class EchoServer {
         drain: (socket) => this.flush(socket),
         end: (socket) => this.onEnd(socket),
         close: (socket, error) => this.onClose(socket, error),
+        error: (socket, error) => this.log.error(`socket error: ${error.message}`, socket.data.id),
       },
     });
     this.listener = listener;

@@ -238,6 +238,7 @@ class EchoServer {
         drain: (socket) => this.flush(socket),
         end: (socket) => this.onEnd(socket),
         close: (socket, error) => this.onClose(socket, error),
+        error: (socket, error) => this.log.error(`socket error: ${error.message}`, socket.data.id),
       },
     });
     this.listener = listener;

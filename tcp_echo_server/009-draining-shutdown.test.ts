@@ -5,11 +5,11 @@ import { TestClient, upperAscii } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
 
 const STAGE = "tcp_echo_server/009-draining-shutdown.ts";
-const PREVIOUS = "tcp_echo_server/005-bounded-concurrency.ts";
+const PREVIOUS = "tcp_echo_server/008-limits-not-a-waiting-room.ts";
 const MiB = 1024 * 1024;
 
-describe("006 correct under any client", () => {
-  test("--port 0 prints one listening line; the log states the limits in force", async () => {
+describe("009 a draining shutdown", () => {
+  test("--port 0 prints one listening line; the log states the limits and the drain timeout", async () => {
     await using server = await startStage(STAGE, ["--port", "0", "--max-per-ip", "3", "--max-buffer", "1m"]);
     expect(server.stdout.text).toBe(`listening on 127.0.0.1:${server.port}\n`);
     await server.waitForLog(
@@ -42,35 +42,40 @@ describe("006 correct under any client", () => {
 
   echoContractTests({ file: STAGE, args: ["--port", "0"] });
 
-  // The lesson: a client that sends a lot before reading. Bun's write() takes what fits in the kernel and drops
-  // the rest unless the server keeps it. 005 does not: its reply comes back short. 006 queues it and pauses the
-  // client's reading while the queue is full, so every byte comes back, in order.
-  describe("partial writes: 8 MiB sent by a client that reads only afterwards", () => {
-    const request = payload(8 * MiB);
-
-    test("005 (previous stage) loses reply bytes", async () => {
-      await using server = await startStage(PREVIOUS, ["--port", "0"]);
+  // The lesson: SIGTERM while a client is owed a reply it has not read yet (32 MiB sent, most of the reply queued
+  // in the server). 008 closes at once and the queued part is lost; 009 delivers it, then closes, then exits 0.
+  describe("SIGTERM while 32 MiB of reply are owed to a client that reads only afterwards", () => {
+    const request = payload(32 * MiB, 5);
+    const signalWhileOwed = async (file: string): Promise<{ reply: Uint8Array; code: number; log: string }> => {
+      await using server = await startStage(file, ["--port", "0", "--max-buffer", "64m", "--log-level", "debug"]);
       const client = await TestClient.connect(server.port);
       client.pauseReading();
       client.write(request);
-      await client.shutdown();
-      await server.waitForLog(/client closed its side \(FIN\)/); // 005 read it all, dropping what did not fit
+      await client.flushed();
+      await server.waitForLog(/received \d+ bytes/);
+      server.proc.kill("SIGTERM");
+      await server.waitForLog(/SIGTERM received/);
       client.resumeReading();
-      const reply = await client.readToEnd();
+      const reply = await client.readToEnd(20_000);
+      const code = await server.waitExit(10_000);
+      return { reply, code, log: await server.stderr.ended() };
+    };
+
+    test("008 (previous stage) drops the replies still queued", async () => {
+      const { reply, code, log } = await signalWhileOwed(PREVIOUS);
+      expect(code).toBe(0);
       expect(reply.length).toBeLessThan(request.length);
+      expect(log).toContain("closed 1 client(s); bye");
     });
 
-    test("006 returns every byte, in order", async () => {
-      await using server = await startStage(STAGE, ["--port", "0", "--log-level", "debug"]);
-      const client = await TestClient.connect(server.port);
-      client.pauseReading();
-      client.write(request);
-      await server.waitForLog(/over --max-buffer: pausing its reading/);
-      client.resumeReading();
-      await client.shutdown();
-      const reply = await client.readToEnd(20_000);
-      expect(reply.length).toBe(request.length);
-      expect(sameBytes(reply, upperAscii(request))).toBe(true);
+    test("009 delivers every byte it read before the signal, then exits 0", async () => {
+      const { reply, code, log } = await signalWhileOwed(STAGE);
+      expect(code).toBe(0);
+      // The server may not have read the last of the 32 MiB when the signal came: a prefix, and most of it.
+      expect(reply.length).toBeGreaterThan(16 * MiB);
+      expect(sameBytes(reply, upperAscii(request).subarray(0, reply.length))).toBe(true);
+      const summary = `shutdown complete: 1 client(s) drained, 0 cut; since start 1 served, 0 refused, ${reply.length} bytes received and ${reply.length} sent back`;
+      expect(log).toContain(summary);
     });
   });
 

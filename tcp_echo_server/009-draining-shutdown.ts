@@ -1,26 +1,41 @@
 #!/usr/bin/env bun
 /*
- * 006 - correct under any client: write queues, half-close, limits, draining shutdown
+ * 009 - a draining shutdown: every reply owed is delivered before the server goes
  *
- * Adds:   partial writes are honoured: what the kernel does not take goes into a per-connection queue, flushed on
- *         `drain`, in order, never dropped. While a client's queue is over --max-buffer its reading is paused, so a
- *         client that sends but never reads costs at most --max-buffer plus one read (<= 512 KiB) of memory.
- *         Half-close: a client that sends and then FINs gets its complete reply, then the server closes
- *         (allowHalfOpen, so Bun no longer closes for us before the queue is flushed). The idle timer is also
- *         re-armed by the client's reading (a slow reader is not idle). Limits instead of a waiting room: at most
- *         --max-clients at once and --max-per-ip from one address; a client over a limit is refused (closed at
- *         once) with a log line saying which limit. --max-clients is capped below the process's open-files
- *         limit, and the log says so, so the server never runs into EMFILE. Graceful shutdown drains: stop
- *         accepting, stop echoing, deliver every reply already owed, send FIN, give each client up to 2 s to
- *         close too (a lingering close: no RST while its bytes still arrive), cut whoever is left at
- *         --drain-timeout, log the counts. A second signal cuts at once.
- * Lacks:  one process on one core; no metrics; configuration only from the command line (007 adds workers on
- *         every core, Prometheus metrics, JSON logs and environment variables).
+ * Adds:   SIGINT/SIGTERM no longer close every connection at once, dropping the replies still queued: the server
+ *         stops accepting, stops echoing (bytes that arrive after the signal are dropped and counted), delivers
+ *         every reply it already owes, then sends FIN. It then keeps reading, and discarding, until the client
+ *         closes too, for at most LINGER_MS (2 s): a lingering close, because closing while the client's bytes
+ *         still arrive answers them with RST, and an RST makes the client's kernel throw away the reply bytes it
+ *         has not read yet (Apache lingers for the same reason). Whoever still holds replies at --drain-timeout
+ *         (a client that does not read) is cut with RST, so it can tell; a second signal cuts at once. The last
+ *         line counts the clients drained and cut, and the bytes in and out since start.
+ * Lacks:  speed: each reply is a fresh copy uppercased a byte at a time, and a queue is flushed one chunk per
+ *         write (010); one process on one core (011); no metrics (012); configuration only from the command
+ *         line, text logs only (013).
  *
- * Try it: bun tcp_echo_server/006-correct-under-any-client.ts --port 5000 --max-per-ip 2 --idle-timeout 10
- *         open three `telnet 127.0.0.1 5000` sessions: the third is refused; a silent one is closed after 10 s.
- *         head -c 50000000 /dev/urandom | nc -N 127.0.0.1 5000 | wc -c      (50000000: every byte comes back)
- *         bun test/002-client.ts -n 500 --port 5000, then Ctrl-C the server: it drains and logs the counts.
+ * Try it: bun tcp_echo_server/009-draining-shutdown.ts --port 5000 --max-buffer 64m
+ *         nc 127.0.0.1 5000                                 (interactive: each line comes back uppercased)
+ *         head -c 20000000 /dev/zero | nc -N 127.0.0.1 5000 | (sleep 5; wc -c)
+ *             and Ctrl-C the server within those 5 s: it waits for the slow reader, delivers the reply it owes
+ *             (wc prints 20000000; 008 prints less), logs the counts and exits.
+ *
+ * Layout: as in 008, except where marked:
+ *         Logger; EchoServerConfig          new: drainTimeout
+ *         toUpperAscii; socket options
+ *         LINGER_MS; clientsAllowedByFdLimit
+ *         Client                            new: draining, finSent, cut, the linger timer
+ *         EchoServer                        new: totals since start, the drain deadline
+ *           start, onOpen, handleConn       the totals count
+ *           onData                          new: drops what arrives during a drain
+ *           send, flush, countSent
+ *           afterFlush                      new: a drained client gets FIN, then the lingering close
+ *           onEnd, onIdle
+ *           onClose                         new: counts drained and cut; the last one finishes the shutdown
+ *           shutdown                        new: the drain; a second signal cuts
+ *           cutRemaining, finishShutdown    new
+ *         helpers, HELP, parseConfig        new: --drain-timeout
+ *         main
  */
 
 import type { Socket, TCPSocketListener } from "bun";
@@ -51,10 +66,6 @@ class Logger {
     private readonly activeClients: () => string,
   ) {
     this.threshold = LEVELS.indexOf(level);
-  }
-
-  enabled(level: Level): boolean {
-    return LEVELS.indexOf(level) >= this.threshold;
   }
 
   private write(level: Level, message: string, connId?: number): void {
@@ -286,13 +297,15 @@ class EchoServer {
       bytesOut: 0,
       closed: false,
     };
-    // Reading the options loads libc (about 10 us a client, more than echoing a message): only for debug lines.
-    if (this.log.enabled("debug"))
-      this.log.debug(`socket options: ${formatOptions((socket as WithFd).fd)}`, socket.data.id);
+    this.log.debug(`socket options: ${formatOptions((socket as WithFd).fd)}`, socket.data.id);
     this.handleConn(socket);
   }
 
-  /** Admits a connection, or refuses it (closes at once) when a limit is reached: nobody waits in a queue. */
+  /**
+   * Admits a connection, or refuses it (closes at once) when a limit is reached: nobody waits in a queue. 005's
+   * semaphore held the clients over its limit, each on an open file descriptor, answering nothing for as long as
+   * the queue ahead of them: an unbounded waiting room that hides overload. A refusal is seen at once.
+   */
   private handleConn(socket: Socket<Client>): void {
     const client = socket.data;
     const fromIp = this.perIp.get(client.ip) ?? 0;
@@ -525,16 +538,16 @@ when the client reads slowly, never dropped. Clients over a limit are refused. S
 deliver the replies owed, close; a second signal cuts at once.
 
 Options:
-  --host HOST           address to listen on (default 127.0.0.1)
-  --port PORT           port to listen on, 0 for a free one (default 5000)
-  --max-clients N       clients served at once, capped below the open-files limit (default 10000)
-  --max-per-ip N        connections from one address, 0 = no limit (default 0)
-  --max-buffer BYTES    unsent reply bytes per client before its reading pauses; k and m suffixes for KiB
-                        and MiB (default 256k)
-  --idle-timeout S      close a client silent for S seconds, 0 = never (default 60)
-  --drain-timeout S     on SIGINT/SIGTERM, cut the clients still connected after S seconds (default 8)
-  --log-level LEVEL     debug, info, warn or error (default info)
-  -h, --help            show this help
+  --host HOST         address to listen on (default 127.0.0.1)
+  --port PORT         port to listen on, 0 for a free one (default 5000)
+  --max-clients N     clients served at once, capped below the open-files limit (default 10000)
+  --max-per-ip N      connections from one address, 0 = no limit (default 0)
+  --max-buffer BYTES  unsent reply bytes per client before its reading pauses; k and m suffixes for KiB
+                      and MiB (default 256k)
+  --idle-timeout S    close a client silent for S seconds, 0 = never (default 60)
+  --drain-timeout S   on SIGINT/SIGTERM, cut the clients still connected after S seconds (default 8)
+  --log-level LEVEL   debug, info, warn or error (default info)
+  -h, --help          show this help
 `;
 
 class UsageError extends Error {}
