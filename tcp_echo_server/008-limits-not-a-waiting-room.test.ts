@@ -11,8 +11,10 @@ describe("008 limits instead of a waiting room", () => {
   test("the log states the limits in force; -h lists --max-per-ip; a bad value is a usage error", async () => {
     await using server = await startStage(STAGE, ["--port", "0", "--max-per-ip", "3", "--max-buffer", "1m"]);
     expect(server.stdout.text).toBe(`listening on 127.0.0.1:${server.port}\n`);
-    await server.waitForLog(
-      /listening on 127\.0\.0\.1:\d+ \(at most 10000 clients at once, 3 per address, 1 MiB reply queue per client, idle timeout 60 s\)/,
+    await server.waitForLog(/INFO  \[server \| active 0\/10000\] listening on/);
+    expect(server.stderr.text).toContain(
+      `listening on 127.0.0.1:${server.port} (at most 10000 clients at once, 3 per address, ` +
+        "1 MiB reply queue per client, idle timeout 60 s)",
     );
     const help = await runToExit(STAGE, ["-h"]);
     expect([help.code, help.stdout]).toEqual([0, expect.stringContaining("--max-per-ip N")]);
