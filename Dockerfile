@@ -7,7 +7,7 @@
 FROM oven/bun:1.4.5-slim
 
 WORKDIR /app
-# Stage 007 reads its configuration from the environment: override any of it with `docker run -e NAME=value`.
+# The last echo stage reads its configuration from the environment: override any of it with `docker run -e NAME=value`.
 ENV NODE_ENV=production \
     HOST=0.0.0.0 \
     PORT=5000
@@ -22,6 +22,7 @@ COPY tcp_echo_server/ ./tcp_echo_server/
 USER bun
 EXPOSE 5000
 STOPSIGNAL SIGTERM
-# Stage 007: one worker per CPU the container may use (WORKERS=N to choose), graceful drain on SIGTERM within
-# DRAIN_TIMEOUT (8 s, under docker stop's 10 s). Metrics: docker run -e METRICS_PORT=9100 -p 9100:9100 ...
-CMD ["bun", "tcp_echo_server/007-every-core-observable.ts"]
+# Stage 013, the last echo stage: one worker per CPU the container may use (WORKERS=N to choose), graceful drain
+# on SIGTERM within DRAIN_TIMEOUT (8 s, under docker stop's 10 s). Metrics: docker run -e METRICS_PORT=9100
+# -p 9100:9100 ...
+CMD ["bun", "tcp_echo_server/013-ready-for-containers.ts"]

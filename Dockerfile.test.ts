@@ -4,6 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
+import { lastStage } from "./bench/lib.ts";
 import { decode, TestClient } from "./test/support/net.ts";
 import { ROOT, startStage } from "./test/support/process.ts";
 
@@ -54,10 +55,11 @@ describe("Dockerfile", () => {
     expect(imageEnv().HOST).toBe("0.0.0.0");
   });
 
-  test("the command is exec form and names a stage file that exists and is copied into the image", () => {
+  test("the command is exec form and names the last echo stage, which is copied into the image", () => {
     expect(command[0]).toBe("bun");
     const stage = command[1]!;
     expect(stage).toMatch(/^tcp_echo_server\/\d{3}-[\w-]+\.ts$/);
+    expect(stage).toBe(lastStage("tcp_echo_server")); // a new last stage must be the one the image runs
     expect(existsSync(resolve(ROOT, stage))).toBe(true);
     const copied = instructions.filter((i) => i.keyword === "COPY").map((i) => i.value.split(/\s+/)[0]!);
     expect(copied.some((source) => stage.startsWith(source))).toBe(true);

@@ -20,13 +20,15 @@ export function onCpu(cpu: 0 | 1, command: string[], pin = canPin): string[] {
   return pin ? ["taskset", "-c", String(cpu), ...command] : command;
 }
 
-/** The highest-numbered stage file in `folder` (relative to the root), numbered `from` or above. */
-export function lastStage(folder: string, from = 1): string {
+/** The highest-numbered stage file in `folder` (relative to the root), numbered from `from` to `to`. */
+export function lastStage(folder: string, from = 1, to = 999): string {
+  const number = (name: string): number => Number(name.slice(0, 3));
   const stages = readdirSync(join(ROOT, folder))
-    .filter((name) => /^\d{3}-.*\.ts$/.test(name) && !name.includes(".test.") && Number(name.slice(0, 3)) >= from)
+    .filter((name) => /^\d{3}-.*\.ts$/.test(name) && !name.includes(".test.") && number(name) >= from)
+    .filter((name) => number(name) <= to)
     .sort();
   const last = stages.at(-1);
-  if (last === undefined) throw new Error(`no stage numbered ${from} or above in ${folder}/`);
+  if (last === undefined) throw new Error(`no stage numbered ${from} to ${to} in ${folder}/`);
   return join(folder, last);
 }
 

@@ -11,10 +11,11 @@
  *         limit, no per-address limit (008); shutdown drops the replies still queued (009); one process on one
  *         core (011).
  *
- * Try it: bun tcp_echo_server/007-half-close.ts --port 5000
+ * Try it: bun tcp_echo_server/007-half-close.ts --port 5000 --max-buffer 64m
  *         nc 127.0.0.1 5000                                 (interactive: each line comes back uppercased)
- *         head -c 50000000 /dev/urandom | nc -N 127.0.0.1 5000 | wc -c
- *             prints 50000000: nc sends FIN once its input is sent, long before the reply is (006 prints less)
+ *         head -c 20000000 /dev/urandom | nc -N 127.0.0.1 5000 | (sleep 2; wc -c)
+ *             prints 20000000; 006 prints less: nc sends FIN as soon as its input is sent, while most of the
+ *             reply still waits in the server's queue for a slow reader (the pipe to wc, full for 2 s)
  *
  * Layout: as in 006, except where marked:
  *         Logger; Semaphore; EchoServerConfig; toUpperAscii; socket options

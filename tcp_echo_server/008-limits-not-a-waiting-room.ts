@@ -13,7 +13,8 @@
  * Lacks:  shutdown drops the replies still queued (009); one process on one core (011).
  *
  * Try it: bun tcp_echo_server/008-limits-not-a-waiting-room.ts --port 5000 --max-per-ip 2
- *         nc 127.0.0.1 5000 in three terminals: the third is closed at once (the log says which limit)
+ *         nc 127.0.0.1 5000 in two terminals (interactive: each line comes back uppercased), then in a third:
+ *         echo hi | nc -N 127.0.0.1 5000    (no answer: refused at once, the log says by which limit; 007 waits)
  *         prlimit --nofile=64:64 bun tcp_echo_server/008-limits-not-a-waiting-room.ts --port 5000
  *             (its first line says how many clients fit under 64 open files)
  *
