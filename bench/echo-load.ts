@@ -10,33 +10,43 @@
 // Connections are closed with RST so that a run does not leave thousands of sockets in TIME_WAIT.
 
 import type { Socket } from "bun";
-import { parseArgs } from "node:util";
+import { flushQueue, sendQueued } from "../lib/sockets.ts";
+import { commandLine, usageError } from "./lib.ts";
 
-const { values } = parseArgs({
-  options: {
-    host: { type: "string", default: "127.0.0.1" },
-    port: { type: "string" },
-    connections: { type: "string", default: "100" },
-    size: { type: "string", default: "64" },
-    pipeline: { type: "string", default: "1" },
-    duration: { type: "string", default: "5" },
-    warmup: { type: "string", default: "1" },
-    batch: { type: "string", default: "100" },
-    hold: { type: "boolean", default: false },
-    "cpu-of": { type: "string", default: "" },
-    json: { type: "boolean", default: false },
-    help: { type: "boolean", short: "h", default: false },
-  },
-  strict: true,
+const HELP = `Usage: bun bench/echo-load.ts --port PORT [options]
+
+Closed-loop echo load, the driver bench/echo.ts and bench/proxy.ts run against each server. Prints its result
+(messages/s, reply MiB/s, round-trip percentiles, server CPU per message, problems seen) after --duration.
+
+Options:
+  --port PORT           the server's port (required)
+  --host HOST           the server's address (default 127.0.0.1)
+  --connections N       connections (default 100)
+  --size BYTES          message size (default 64)
+  --pipeline K          messages in flight per connection (default 1)
+  --duration S          measured seconds (default 5)
+  --warmup S            unmeasured seconds first (default 1)
+  --batch N             connections opened per ramp step (default 100)
+  --hold                open the connections, print {"held": N}, keep them idle until stdin ends or SIGTERM
+  --json                the result as one JSON line
+  --cpu-of PID,PID...   report the CPU time these processes (the server's) used in the measured window
+  -h, --help            show this help
+`;
+
+const values = commandLine(HELP, {
+  host: { type: "string", default: "127.0.0.1" },
+  port: { type: "string" },
+  connections: { type: "string", default: "100" },
+  size: { type: "string", default: "64" },
+  pipeline: { type: "string", default: "1" },
+  duration: { type: "string", default: "5" },
+  warmup: { type: "string", default: "1" },
+  batch: { type: "string", default: "100" },
+  hold: { type: "boolean", default: false },
+  "cpu-of": { type: "string", default: "" },
+  json: { type: "boolean", default: false },
 });
-
-if (values.help || values.port === undefined) {
-  process.stdout.write(`Usage: bun bench/echo-load.ts --port PORT [--host H] [--connections N] [--size BYTES]
-         [--pipeline K] [--duration S] [--warmup S] [--batch N] [--hold] [--json] [--cpu-of PID,PID...]
---cpu-of: report the CPU time those processes (the server's) used during the measured window.
-`);
-  process.exit(values.help ? 0 : 2);
-}
+if (values.port === undefined) usageError("--port is required");
 
 const host = values.host;
 const port = Number(values.port);
@@ -101,21 +111,11 @@ function record(us: number): void {
   latencies[latencyCount++] = us;
 }
 
-function send(socket: Socket<Conn>, bytes: Uint8Array): void {
-  const conn = socket.data;
-  if (conn.unsent.length > 0) {
-    conn.unsent.push(bytes);
-    return;
-  }
-  const written = socket.write(bytes);
-  if (written >= 0 && written < bytes.length) conn.unsent.push(bytes.subarray(written));
-}
-
 function sendMessages(socket: Socket<Conn>, count: number, now: number): void {
   const conn = socket.data;
   for (let i = 0; i < count; i++) conn.sentAt[(conn.head + conn.inFlight + i) % pipeline] = now;
   conn.inFlight += count;
-  send(socket, count === pipeline ? burst : burst.subarray(0, count * size));
+  sendQueued(socket, conn.unsent, count === pipeline ? burst : burst.subarray(0, count * size));
 }
 
 const sockets: Socket<Conn>[] = [];
@@ -160,17 +160,7 @@ async function open(): Promise<Socket<Conn>> {
         if (running && done > 0) sendMessages(socket, done, now);
       },
       drain(socket) {
-        const c = socket.data;
-        while (c.unsent.length > 0) {
-          const head = c.unsent[0]!;
-          const written = socket.write(head);
-          if (written < 0) return;
-          if (written < head.length) {
-            c.unsent[0] = head.subarray(written);
-            return;
-          }
-          c.unsent.shift();
-        }
+        flushQueue(socket, socket.data.unsent);
       },
       close(socket) {
         if (running) unexpectedCloses++;

@@ -1,26 +1,19 @@
 #!/usr/bin/env bun
 // Echo benchmark (not a test): the last echo stage and stage 005 against two references kept in bench/reference/
-// (a minimal Bun.listen echo and a Node.js node:net echo), under the same load, side by side, in one run:
-//   100 / 1000 connections  closed loop, one 64-byte message in flight per connection: messages/s, p50/p99 RTT
-//   flood                   10 connections with 128 64-byte messages in flight each: echo bandwidth (MiB/s)
-//   held                    10,000 idle connections: KiB of server RSS per connection
-// plus the server's peak RSS and CPU time per message (from /proc: robust when the machine is shared).
-// With two cores and taskset, the server runs on CPU 0 and the load (bench/echo-load.ts) on CPU 1; the stage then
-// runs one worker, as its default (the CPUs it may use) says. Every server is measured --rounds times,
-// interleaved, and the median is kept. Writes bench/results/echo.json and echo.svg (the README shows the chart).
-// Usage: bun bench/echo.ts [--seconds 3] [--rounds 5] [--held 10000] [--out-dir bench/results]
-//        bun bench/echo.ts --chart-only      (redraws echo.svg from echo.json)
+// (a minimal Bun.listen echo and a Node.js node:net echo), under the same load, side by side, in one run. The
+// help text below says what it measures, how long it takes and where it writes.
 
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { join, resolve } from "node:path";
-import { parseArgs } from "node:util";
 import {
   canPin,
+  commandLine,
   descendants,
   lastStage,
   median,
   memoryKiB,
+  numberOption,
   onCpu,
   ROOT,
   spawn,
@@ -28,25 +21,51 @@ import {
   stop,
   waitForLine,
 } from "./lib.ts";
-const { values } = parseArgs({
-  options: {
-    seconds: { type: "string", default: "3" },
-    warmup: { type: "string", default: "1" },
-    rounds: { type: "string", default: "5" },
-    held: { type: "string", default: "10000" },
-    "out-dir": { type: "string", default: "bench/results" },
-    "chart-only": { type: "boolean", default: false },
-  },
-  strict: true,
+import { stageFiles } from "../lib/stages.ts";
+
+const HELP = `Usage: bun bench/echo.ts [options]        (or: bun run bench echo [options])
+
+Echo benchmark, not a test: the last echo stage and stage 005 against a minimal Bun.listen echo and a Node.js
+node:net echo (bench/reference/), each under the same closed-loop load (bench/echo-load.ts):
+  100 / 1000 connections  one 64-byte message in flight per connection: messages/s, p50 and p99 round trip
+  flood                   10 connections with 128 messages in flight each: echo bandwidth, MiB/s
+  held                    --held idle connections: KiB of server memory per connection
+and each server's peak memory and CPU time per message (from /proc). With taskset and two cores the server runs
+on CPU 0 and the load on CPU 1. Every server is measured --rounds times, interleaved, and the median is kept.
+
+Run time: per server and round, 3 x (warmup + seconds) plus about 4 s (start, held connections): 5-6 minutes
+with the defaults for 4 servers; --rounds 1 --seconds 1 takes about 45 s.
+
+Writes echo.json and echo.svg to --out-dir, by default bench/results/: that REPLACES the committed results the
+README shows. To keep them, write elsewhere: --out-dir /tmp/bench.
+
+Options:
+  --seconds S     measured seconds per scenario and round (default 3)
+  --warmup S      unmeasured seconds before each scenario (default 1)
+  --rounds N      rounds per server, the median is kept (default 5)
+  --held N        idle connections for the memory measure (default 10000)
+  --out-dir DIR   where echo.json and echo.svg go (default bench/results)
+  --chart-only    measure nothing: redraw echo.svg from the echo.json in --out-dir
+  -h, --help      show this help
+`;
+
+const values = commandLine(HELP, {
+  seconds: { type: "string", default: "3" },
+  warmup: { type: "string", default: "1" },
+  rounds: { type: "string", default: "5" },
+  held: { type: "string", default: "10000" },
+  "out-dir": { type: "string", default: "bench/results" },
+  "chart-only": { type: "boolean", default: false },
 });
-const SECONDS = Number(values.seconds);
-const ROUNDS = Number(values.rounds);
-const HELD = Number(values.held);
+const SECONDS = numberOption("--seconds", values.seconds, { min: 0.1 });
+const WARMUP = numberOption("--warmup", values.warmup);
+const ROUNDS = numberOption("--rounds", values.rounds, { min: 1, integer: true });
+const HELD = numberOption("--held", values.held, { min: 1, integer: true });
 const OUT_DIR = resolve(ROOT, values["out-dir"]);
 
 const LAST_STAGE = lastStage("tcp_echo_server");
-/** Stage 005: the end of the original Python series, before any of the hardening. */
-const SERIES_END = lastStage("tcp_echo_server", 1, 5);
+/** Stage 005, found by its number: the end of the original Python series, before any of the hardening. */
+const SERIES_END = `tcp_echo_server/${stageFiles("tcp_echo_server").find((name) => name.startsWith("005-"))}`;
 const which = (tool: string): string | null => Bun.which(tool);
 const pinning = canPin;
 
@@ -108,7 +127,7 @@ async function runLoad(port: number, pids: number[], scenario: Scenario): Promis
     "--duration",
     String(SECONDS),
     "--warmup",
-    values.warmup,
+    String(WARMUP),
     "--json",
     "--cpu-of",
     pids.join(","),
@@ -200,6 +219,18 @@ type Summary = ReturnType<typeof summarise>;
 
 const COLOURS = ["#8c8c8c", "#6a9955", "#d19a66", "#4f7cc9"];
 
+/** ` name="value"` for each attribute, in order. */
+function attributes(values: Record<string, string | number>): string {
+  return Object.entries(values)
+    .map(([name, value]) => ` ${name}="${value}"`)
+    .join("");
+}
+
+/** An SVG element: self-closing without `text`. */
+function tag(name: string, values: Record<string, string | number>, text?: string): string {
+  return text === undefined ? `<${name}${attributes(values)}/>` : `<${name}${attributes(values)}>${text}</${name}>`;
+}
+
 function escape(text: string): string {
   return text.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
 }
@@ -252,63 +283,53 @@ function chart(
   const top = 70;
   const width = panels.length * panelWidth + 20;
   const height = top + panelHeight + 125;
+  const middle = (x0: number) => x0 + panelWidth / 2;
   const out: string[] = [];
-  out.push(
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
-  );
-  out.push(`<rect width="${width}" height="${height}" fill="#ffffff"/>`);
-  out.push(
-    `<text x="10" y="22" font-size="16" font-weight="bold">Echo servers, same load, one run (median of ${meta.rounds} rounds)</text>`,
-  );
-  out.push(
-    `<text x="10" y="42" fill="#555">${escape(`${meta.date.slice(0, 10)}, ${cpus().length} cores${meta.pinned ? ", server on CPU 0, load on CPU 1" : ""}, load average ${meta.load.toFixed(1)}; ratio = ${stageName} / Bun minimal`)}</text>`,
-  );
+  const svg = { xmlns: "http://www.w3.org/2000/svg", width, height, viewBox: `0 0 ${width} ${height}` };
+  out.push(`<svg${attributes({ ...svg, "font-family": "sans-serif", "font-size": 12 })}>`);
+  out.push(tag("rect", { width, height, fill: "#ffffff" }));
+  const title = `Echo servers, same load, one run (median of ${meta.rounds} rounds)`;
+  out.push(tag("text", { x: 10, y: 22, "font-size": 16, "font-weight": "bold" }, title));
+  const pinned = meta.pinned ? ", server on CPU 0, load on CPU 1" : "";
+  const machine = `${meta.date.slice(0, 10)}, ${cpus().length} cores${pinned}, load average ${meta.load.toFixed(1)}`;
+  out.push(tag("text", { x: 10, y: 42, fill: "#555" }, escape(`${machine}; ratio = ${stageName} / Bun minimal`)));
   panels.forEach((panel, p) => {
     const x0 = 10 + p * panelWidth;
     const values = names.map((name) => panel.value(results[name]!));
     const max = Math.max(...values) * 1.15 || 1;
     const barWidth = (panelWidth - 50) / names.length;
-    out.push(
-      `<text x="${x0 + panelWidth / 2}" y="${top - 8}" text-anchor="middle" font-weight="bold">${escape(panel.title)}</text>`,
-    );
-    out.push(
-      `<line x1="${x0 + 10}" y1="${top + panelHeight}" x2="${x0 + panelWidth - 20}" y2="${top + panelHeight}" stroke="#999"/>`,
-    );
+    const heading = { x: middle(x0), y: top - 8, "text-anchor": "middle", "font-weight": "bold" };
+    out.push(tag("text", heading, escape(panel.title)));
+    const baseline = top + panelHeight;
+    out.push(tag("line", { x1: x0 + 10, y1: baseline, x2: x0 + panelWidth - 20, y2: baseline, stroke: "#999" }));
     values.forEach((value, i) => {
       const h = (value / max) * (panelHeight - 20);
       const x = x0 + 15 + i * barWidth;
       const y = top + panelHeight - h;
-      out.push(
-        `<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(barWidth - 6).toFixed(1)}" height="${h.toFixed(1)}" fill="${COLOURS[i % COLOURS.length]}"/>`,
-      );
+      const bar = { x: x.toFixed(1), y: y.toFixed(1), width: (barWidth - 6).toFixed(1), height: h.toFixed(1) };
+      out.push(tag("rect", { ...bar, fill: COLOURS[i % COLOURS.length]! }));
       const label =
         value >= 10_000 ? `${(value / 1000).toFixed(0)}k` : value >= 100 ? value.toFixed(0) : value.toFixed(2);
-      out.push(
-        `<text x="${(x + (barWidth - 6) / 2).toFixed(1)}" y="${(y - 4).toFixed(1)}" text-anchor="middle" font-size="11">${label}</text>`,
-      );
+      const above = { x: (x + (barWidth - 6) / 2).toFixed(1), y: (y - 4).toFixed(1), "text-anchor": "middle" };
+      out.push(tag("text", { ...above, "font-size": 11 }, label));
     });
     const stage = panel.value(results[stageName]!);
     const reference = panel.value(results["Bun minimal"]!);
     const ratio = panel.better === "lower" ? `${stage.toFixed(2)} KiB` : `${(stage / reference).toFixed(2)}x`;
-    out.push(
-      `<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 20}" text-anchor="middle" fill="#555">${escape(panel.unit)}</text>`,
-    );
-    out.push(
-      `<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 40}" text-anchor="middle" font-weight="bold" fill="${COLOURS[3]}">${escape(`${stageName}: ${ratio}`)}</text>`,
-    );
-    out.push(
-      `<text x="${x0 + panelWidth / 2}" y="${top + panelHeight + 56}" text-anchor="middle" fill="#555">${escape(`target ${panel.target}`)}</text>`,
-    );
+    const below = (dy: number) => ({ x: middle(x0), y: top + panelHeight + dy, "text-anchor": "middle" });
+    out.push(tag("text", { ...below(20), fill: "#555" }, escape(panel.unit)));
+    const stageRatio = escape(`${stageName}: ${ratio}`);
+    out.push(tag("text", { ...below(40), "font-weight": "bold", fill: COLOURS[3]! }, stageRatio));
+    out.push(tag("text", { ...below(56), fill: "#555" }, escape(`target ${panel.target}`)));
   });
   const legendY = top + panelHeight + 84;
   names.forEach((name, i) => {
     const x = 10 + i * 170;
-    out.push(`<rect x="${x}" y="${legendY}" width="12" height="12" fill="${COLOURS[i % COLOURS.length]}"/>`);
-    out.push(`<text x="${x + 18}" y="${legendY + 11}">${escape(name)}</text>`);
+    out.push(tag("rect", { x, y: legendY, width: 12, height: 12, fill: COLOURS[i % COLOURS.length]! }));
+    out.push(tag("text", { x: x + 18, y: legendY + 11 }, escape(name)));
   });
-  out.push(
-    `<text x="10" y="${legendY + 32}" fill="#555">${escape("msgs/s: 64-byte messages, one in flight per connection. Higher is better, except KiB per connection.")}</text>`,
-  );
+  const note = "msgs/s: 64-byte messages, one in flight per connection. Higher is better, except KiB per connection.";
+  out.push(tag("text", { x: 10, y: legendY + 32, fill: "#555" }, escape(note)));
   out.push("</svg>");
   return `${out.join("\n")}\n`;
 }
@@ -339,7 +360,9 @@ if (values["chart-only"]) {
 const started = Date.now();
 const loadBefore = loadavg()[0]!;
 console.log(
-  `echo bench: ${SERVERS.map((s) => s.name).join(", ")}; ${ROUNDS} round(s) of ${SECONDS} s per scenario; ${cpus().length} cores, ${pinning ? "server on CPU 0, load on CPU 1" : "no pinning"}; load average ${loadBefore.toFixed(2)}`,
+  `echo bench: ${SERVERS.map((s) => s.name).join(", ")}; ${ROUNDS} round(s) of ${SECONDS} s per scenario; ` +
+    `${cpus().length} cores, ${pinning ? "server on CPU 0, load on CPU 1" : "no pinning"}; ` +
+    `load average ${loadBefore.toFixed(2)}`,
 );
 const runs: Record<string, Measurement[]> = Object.fromEntries(SERVERS.map((server) => [server.name, []]));
 for (let r = 1; r <= ROUNDS; r++) {
@@ -348,7 +371,8 @@ for (let r = 1; r <= ROUNDS; r++) {
     runs[server.name]!.push(result);
     const cells = SCENARIOS.map(({ name }) => `${name} ${result.scenarios[name]!.msgsPerSec} msgs/s`).join(", ");
     console.log(
-      `round ${r} ${server.name.padEnd(12)} ${cells}, flood ${result.scenarios.flood!.replyMiBPerSec} MiB/s, held ${result.kibPerHeldConnection.toFixed(2)} KiB/conn`,
+      `round ${r} ${server.name.padEnd(12)} ${cells}, flood ${result.scenarios.flood!.replyMiBPerSec} MiB/s, ` +
+        `held ${result.kibPerHeldConnection.toFixed(2)} KiB/conn`,
     );
   }
 }
@@ -385,7 +409,7 @@ const report = {
     loadBefore,
     loadAfter,
   },
-  config: { seconds: SECONDS, warmup: Number(values.warmup), rounds: ROUNDS, held: HELD, scenarios: SCENARIOS },
+  config: { seconds: SECONDS, warmup: WARMUP, rounds: ROUNDS, held: HELD, scenarios: SCENARIOS },
   servers: SERVERS.map((server) => ({
     name: server.name,
     command: server.command.map((part) => (part === process.execPath ? "bun" : part)).join(" "),

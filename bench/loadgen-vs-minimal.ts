@@ -1,33 +1,67 @@
 #!/usr/bin/env bun
 // Is test/003-load-generator.ts the bottleneck? Runs it (A) and bench/minimal-client.ts (B) against the same echo
-// server, with the same connections, message size, warmup and duration, alternately in the order A B B A A B B A
-// ... so that noise from the machine, and any drift during the run, falls on both alike. For each connection count it prints the msgs/s of every run, the ratio
-// of the medians and the median of the ratios of neighbouring A/B pairs (load generator / minimal), and the CPU
-// time each client spent per message. A msgs/s ratio of 1.0 or more means the generator, which verifies every
-// byte and times every message, drives the server at least as hard as a client that does nothing else.
-// Not a test: `bun run bench:client` (about 2 x rounds x (warmup + duration) seconds per connection count).
-//
-//   bun bench/loadgen-vs-minimal.ts [--server tcp_echo_server/NNN-x.ts] [-c 1,10,50,200] [-d 2] [--warmup 0.5]
-//                                   [--rounds 10] [-s 64] [--pin]
-// The server defaults to the highest-numbered echo stage from 005 on (the earlier ones serve one client at a time).
-// --pin (with taskset, 2+ cores) puts the server on CPU 0 and each client on CPU 1; without it the scheduler
-// places them, which is fairer on a machine that other work shares.
+// server, alternately, so that noise from the machine and any drift fall on both alike. The help text below says
+// what it prints and how long it takes. Not a test: `bun run bench:client`.
 
-import { parseArgs } from "node:util";
-import { canPin, lastStage, median, onCpu, quantile, ROOT, startListening, stop } from "./lib.ts";
+import { existsSync } from "node:fs";
+import { resolve } from "node:path";
+import {
+  canPin,
+  commandLine,
+  lastStage,
+  median,
+  numberOption,
+  onCpu,
+  quantile,
+  ROOT,
+  startListening,
+  stop,
+  usageError,
+} from "./lib.ts";
 
-const { values } = parseArgs({
-  options: {
-    server: { type: "string" },
-    connections: { type: "string", short: "c", default: "1,10,50,200" },
-    duration: { type: "string", short: "d", default: "2" },
-    warmup: { type: "string", default: "0.5" },
-    rounds: { type: "string", default: "10" },
-    size: { type: "string", short: "s", default: "64" },
-    pin: { type: "boolean", default: false },
-  },
-  strict: true,
+const HELP = `Usage: bun run bench:client [options]        (or: bun bench/loadgen-vs-minimal.ts [options])
+
+Is the load generator (test/003-load-generator.ts) the bottleneck? Runs it (A) and bench/minimal-client.ts (B), a
+client that only sends and counts, against the same echo server with the same connections, message size, warmup
+and duration, in the order A B B A A B B A ..., so that noise from the machine falls on both alike. For each
+connection count it prints a Markdown table row: msgs/s of every run, the ratio of the medians, the median of
+the ratios of neighbouring A/B pairs, and each client's CPU time per message. A ratio of 1.0 or more means the
+generator, which checks every byte and times every message, drives the server as hard as a client that does
+nothing else.
+
+Run time: connection counts x 2 x rounds x (warmup + duration), plus about 0.3 s to start each client: about
+4 minutes with the defaults; -c 50 --rounds 2 takes about 12 s.
+
+Writes no file: the table goes to stdout (the README quotes it).
+
+Options:
+  --server FILE        the echo server (default: the highest-numbered echo stage from 005 on; the earlier
+                       ones serve one client at a time)
+  -c, --connections N,N,...  connection counts, one table row each (default 1,10,50,200)
+  -d, --duration S     measured seconds per run (default 2)
+  --warmup S           unmeasured seconds before each run (default 0.5)
+  --rounds N           runs of each client per connection count (default 10)
+  -s, --size BYTES     message size (default 64)
+  --pin                server on CPU 0, clients on CPU 1 (needs taskset and 2 cores); without it the
+                       scheduler places them, which is fairer on a machine that other work shares
+  -h, --help           show this help
+`;
+
+const values = commandLine(HELP, {
+  server: { type: "string" },
+  connections: { type: "string", short: "c", default: "1,10,50,200" },
+  duration: { type: "string", short: "d", default: "2" },
+  warmup: { type: "string", default: "0.5" },
+  rounds: { type: "string", default: "10" },
+  size: { type: "string", short: "s", default: "64" },
+  pin: { type: "boolean", default: false },
 });
+numberOption("--duration", values.duration, { min: 0.1 });
+numberOption("--warmup", values.warmup);
+numberOption("--size", values.size, { min: 1, integer: true });
+for (const count of values.connections.split(",")) numberOption("--connections", count, { min: 1, integer: true });
+if (values.server !== undefined && !existsSync(resolve(ROOT, values.server)))
+  usageError(`--server: no such file "${values.server}"`);
 
 const PIN = values.pin && canPin;
 
@@ -76,16 +110,18 @@ const thousands = (x: number): string => Math.round(x).toLocaleString("en-US");
 // From 005 on: the earlier stages serve one client at a time.
 const serverFile = values.server ?? lastStage("tcp_echo_server", 5);
 const connectionCounts = values.connections.split(",").map(Number);
-const rounds = Number(values.rounds);
+const rounds = numberOption("--rounds", values.rounds, { min: 1, integer: true });
 const common = ["-d", values.duration, "--warmup", values.warmup, "-s", values.size];
 
 console.log(
   `server: ${serverFile}; ${values.size}-byte messages, ${values.warmup}s warmup + ${values.duration}s per run, ` +
-    `${rounds} rounds of A (load generator) and B (minimal client), ordered A B B A ...${PIN ? "; server on CPU 0, clients on CPU 1" : ""}`,
+    `${rounds} rounds of A (load generator) and B (minimal client), ordered A B B A ...` +
+    (PIN ? "; server on CPU 0, clients on CPU 1" : ""),
 );
 console.log("");
 console.log(
-  "| connections | A msgs/s (runs) | B msgs/s (runs) | A/B, medians | A/B, median of pairs (middle half) | CPU µs/msg A, B |",
+  "| connections | A msgs/s (runs) | B msgs/s (runs) | A/B, medians | A/B, median of pairs (middle half) " +
+    "| CPU µs/msg A, B |",
 );
 console.log("|---|---|---|---|---|---|");
 const server = await startServer(serverFile);
@@ -121,7 +157,8 @@ try {
     const cpuB = median(b.map((r) => r.cpuMicrosPerMessage));
     console.log(
       `| ${connections} | ${rateA.map(thousands).join(", ")} | ${rateB.map(thousands).join(", ")} | ` +
-        `${ratioOfMedians.toFixed(2)}x | ${medianOfPairs.toFixed(2)}x (${middleHalf}) | ${cpuA.toFixed(2)}, ${cpuB.toFixed(2)} |`,
+        `${ratioOfMedians.toFixed(2)}x | ${medianOfPairs.toFixed(2)}x (${middleHalf}) | ` +
+        `${cpuA.toFixed(2)}, ${cpuB.toFixed(2)} |`,
     );
   }
 } finally {

@@ -8,18 +8,22 @@
 //   bun bench/minimal-client.ts --port 5000 -c 50 -d 5 -s 64 --warmup 1
 
 import type { Socket } from "bun";
-import { parseArgs } from "node:util";
+import { commandLine } from "./lib.ts";
 
-const { values } = parseArgs({
-  options: {
-    host: { type: "string", default: "127.0.0.1" },
-    port: { type: "string", default: "5000" },
-    connections: { type: "string", short: "c", default: "10" },
-    duration: { type: "string", short: "d", default: "5" },
-    size: { type: "string", short: "s", default: "64" },
-    warmup: { type: "string", default: "0" },
-  },
-  strict: true,
+const HELP = `Usage: bun bench/minimal-client.ts --port PORT [-c N] [-d S] [-s BYTES] [--warmup S] [--host HOST]
+
+The yardstick bench/loadgen-vs-minimal.ts compares the load generator with: -c connections each send one
+-s byte message and send it again once its whole reply is in, for --warmup then -d seconds; prints
+{"messages", "elapsedSeconds", "messagesPerSecond", "clientCpu"} as JSON.
+`;
+
+const values = commandLine(HELP, {
+  host: { type: "string", default: "127.0.0.1" },
+  port: { type: "string", default: "5000" },
+  connections: { type: "string", short: "c", default: "10" },
+  duration: { type: "string", short: "d", default: "5" },
+  size: { type: "string", short: "s", default: "64" },
+  warmup: { type: "string", default: "0" },
 });
 const connections = Number(values.connections);
 const size = Number(values.size);

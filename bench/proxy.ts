@@ -1,31 +1,60 @@
 #!/usr/bin/env bun
 // Proxy benchmark (not a test): the last proxy stage against a direct connection to the same servers, in one
-// run, with HAProxy (TCP mode) and socat as peers when they are installed.
-//   bulk   iperf3 client -> [proxy] -> iperf3 server, Gbit/s
-//   echo   closed-loop echo at --connections connections (bench/echo-load.ts, shared with the echo benchmark) -> [proxy] -> echo stage,
-//          messages/s and p50/p99 round trip
-// With two or more cores and taskset, the proxy runs on CPU 0 and everything else (load, servers) on CPU 1, so
-// "direct" and "through a proxy" load the same core and the proxy pays for its own core only.
-// Usage: bun run bench:proxy [--seconds 5] [--connections 100] [--size 64] [--out bench/results/proxy.json]
-// Needs iperf3 for the bulk part (apt-get install iperf3; haproxy and socat are optional peers).
+// run, with HAProxy (TCP mode) and socat as peers when they are installed. The help text below says what it
+// measures, how long it takes and where it writes.
 
 import type { Subprocess } from "bun";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { parseArgs } from "node:util";
-import { canPin, type Child, lastStage, memoryKiB, onCpu, ROOT, spawn, startListening, stop } from "./lib.ts";
-const { values } = parseArgs({
-  options: {
-    seconds: { type: "string", default: "5" },
-    connections: { type: "string", default: "100" },
-    size: { type: "string", default: "64" },
-    out: { type: "string", default: "bench/results/proxy.json" },
-  },
-  strict: true,
+import { unusedPort as freePort } from "../lib/sockets.ts";
+import {
+  canPin,
+  type Child,
+  commandLine,
+  lastStage,
+  memoryKiB,
+  numberOption,
+  onCpu,
+  ROOT,
+  spawn,
+  startListening,
+  stop,
+} from "./lib.ts";
+
+const HELP = `Usage: bun run bench:proxy [options]        (or: bun bench/proxy.ts, bun run bench proxy)
+
+Proxy benchmark, not a test: the last proxy stage against a direct connection to the same servers, and against
+HAProxy (TCP mode) and socat when they are installed:
+  bulk     iperf3 client -> [proxy] -> iperf3 server: Gbit/s (needs iperf3: apt-get install iperf3)
+  echo     closed-loop echo (bench/echo-load.ts) at --connections -> [proxy] -> the last echo stage:
+           messages/s, p50 and p99 round trip
+  memory   the proxy's peak memory per connection under that load, and per idle connection (1,000 held)
+With taskset and two cores the proxy runs on CPU 0, the load and the servers on CPU 1.
+
+Run time: per path (direct, the stage, each peer found), --seconds of bulk and 1 + --seconds of echo, plus a
+few seconds to start and to measure memory: about 1 minute with the defaults and both peers.
+
+Writes --out, by default bench/results/proxy.json: that REPLACES the committed results docs/proxy.md quotes.
+To keep them, write elsewhere: --out /tmp/proxy.json.
+
+Options:
+  --seconds S       seconds of each bulk and each echo measurement (default 5)
+  --connections N   echo connections (default 100)
+  --size BYTES      echo message size (default 64)
+  --out FILE        where the JSON results go (default bench/results/proxy.json)
+  -h, --help        show this help
+`;
+
+const values = commandLine(HELP, {
+  seconds: { type: "string", default: "5" },
+  connections: { type: "string", default: "100" },
+  size: { type: "string", default: "64" },
+  out: { type: "string", default: "bench/results/proxy.json" },
 });
-const SECONDS = Number(values.seconds);
-const CONNECTIONS = Number(values.connections);
+const SECONDS = numberOption("--seconds", values.seconds, { min: 1, integer: true }); // iperf3 -t takes seconds
+const CONNECTIONS = numberOption("--connections", values.connections, { min: 1, integer: true });
+numberOption("--size", values.size, { min: 1, integer: true });
 
 const PROXY_STAGE = lastStage("tcp_proxy");
 const ECHO_STAGE = lastStage("tcp_echo_server");
@@ -41,13 +70,6 @@ function startStage(
   pin: (command: string[]) => string[],
 ): Promise<{ child: Child; port: number }> {
   return startListening(pin([process.execPath, file, "--port", "0", ...args]), file);
-}
-
-function freePort(): number {
-  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = listener.port;
-  listener.stop(true);
-  return port;
 }
 
 async function waitForPort(port: number): Promise<void> {
@@ -260,7 +282,8 @@ async function main(): Promise<void> {
     `load average before: ${loadBefore.toFixed(2)} (other work on the machine skews every path alike, not evenly)`,
   );
   console.log(
-    `cores: ${cpus().length}, ${pinning ? "proxy on CPU 0, load and servers on CPU 1" : "no pinning (taskset missing or one core)"}`,
+    `cores: ${cpus().length}, ` +
+      (pinning ? "proxy on CPU 0, load and servers on CPU 1" : "no pinning (taskset missing or one core)"),
   );
   console.log(
     `peers found: ${peers.map((peer) => peer.name).join(", ")}${iperf3 ? "" : " (iperf3 missing: no bulk test)"}`,
@@ -305,7 +328,8 @@ async function main(): Promise<void> {
       }
       const { msgsPerSec, p50Ms, p99Ms } = row.echo;
       console.log(
-        `  ${row.name.padEnd(12)} echo ${Math.round(msgsPerSec)} msgs/s, p50 ${p50Ms.toFixed(3)} ms, p99 ${p99Ms.toFixed(3)} ms`,
+        `  ${row.name.padEnd(12)} echo ${Math.round(msgsPerSec)} msgs/s, ` +
+          `p50 ${p50Ms.toFixed(3)} ms, p99 ${p99Ms.toFixed(3)} ms`,
       );
     }
   } finally {
@@ -317,7 +341,8 @@ async function main(): Promise<void> {
   const ratio = (value: number | undefined, base: number | undefined) => (value && base ? value / base : NaN);
   const fmt = (value: number, digits = 2) => (Number.isFinite(value) ? value.toFixed(digits) : "-");
   const lines = [
-    `| path | bulk Gbit/s | x direct | echo msgs/s | x direct | p50 ms | p99 ms | peak memory per connection | idle memory per connection |`,
+    "| path | bulk Gbit/s | x direct | echo msgs/s | x direct | p50 ms | p99 ms | peak memory per connection " +
+      "| idle memory per connection |",
     `| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
     ...rows.map((row) => {
       const bulk = ratio(row.bulkGbps, direct.bulkGbps);
@@ -330,7 +355,18 @@ async function main(): Promise<void> {
             : `${(row.memoryPerConnection / 1024).toFixed(1)} KiB`;
       const idle =
         row.idleMemoryPerConnection === undefined ? "-" : `${(row.idleMemoryPerConnection / 1024).toFixed(1)} KiB`;
-      return `| ${row.name} | ${fmt(row.bulkGbps ?? NaN)} | ${row === direct ? "1" : fmt(bulk)} | ${Math.round(row.echo?.msgsPerSec ?? 0)} | ${row === direct ? "1" : fmt(msgs)} | ${fmt(row.echo?.p50Ms ?? NaN, 3)} | ${fmt(row.echo?.p99Ms ?? NaN, 3)} | ${memory} | ${idle} |`;
+      const cells = [
+        row.name,
+        fmt(row.bulkGbps ?? NaN),
+        row === direct ? "1" : fmt(bulk),
+        Math.round(row.echo?.msgsPerSec ?? 0),
+        row === direct ? "1" : fmt(msgs),
+        fmt(row.echo?.p50Ms ?? NaN, 3),
+        fmt(row.echo?.p99Ms ?? NaN, 3),
+        memory,
+        idle,
+      ];
+      return `| ${cells.join(" | ")} |`;
     }),
   ];
   const bar = (value: number) =>
@@ -350,7 +386,21 @@ async function main(): Promise<void> {
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(
     out,
-    `${JSON.stringify({ date: new Date().toISOString(), proxy: PROXY_STAGE, echo: ECHO_STAGE, seconds: SECONDS, connections: CONNECTIONS, pinned: pinning, loadBefore, loadAfter: loadavg()[0], rows }, null, 2)}\n`,
+    `${JSON.stringify(
+      {
+        date: new Date().toISOString(),
+        proxy: PROXY_STAGE,
+        echo: ECHO_STAGE,
+        seconds: SECONDS,
+        connections: CONNECTIONS,
+        pinned: pinning,
+        loadBefore,
+        loadAfter: loadavg()[0],
+        rows,
+      },
+      null,
+      2,
+    )}\n`,
   );
   console.log(`\nwritten to ${values.out}`);
 }

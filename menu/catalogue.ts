@@ -3,10 +3,18 @@
 // new stage file appears in the menu without editing it. The knowledge the menu has of stage options lives in
 // ONE place: FLAG_RULES below.
 
-import { readdirSync, readFileSync, statSync } from "node:fs";
-import { basename, join, resolve } from "node:path";
+import { readFileSync, statSync } from "node:fs";
+import { basename, join } from "node:path";
+import { environment, WITHOUT_COLOUR } from "../lib/processes.ts";
+import { ROOT, stageFiles as stageFilesOf } from "../lib/stages.ts";
 
-export const PROJECT_ROOT = resolve(import.meta.dir, "..");
+/** The project's root (lib/stages.ts's ROOT, under the name the menu has always used). */
+export const PROJECT_ROOT = ROOT;
+
+/** Stage files of one folder (lib/stages.ts's stageFiles, in the argument order the menu has always used). */
+export function stageFiles(root: string, folder: string): string[] {
+  return stageFilesOf(folder, root);
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Areas: the folders that hold stages.
@@ -150,22 +158,6 @@ export interface Stage {
   envDefaults: Map<string, string>;
 }
 
-const STAGE_FILE = /^(\d{3})-[\w.-]+\.ts$/;
-
-/** Stage files of one folder: `NNN-*.ts`, not tests, sorted by number. */
-export function stageFiles(root: string, folder: string): string[] {
-  let names: string[];
-  try {
-    names = readdirSync(join(root, folder));
-  } catch {
-    return []; // the folder does not exist yet (no proxy stage written so far)
-  }
-  return names
-    .filter((name) => STAGE_FILE.test(name) && !/\.(test|spec)\.ts$/.test(name) && !name.endsWith(".d.ts"))
-    .filter((name) => statSync(join(root, folder, name)).isFile())
-    .sort();
-}
-
 /** Reads the header comment: the first `/* ... *\/` block, its first line `NNN - lesson`, and its sections. */
 export function parseHeader(source: string, fileName: string): StageHeader {
   const block = /\/\*([\s\S]*?)\*\//.exec(source)?.[1] ?? "";
@@ -232,7 +224,7 @@ export interface Catalogue {
 export function loadCatalogue(root = PROJECT_ROOT): Catalogue {
   const stages: Stage[] = [];
   for (const area of AREAS) {
-    for (const name of stageFiles(root, area.folder)) stages.push(readStage(root, area, name));
+    for (const name of stageFilesOf(area.folder, root)) stages.push(readStage(root, area, name));
   }
   return { root, stages };
 }
@@ -330,16 +322,10 @@ export function stageHelp(catalogue: Catalogue, stage: Stage, timeoutMs = 5000):
   return help;
 }
 
-/** FORCE_COLOR removed: even empty, it makes Bun's console.error colour its output. */
-function withoutForcedColour(env: NodeJS.ProcessEnv): Record<string, string | undefined> {
-  const { FORCE_COLOR: _ignored, ...rest } = env;
-  return rest;
-}
-
 async function fetchHelp(root: string, path: string, timeoutMs: number): Promise<Help | undefined> {
   const child = Bun.spawn([process.execPath, path, "--help"], {
     cwd: root,
-    env: { ...withoutForcedColour(process.env), NO_COLOR: "1", PORT: "0" },
+    env: environment(WITHOUT_COLOUR, { PORT: "0" }),
     stdin: "ignore",
     stdout: "pipe",
     stderr: "ignore",
@@ -580,7 +566,8 @@ export async function catalogueListing(catalogue: Catalogue, style: ListingStyle
     for (const step of steps) out.push(`  ${step}`);
     out.push("");
   }
-  const withPrevious = catalogue.stages.findLast((stage) => previousStage(catalogue, stage));
+  // The first step of the first series (echo 001 -> 002), as the menu's What changed starts there.
+  const withPrevious = catalogue.stages.find((stage) => previousStage(catalogue, stage));
   if (withPrevious) {
     out.push(style.bold("What changed"), style.dim("  the lesson of a stage is its diff with the one before, e.g.:"));
     out.push(`  ${commandLine(diffCommand(previousStage(catalogue, withPrevious)!, withPrevious, false))}`, "");

@@ -1,9 +1,10 @@
 // Starting and stopping the menu's children: a foreground run ends by itself or by Ctrl-C (the terminal's SIGINT,
 // which the child gets directly, then a grace period, then SIGKILL); a background service reports its address.
 
-import { expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
+import { FakeChild, ManualClock } from "../test/support/fakes.ts";
 import { ROOT, TempTree, isAlive } from "../test/support/process.ts";
-import { Service, liveChildren, runForeground, stopChild } from "./children.ts";
+import { EXIT_CODES, EXIT_MARGIN_MS, Service, Shutdown, liveChildren, runForeground, stopChild } from "./children.ts";
 
 const never = new AbortController().signal;
 
@@ -49,22 +50,22 @@ setInterval(() => {}, 60_000);
   expect(outcome).toMatchObject({ pid, code: 0, killed: false, interrupted: true });
 });
 
-test("Ctrl-C: a child without a handler dies of SIGINT, as from a shell", async () => {
+test("Ctrl-C: a child without a handler dies of SIGINT, as from a shell, not after the grace period", async () => {
   const interrupt = new AbortController();
-  const started = performance.now();
   const outcome = await runForeground(
     { argv: ["bun", "tcp_echo_server/003-loop.ts", "--port", "0", "--log-level", "error"], env: { NO_COLOR: "1" } },
-    // No handler in 003: SIGINT kills it at whatever point of its start it arrives, as in a shell.
-    { root: ROOT, interrupted: interrupt.signal, onStart: (pid) => pressCtrlC(pid, interrupt) },
+    // No handler in 003: SIGINT kills it at whatever point of its start it arrives, as in a shell. A grace period
+    // longer than the test's timeout: had the menu waited for it, the test would fail.
+    { root: ROOT, interrupted: interrupt.signal, graceMs: 120_000, onStart: (pid) => pressCtrlC(pid, interrupt) },
   );
   expect(outcome).toMatchObject({ code: null, signal: "SIGINT", killed: false, interrupted: true });
-  expect(performance.now() - started).toBeLessThan(2500); // it did not wait for the grace period
 });
 
+// The grace period's arithmetic is tested to the millisecond in lib/processes.test.ts on a hand-moved clock; this
+// is the one end-to-end measurement, with bounds that hold on a loaded machine (a timer never fires early).
 test("Ctrl-C: a child that ignores SIGINT is killed after the grace period", async () => {
   using ready = readiness();
   const interrupt = new AbortController();
-  const started = performance.now();
   let interruptedAt = 0;
   const outcome = await runForeground(
     { argv: ["bun", "menu/fixtures/stubborn.ts"], env: ready.env },
@@ -78,12 +79,90 @@ test("Ctrl-C: a child that ignores SIGINT is killed after the grace period", asy
   );
   expect(outcome).toMatchObject({ signal: "SIGKILL", killed: true, interrupted: true });
   expect(performance.now() - interruptedAt).toBeGreaterThanOrEqual(390);
-  expect(performance.now() - started).toBeLessThan(5000);
   expect(isAlive(outcome.pid)).toBe(false);
   expect(liveChildren()).not.toContain(outcome.pid);
 });
 
-test("a background service: its address from the listening line, its output line by line, stopped with SIGINT", async () => {
+describe("the menu's shutdown (SIGTERM, SIGHUP, terminal gone), on a clock moved by hand", () => {
+  const GRACE = 3000;
+
+  function shutdownOf(children: FakeChild[], clock: ManualClock, restoreTerminal: () => void = () => {}) {
+    const record = { exits: [] as Array<{ code: number; at: number }>, interrupted: 0, restored: 0 };
+    const shutdown = new Shutdown({
+      children: () => children,
+      graceMs: GRACE,
+      clock,
+      interrupt: () => void record.interrupted++,
+      restoreTerminal: () => {
+        record.restored++;
+        restoreTerminal();
+      },
+      exit: (code) => void record.exits.push({ code, at: clock.now() }),
+    });
+    return { shutdown, record };
+  }
+
+  test("children that stop when asked: SIGTERM to all at once, the exit as soon as they are gone", async () => {
+    const clock = new ManualClock();
+    const quick = new FakeChild(clock, { SIGTERM: { afterMs: 100 } });
+    const slower = new FakeChild(clock, { SIGTERM: { afterMs: 2000 } });
+    const { shutdown, record } = shutdownOf([quick, slower], clock);
+    shutdown.start("SIGTERM");
+    expect(record.interrupted).toBe(1); // what was running is told at once
+    await clock.advance(1999);
+    expect(record.exits).toEqual([]);
+    await clock.advance(1);
+    expect(record.exits).toEqual([{ code: 143, at: 2000 }]);
+    expect([quick, slower].map((child) => child.signals)).toEqual([
+      [{ signal: "SIGTERM", at: 0 }],
+      [{ signal: "SIGTERM", at: 0 }],
+    ]);
+    expect(record.restored).toBe(1);
+    expect(clock.waiting).toEqual([]); // the deadline is cancelled
+  });
+
+  test("a child that ignores SIGTERM: SIGKILL at the end of the grace period, then the exit", async () => {
+    const clock = new ManualClock();
+    const stubborn = new FakeChild(clock, { SIGTERM: "ignore" });
+    const { shutdown, record } = shutdownOf([stubborn], clock);
+    shutdown.start("SIGHUP");
+    await clock.advance(GRACE - 1);
+    expect(stubborn.signals.map((received) => received.signal)).toEqual(["SIGTERM"]);
+    await clock.advance(1);
+    expect(stubborn.signals).toEqual([
+      { signal: "SIGTERM", at: 0 },
+      { signal: "SIGKILL", at: GRACE },
+    ]);
+    expect(record.exits).toEqual([{ code: 129, at: GRACE }]);
+  });
+
+  test("nothing keeps the menu alive: a child even SIGKILL does not end, a terminal that throws", async () => {
+    const clock = new ManualClock();
+    const stuck = new FakeChild(clock, { SIGTERM: "ignore" }, true);
+    const { shutdown, record } = shutdownOf([stuck], clock, () => {
+      throw new Error("EIO"); // the terminal is gone
+    });
+    shutdown.start("terminal gone");
+    shutdown.start("SIGTERM"); // signals come in pairs: the second changes nothing
+    await clock.advance(GRACE + EXIT_MARGIN_MS - 1);
+    expect(record.exits).toEqual([]);
+    await clock.advance(1);
+    expect(record.exits).toEqual([{ code: EXIT_CODES["terminal gone"], at: GRACE + EXIT_MARGIN_MS }]);
+    expect(stuck.signals.map((received) => received.signal)).toEqual(["SIGTERM", "SIGKILL", "SIGKILL"]);
+    await clock.advance(60_000);
+    expect(record.exits).toHaveLength(1); // once
+  });
+
+  test("no child running: the exit is immediate", async () => {
+    const clock = new ManualClock();
+    const { shutdown, record } = shutdownOf([], clock);
+    shutdown.start("SIGTERM");
+    await clock.advance(0);
+    expect(record.exits).toEqual([{ code: 143, at: 0 }]);
+  });
+});
+
+test("a background service: its address, its output line by line, stopped with SIGINT", async () => {
   const lines: string[] = [];
   const service = new Service(
     "echo",

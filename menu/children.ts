@@ -8,22 +8,43 @@
 // At a prompt the terminal is in raw mode: Ctrl-C is then a key that the prompt reads, not a signal.
 
 import type { Subprocess } from "bun";
+import { type Clock, systemClock } from "../lib/clock.ts";
+import {
+  awaitWithGrace,
+  type ChildLike,
+  environment,
+  type Outcome,
+  outcomeOf,
+  type Running,
+  spawnProcess,
+  stopProcess,
+  track,
+  trackedChildren,
+} from "../lib/processes.ts";
+import type { Address } from "../lib/stages.ts";
 import { type Command, commandLine } from "./catalogue.ts";
+
+// Moved to lib/processes.ts; re-exported under the names the menu's code and tests use.
+export { awaitWithGrace, type Outcome, stopProcess as stopChild } from "../lib/processes.ts";
 
 /** How long a stopped child may take to shut down gracefully before it is killed. */
 export const GRACE_MS = 3000;
 
-/** The line every server stage prints on stdout when it accepts connections. */
-export const LISTENING_LINE = /^listening on \[?([^\]\s]+?)\]?:(\d+)$/m;
+/** How long after the grace period a shutdown exits anyway, whatever the children or the terminal do. */
+export const EXIT_MARGIN_MS = 1000;
 
-// Every child the menu started and that has not been reaped yet; whatever way the menu exits, they die with it.
-const live = new Set<Subprocess>();
-process.on("exit", () => {
-  for (const child of live) child.kill("SIGKILL");
-});
+/** How often the menu asks whether its terminal is still there (no event says so while a stage runs). */
+export const TERMINAL_CHECK_MS = 1000;
 
+/**
+ * The longest the menu may take to exit once its terminal is gone or it is told to stop: the next terminal check,
+ * then a shutdown's certain exit. What a test may wait for, plus time for a loaded machine.
+ */
+export const LONGEST_EXIT_MS = TERMINAL_CHECK_MS + GRACE_MS + EXIT_MARGIN_MS;
+
+/** Every child the menu started that has not exited yet (lib/processes.ts kills them if the menu exits first). */
 export function liveChildren(): number[] {
-  return [...live].map((child) => child.pid);
+  return trackedChildren().map((child) => child.pid);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -35,53 +56,87 @@ let onInterrupt: (() => void) | undefined;
 export type Ending = "SIGTERM" | "SIGHUP" | "terminal gone";
 
 /** 128 + the signal number, as a shell reports it; a terminal that went away is a hangup. */
-const EXIT_CODES: Record<Ending, number> = { SIGTERM: 143, SIGHUP: 129, "terminal gone": 129 };
+export const EXIT_CODES: Record<Ending, number> = { SIGTERM: 143, SIGHUP: 129, "terminal gone": 129 };
 
-let ending: Ending | undefined;
-let beforeExit: () => void = () => {};
-let shutdownGraceMs = GRACE_MS;
+export interface ShutdownOptions {
+  /** The children to stop, asked when the shutdown starts. */
+  children: () => ChildLike[];
+  graceMs: number;
+  /** Tells what is running that it is being stopped (aborts the current interruptible). */
+  interrupt: () => void;
+  /** Gives the terminal back; it may throw (a terminal that is gone fails every call), the exit happens anyway. */
+  restoreTerminal: () => void;
+  exit: (code: number) => void;
+  clock?: Clock;
+}
+
+/**
+ * The menu's way out: stops every child (SIGTERM, then SIGKILL after the grace period) and exits with the code of
+ * the first reason given; asking again while it stops changes nothing (signals come in pairs under
+ * `bun run menu`, as SIGINT does). Nothing may keep the menu alive: the exit is certain EXIT_MARGIN_MS after the
+ * grace period, even if a child or the terminal hangs. Everything it waits on comes from `options`, so a test
+ * can run it on a clock it moves by hand.
+ */
+export class Shutdown {
+  ending: Ending | undefined;
+  private exited = false;
+
+  constructor(private readonly options: ShutdownOptions) {}
+
+  start(why: Ending): void {
+    if (this.ending !== undefined) return;
+    this.ending = why;
+    const { children, graceMs, clock = systemClock } = this.options;
+    this.options.interrupt();
+    const stopping = children();
+    const deadline = clock.setTimeout(() => this.exit(stopping), graceMs + EXIT_MARGIN_MS);
+    void Promise.allSettled(stopping.map((child) => stopProcess(child, "SIGTERM", graceMs, clock))).then(() => {
+      clock.clearTimeout(deadline);
+      this.exit([]);
+    });
+  }
+
+  /** SIGKILLs `survivors`, restores the terminal if it can, exits; once. */
+  private exit(survivors: ChildLike[]): void {
+    if (this.exited) return;
+    this.exited = true;
+    for (const child of survivors) child.kill("SIGKILL");
+    try {
+      this.options.restoreTerminal();
+    } catch {
+      // A terminal that is gone fails every call (EIO): there is nothing left to restore.
+    }
+    this.options.exit(EXIT_CODES[this.ending ?? "SIGTERM"]);
+  }
+}
+
+let shutdown: Shutdown | undefined;
 
 /**
  * Installs the menu's signal handlers, once. SIGINT interrupts what is running (nothing at a prompt); SIGTERM and
- * SIGHUP shut the menu down (see shutDown). `restoreTerminal` runs just before the exit; it may fail, the exit
- * happens anyway.
+ * SIGHUP shut the menu down (see Shutdown). `restoreTerminal` runs just before the exit.
  */
 export function installSignalHandlers(restoreTerminal: () => void, graceMs = GRACE_MS): void {
-  beforeExit = restoreTerminal;
-  shutdownGraceMs = graceMs;
+  shutdown = new Shutdown({
+    children: trackedChildren,
+    graceMs,
+    interrupt: () => onInterrupt?.(),
+    restoreTerminal,
+    exit: (code) => process.exit(code),
+  });
   process.on("SIGINT", () => onInterrupt?.());
   for (const signal of ["SIGTERM", "SIGHUP"] as const) process.on(signal, () => shutDown(signal));
 }
 
-/**
- * Stops every child (SIGTERM, then SIGKILL after the grace period) and exits with the code of the first `why`;
- * asking again while it stops changes nothing (signals come in pairs under `bun run menu`, as SIGINT does).
- * Nothing here may keep the menu alive: the exit is certain a second after the grace period, even if a child
- * or the terminal hangs.
- */
+/** Shuts the menu down (see Shutdown); without installed handlers, exits at once. */
 export function shutDown(why: Ending): void {
-  if (ending !== undefined) return;
-  ending = why;
-  onInterrupt?.();
-  setTimeout(() => exitNow(true), shutdownGraceMs + 1000);
-  void Promise.allSettled([...live].map((child) => stopChild(child, "SIGTERM", shutdownGraceMs))).then(() =>
-    exitNow(false),
-  );
+  if (shutdown) shutdown.start(why);
+  else process.exit(EXIT_CODES[why]);
 }
 
 /** True once shutDown has started: what is running then is being stopped, not interrupted by the user. */
 export function shuttingDown(): boolean {
-  return ending !== undefined;
-}
-
-function exitNow(killChildren: boolean): void {
-  if (killChildren) for (const child of live) child.kill("SIGKILL");
-  try {
-    beforeExit();
-  } catch {
-    // A terminal that is gone fails every call (EIO): there is nothing left to restore.
-  }
-  process.exit(EXIT_CODES[ending ?? "SIGTERM"]);
+  return shutdown?.ending !== undefined;
 }
 
 /** Runs `body` with a signal that is aborted when the user presses Ctrl-C (the menu receives SIGINT). */
@@ -99,75 +154,10 @@ export async function interruptible<T>(body: (interrupted: AbortSignal) => Promi
 // ---------------------------------------------------------------------------------------------------------------
 // Spawning and stopping.
 
-export interface SpawnOptions {
-  root: string;
-  /** "inherit": the child writes to the terminal itself; "pipe": the menu reads its output. */
-  output: "inherit" | "pipe";
-  /** Changes to the menu's environment; `undefined` removes a variable. */
-  env?: Record<string, string | undefined>;
-}
-
-/** The menu's environment with `changes` applied; a variable set to `undefined` is removed. */
-export function childEnvironment(...changes: Record<string, string | undefined>[]): Record<string, string> {
-  const env: Record<string, string | undefined> = Object.assign({}, process.env, ...changes);
-  return Object.fromEntries(Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined));
-}
-
-/** Starts `command` from the project root; "bun" means this very bun binary. */
-export function spawnCommand(
-  command: Command,
-  options: SpawnOptions,
-): Subprocess<"ignore", "pipe" | "inherit", "pipe" | "inherit"> {
+/** The program of a command: "bun" means this very bun binary. */
+function argvOf(command: Command): string[] {
   const [program, ...args] = command.argv;
-  const executable = program === "bun" ? process.execPath : program!;
-  // Paths in a command are relative to the project root, which is the child's working directory.
-  const child = Bun.spawn([executable, ...args], {
-    cwd: options.root,
-    env: childEnvironment(options.env ?? {}, command.env),
-    stdin: "ignore",
-    stdout: options.output,
-    stderr: options.output,
-  });
-  live.add(child);
-  void child.exited.then(() => live.delete(child));
-  return child;
-}
-
-function hasExited(child: Subprocess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
-export interface Outcome {
-  /** Exit code, or null when a signal ended it. */
-  code: number | null;
-  signal: string | null;
-  /** It was still running after the grace period and got SIGKILL. */
-  killed: boolean;
-}
-
-/** Waits up to `graceMs` for `child` to exit by itself, then kills it; resolves once it is gone. */
-export async function awaitWithGrace(child: Subprocess, graceMs: number): Promise<Outcome> {
-  let killed = false;
-  const timer = setTimeout(() => {
-    killed = true;
-    child.kill("SIGKILL");
-  }, graceMs);
-  try {
-    await child.exited;
-  } finally {
-    clearTimeout(timer);
-  }
-  return outcomeOf(child, killed);
-}
-
-function outcomeOf(child: Subprocess, killed: boolean): Outcome {
-  return { code: child.exitCode, signal: child.signalCode === null ? null : String(child.signalCode), killed };
-}
-
-/** Sends `signal` (the graceful request), then kills after `graceMs`. Safe on a child that has already exited. */
-export async function stopChild(child: Subprocess, signal: NodeJS.Signals, graceMs: number): Promise<Outcome> {
-  if (!hasExited(child)) child.kill(signal);
-  return awaitWithGrace(child, graceMs);
+  return [program === "bun" ? process.execPath : program!, ...args];
 }
 
 export function describeOutcome(outcome: Outcome): string {
@@ -183,10 +173,13 @@ export interface ForegroundOptions {
   root: string;
   interrupted: AbortSignal;
   graceMs?: number;
+  /** What the child reads on stdin (the pager: the text to page); by default nothing. */
+  input?: Uint8Array;
   /** Called once the child is started (the menu shows its PID, as `ps -p PID -T` needs it). */
   onStart?: (pid: number) => void;
   /** Called when the user interrupts it, before waiting for it to stop. */
   onInterrupt?: (graceMs: number) => void;
+  clock?: Clock;
 }
 
 export interface ForegroundOutcome extends Outcome {
@@ -200,14 +193,23 @@ export interface ForegroundOutcome extends Outcome {
  */
 export async function runForeground(command: Command, options: ForegroundOptions): Promise<ForegroundOutcome> {
   const graceMs = options.graceMs ?? GRACE_MS;
-  const child = spawnCommand(command, { root: options.root, output: "inherit" });
+  // Paths in a command are relative to the project root, which is the child's working directory.
+  const child = track(
+    Bun.spawn(argvOf(command), {
+      cwd: options.root,
+      env: environment(command.env),
+      stdin: options.input ?? "ignore",
+      stdout: "inherit",
+      stderr: "inherit",
+    }),
+  );
   options.onStart?.(child.pid);
   let interrupted = false;
   let stopping: Promise<Outcome> | undefined;
   const onAbort = (): void => {
     interrupted = true;
     options.onInterrupt?.(graceMs);
-    stopping ??= awaitWithGrace(child, graceMs);
+    stopping ??= awaitWithGrace(child, graceMs, options.clock);
   };
   if (options.interrupted.aborted) onAbort();
   else options.interrupted.addEventListener("abort", onAbort, { once: true });
@@ -225,85 +227,43 @@ export async function runForeground(command: Command, options: ForegroundOptions
 // A service in the background (the guided demo): its output is read, prefixed and printed line by line.
 
 export class Service {
-  readonly child: Subprocess<"ignore", "pipe", "pipe">;
-  stdout = "";
-  stderr = "";
-  private readonly waiters = new Set<() => void>();
-  private readonly pumps: Promise<void>[];
+  private readonly running: Running;
 
   constructor(
     readonly name: string,
     readonly command: Command,
     root: string,
-    private readonly print: (line: string) => void,
+    print: (line: string) => void,
     env: Record<string, string | undefined> = {},
   ) {
-    this.child = spawnCommand(command, { root, output: "pipe", env }) as Subprocess<"ignore", "pipe", "pipe">;
-    this.pumps = [this.pump(this.child.stdout, "stdout"), this.pump(this.child.stderr, "stderr")];
+    const spawnEnv = environment(env, command.env);
+    this.running = spawnProcess(argvOf(command), { cwd: root, env: spawnEnv, onLine: (line) => print(line) });
+  }
+
+  get child(): Subprocess<"pipe" | "ignore", "pipe", "pipe"> {
+    return this.running.proc;
   }
 
   get pid(): number {
-    return this.child.pid;
+    return this.running.pid;
   }
 
-  private async pump(stream: ReadableStream<Uint8Array>, which: "stdout" | "stderr"): Promise<void> {
-    const decoder = new TextDecoder();
-    let partial = "";
-    try {
-      for await (const chunk of stream) {
-        const text = decoder.decode(chunk, { stream: true });
-        this[which] += text;
-        const lines = (partial + text).split("\n");
-        partial = lines.pop()!;
-        for (const line of lines) this.print(line);
-        for (const wake of this.waiters) wake();
-      }
-    } catch {
-      // The stream errors if the process is killed mid-write; what was read is kept.
-    }
-    if (partial !== "") this.print(partial);
+  get stdout(): string {
+    return this.running.stdout.text;
+  }
+
+  get stderr(): string {
+    return this.running.stderr.text;
   }
 
   /** Resolves once both output streams are closed, so every line has been printed. */
-  async drained(): Promise<void> {
-    await Promise.all(this.pumps);
+  drained(): Promise<void> {
+    return this.running.drained();
   }
 
   /** Resolves with the address from its `listening on HOST:PORT` line; rejects if it exits or `interrupted`. */
-  waitForListening(interrupted: AbortSignal, timeoutMs = 10_000): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      const finish = (): void => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-        interrupted.removeEventListener("abort", onAbort);
-      };
-      const check = (): void => {
-        const match = LISTENING_LINE.exec(this.stdout);
-        if (match) {
-          finish();
-          resolve({ host: match[1]!, port: Number(match[2]) });
-        }
-      };
-      const onAbort = (): void => {
-        finish();
-        reject(new Error("interrupted"));
-      };
-      const timer = setTimeout(() => {
-        finish();
-        reject(new Error(`${this.name} did not print "listening on HOST:PORT" within ${timeoutMs / 1000} s`));
-      }, timeoutMs);
-      interrupted.addEventListener("abort", onAbort, { once: true });
-      this.waiters.add(check);
-      void this.child.exited.then(async () => {
-        await this.drained();
-        check();
-        if (!LISTENING_LINE.test(this.stdout)) {
-          finish();
-          reject(new Error(`${this.name} exited (code ${this.child.exitCode}) before listening`));
-        }
-      });
-      check();
-    });
+  waitForListening(interrupted: AbortSignal, timeoutMs = 10_000): Promise<Address> {
+    return this.running.waitForListening({ timeoutMs, signal: interrupted, name: this.name });
   }
 
   describe(): string {

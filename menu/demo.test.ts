@@ -15,7 +15,7 @@ function stage(catalogue: Catalogue, file: string): Stage {
   return found;
 }
 
-test("no client stage: the built-in check gets the uppercase line back from the real 003, then 003 is stopped", async () => {
+test("no client stage: the built-in check gets the uppercase line from the real 003, then 003 stops", async () => {
   const catalogue = loadCatalogue(ROOT);
   const lines: string[] = [];
   const report = await runDemo(
@@ -66,7 +66,9 @@ test("echo, a proxy in front, a client through it: the client's summary, then al
 const listener = Bun.listen({
   hostname: "127.0.0.1",
   port: Number(process.env.PORT),
-  socket: { data: (socket, data) => void socket.write(new TextEncoder().encode(new TextDecoder().decode(data).toUpperCase())) },
+  socket: {
+    data: (socket, data) => void socket.write(new TextEncoder().encode(new TextDecoder().decode(data).toUpperCase())),
+  },
 });
 process.on("SIGINT", () => { listener.stop(true); process.exit(0); });
 console.log("listening on 127.0.0.1:" + listener.port);

@@ -2,6 +2,8 @@
 // summary, then everything stopped. Every process it starts is stopped on every path (success, failure, Ctrl-C).
 
 import pc from "picocolors";
+import { flushQueue, sendQueued } from "../lib/sockets.ts";
+import { formatAddress } from "../lib/stages.ts";
 import {
   type Catalogue,
   type Command,
@@ -85,7 +87,7 @@ export async function runDemo(catalogue: Catalogue, plan: DemoPlan, options: Dem
     const echo = start("echo", await commandFor(catalogue, plan.echo, { port: "0" }));
     let target = await unlessInterrupted(echo.waitForListening(interrupted), interrupted);
     if (plan.proxy) {
-      const upstream = `${target.host.includes(":") ? `[${target.host}]` : target.host}:${target.port}`;
+      const upstream = formatAddress(target);
       const proxy = start("proxy", await commandFor(catalogue, plan.proxy, { port: "0", upstream }));
       target = await unlessInterrupted(proxy.waitForListening(interrupted), interrupted);
     }
@@ -149,17 +151,13 @@ export async function builtInCheck(
   try {
     const reply = await new Promise<Uint8Array>((resolve, reject) => {
       timer = setTimeout(() => reject(new Error(`no full reply within ${timeoutMs / 1000} s`)), timeoutMs);
-      let unsent = request;
-      const send = (socket: { write(data: Uint8Array): number }): void => {
-        const written = socket.write(unsent);
-        if (written > 0) unsent = unsent.subarray(written); // write() may take part of it: the rest waits for drain
-      };
+      const unsent: Uint8Array[] = []; // write() may take part of the request: the rest waits for `drain`
       void Bun.connect({
         hostname: host,
         port,
         socket: {
-          open: send,
-          drain: send,
+          open: (socket) => void sendQueued(socket, unsent, request),
+          drain: (socket) => void flushQueue(socket, unsent),
           data(socket, chunk) {
             const joined = new Uint8Array(received.length + chunk.length);
             joined.set(received);
@@ -189,7 +187,9 @@ export async function builtInCheck(
     }
     return {
       ok: false,
-      summary: `built-in check: sent ${JSON.stringify(CHECK_LINE)}, expected ${JSON.stringify(expected)}, got ${JSON.stringify(text)}`,
+      summary:
+        `built-in check: sent ${JSON.stringify(CHECK_LINE)}, expected ${JSON.stringify(expected)}, ` +
+        `got ${JSON.stringify(text)}`,
     };
   } catch (error) {
     return { ok: false, summary: `built-in check to ${host}:${port} failed: ${(error as Error).message}` };

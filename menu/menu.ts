@@ -48,8 +48,11 @@ import {
   runForeground,
   shutDown,
   shuttingDown,
+  TERMINAL_CHECK_MS,
 } from "./children.ts";
 import { runDemo } from "./demo.ts";
+import { lessCommand, pageThrough } from "./pager.ts";
+import { environment as childEnvironment, spawnProcess } from "../lib/processes.ts";
 
 const HELP = `Usage: bun run menu [options]        (or: bun menu/menu.ts [options])
 
@@ -97,12 +100,14 @@ function plural(count: number, word: string): string {
   return `${count} ${word}${count === 1 ? "" : "s"}`;
 }
 
+/** Offers `stages`, starting on the one picked last if it is there, else on `fallback` (by default the newest). */
 async function pickStage(
   stages: Stage[],
   message: string,
   describe?: (stage: Stage) => string,
+  fallback: Stage | undefined = stages.at(-1),
 ): Promise<Stage | undefined> {
-  const initial = stages.find((stage) => stage.file === remembered.stage) ?? stages.at(-1);
+  const initial = stages.find((stage) => stage.file === remembered.stage) ?? fallback;
   const picked = await p.select<Stage>({
     message,
     options: stages.map((stage) => ({
@@ -278,21 +283,18 @@ async function tools(catalogue: Catalogue): Promise<void> {
   if (p.isCancel(choice)) return;
   remembered.tool = choice;
   if (choice === "diff") {
+    const steps = catalogue.stages.filter((candidate) => previousStage(catalogue, candidate));
+    const step = (candidate: Stage): string =>
+      `${candidate.area.folder}/${previousStage(catalogue, candidate)!.label} -> ${candidate.label}`;
+    // Unless a stage was picked before, start on the first step of the series (echo 001 -> 002): the last one
+    // in the list is a client, and two unrelated tools make a poor first lesson.
     const stage = await pickStage(
-      catalogue.stages.filter((candidate) => previousStage(catalogue, candidate)),
+      steps,
       "What changed in which stage?",
-      (candidate) =>
-        `${candidate.area.folder}/${previousStage(catalogue, candidate)!.label} -> ${candidate.label}  ${candidate.header.lesson}`,
+      (candidate) => `${step(candidate)}  ${candidate.header.lesson}`,
+      steps[0],
     );
-    if (!stage) return;
-    const previous = previousStage(catalogue, stage)!;
-    if (stage.header.adds) p.note(stage.header.adds, `${stage.label} adds`);
-    const command = diffCommand(previous, stage, pc.isColorSupported);
-    // No pager: it would be a grandchild, left running if git were interrupted.
-    await runInForeground(catalogue, { ...command, env: { GIT_PAGER: "cat" } }, "git diff", {
-      meanings: { 1: "the files differ" },
-      shown: commandLine(diffCommand(previous, stage, false)),
-    });
+    if (stage) await whatChanged(catalogue, previousStage(catalogue, stage)!, stage);
   } else if (choice === "about") {
     const stage = await pickStage(
       catalogue.stages,
@@ -307,6 +309,41 @@ async function tools(catalogue: Catalogue): Promise<void> {
     const stage = await pickStage(tested, "Run the tests of which stage?");
     if (stage) await runInForeground(catalogue, testCommand(testFileOf(catalogue, stage)!), "the tests");
   }
+}
+
+/** The lesson of `stage`: what it adds, then its diff with `previous`, paged so that its top stays readable. */
+async function whatChanged(catalogue: Catalogue, previous: Stage, stage: Stage): Promise<void> {
+  if (stage.header.adds) p.note(stage.header.adds, `${stage.label} adds`);
+  const shown = commandLine(diffCommand(previous, stage, false));
+  const argv = diffCommand(previous, stage, pc.isColorSupported).argv;
+  // git's own pager would be a grandchild, left running if git were interrupted: the menu pages it itself.
+  await using git = spawnProcess(argv, { cwd: catalogue.root, env: childEnvironment({ GIT_PAGER: "cat" }) });
+  const [diff, code] = [await git.stdout.ended(), await git.exited];
+  if (code > 1) return void p.log.error(`${shown} failed (exit code ${code}): ${git.stderr.text.trim()}`);
+  const lines = diff.split("\n").length - 1;
+  const less = process.stdout.isTTY ? Bun.which("less") : null;
+  const how = less ? "q leaves the pager, space and arrows move" : "a page at a time";
+  p.log.step(`${pc.bold(shown)}\n${pc.dim(`${lines} lines; ${how}`)}`);
+  if (less) {
+    await interruptible((interrupted) =>
+      runForeground(
+        { argv: lessCommand(less), env: {} },
+        { root: catalogue.root, interrupted, input: new TextEncoder().encode(diff) },
+      ),
+    );
+  } else {
+    const height = Math.max(5, (process.stdout.rows || 24) - 4);
+    await pageThrough(
+      diff,
+      height,
+      (page) => console.log(page.join("\n")),
+      async (left) => {
+        const more = await p.confirm({ message: `${left} more lines: show the next page?` });
+        return more === true;
+      },
+    );
+  }
+  p.log.info(code === 1 ? `${stage.file} differs from ${previous.file}` : "no difference");
 }
 
 /** A prompt may be showing: give the terminal back as it was (cooked mode, cursor visible), if it is still there. */
@@ -336,7 +373,7 @@ function watchTerminal(): void {
   // terminal itself. isatty() is false once the pty is hung up. Unreferenced: it never keeps the menu alive.
   setInterval(() => {
     if (!isatty(0)) gone();
-  }, 1000).unref();
+  }, TERMINAL_CHECK_MS).unref();
 }
 
 async function interactive(root: string): Promise<void> {

@@ -18,16 +18,19 @@
  */
 
 import type { SocketHandler, TCPSocketListener } from "bun";
-import { relative } from "node:path";
+import { basename, relative } from "node:path";
 
 const HOST = "127.0.0.1";
 const PORT = Number(process.env.PORT || 5000);
 
-// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
-const THIS_FILE = relative(process.cwd(), import.meta.path);
+// The usage line names the command as it was started, so renaming or copying the stage changes nothing here:
+// `bun PATH` for this file, or the name it was built under (`bun run build`: an executable or an installed command).
+const THIS_COMMAND = import.meta.path.endsWith(".ts")
+  ? `bun ${relative(process.cwd(), import.meta.path)}`
+  : basename(import.meta.path);
 
 // Bad input gets one line and a non-zero exit, never a stack trace, even in the smallest stage.
-const USAGE = `usage: [PORT=5000] bun ${THIS_FILE}   (no options; stage 002 adds them)`;
+const USAGE = `usage: [PORT=5000] ${THIS_COMMAND}   (no options; stage 002 adds them)`;
 const [firstArgument] = process.argv.slice(2);
 if (firstArgument === "-h" || firstArgument === "--help") {
   console.log(USAGE);

@@ -43,7 +43,7 @@ import { dlopen, FFIType, ptr } from "bun:ffi";
 import { readdirSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
-import { relative } from "node:path";
+import { basename, relative } from "node:path";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 type Level = (typeof LEVELS)[number];
@@ -528,10 +528,13 @@ function formatBytes(bytes: number): string {
   return `${bytes} bytes`;
 }
 
-// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
-const THIS_FILE = relative(process.cwd(), import.meta.path);
+// The usage line names the command as it was started, so renaming or copying the stage changes nothing here:
+// `bun PATH` for this file, or the name it was built under (`bun run build`: an executable or an installed command).
+const THIS_COMMAND = import.meta.path.endsWith(".ts")
+  ? `bun ${relative(process.cwd(), import.meta.path)}`
+  : basename(import.meta.path);
 
-const HELP = `Usage: bun ${THIS_FILE} [options]
+const HELP = `Usage: ${THIS_COMMAND} [options]
 
 Serves every client at once, each message uppercased (ASCII a-z), whatever the client does: replies are queued
 when the client reads slowly, never dropped. Clients over a limit are refused. SIGINT/SIGTERM: stop accepting,

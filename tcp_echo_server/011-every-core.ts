@@ -44,7 +44,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
-import { relative } from "node:path";
+import { basename, relative } from "node:path";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 type Level = (typeof LEVELS)[number];
@@ -652,7 +652,9 @@ class Supervisor {
       port: this.port,
       maxClients: Math.ceil(maxClients / workers),
     };
-    const proc = Bun.spawn([process.execPath, import.meta.path], {
+    // A compiled executable (`bun build --compile`) is this program itself and takes no script path.
+    const self = Bun.isStandaloneExecutable ? [process.execPath] : [process.execPath, import.meta.path];
+    const proc = Bun.spawn(self, {
       env: { ...process.env, ECHO_WORKER: String(index), ECHO_WORKER_CONFIG: JSON.stringify(workerConfig) },
       stdio: ["ignore", "inherit", "inherit"],
       ipc: (message: FromWorker) => this.onMessage(slot, message),
@@ -819,10 +821,13 @@ function formatBytes(bytes: number): string {
   return `${bytes} bytes`;
 }
 
-// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
-const THIS_FILE = relative(process.cwd(), import.meta.path);
+// The usage line names the command as it was started, so renaming or copying the stage changes nothing here:
+// `bun PATH` for this file, or the name it was built under (`bun run build`: an executable or an installed command).
+const THIS_COMMAND = import.meta.path.endsWith(".ts")
+  ? `bun ${relative(process.cwd(), import.meta.path)}`
+  : basename(import.meta.path);
 
-const HELP = `Usage: bun ${THIS_FILE} [options]
+const HELP = `Usage: ${THIS_COMMAND} [options]
 
 Serves every client at once on every core, each message uppercased (ASCII a-z), whatever the client does.
 Worker processes share the port; a worker that dies is replaced. Clients over a limit are refused.

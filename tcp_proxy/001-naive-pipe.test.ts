@@ -6,18 +6,20 @@ const STAGE = "tcp_proxy/001-naive-pipe.ts";
 
 describe("001 naive pipe", () => {
   test("prints the listening line and forwards a conversation both ways", async () => {
-    await using upstream = startEchoUpstream();
+    // 001 drops what arrives before its upstream connection is open, and stores that connection when its connect
+    // promise resolves. The upstream's greeting can reach the client only through that connection, after the
+    // promise's resolution has run: once the client has it, what it sends is forwarded.
+    await using upstream = startEchoUpstream({ greeting: "ready\n" });
     await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address]);
     expect(proxy.stdout.text).toBe(`listening on 127.0.0.1:${proxy.port}\n`);
     const client = await TestClient.connect(proxy.port);
     try {
-      await upstream.waitAccepted(1); // 001 drops what arrives before the upstream is connected
-      await Bun.sleep(50); // ...and until its connect promise has resolved, which no event tells from outside
+      expect(decode(await client.readAtLeast(6))).toBe("ready\n");
       client.write("hello\n");
-      expect(decode(await client.readAtLeast(6))).toBe("HELLO\n");
+      expect(decode((await client.readAtLeast(12)).subarray(6))).toBe("HELLO\n");
       client.write(allByteValues());
-      const reply = await client.readAtLeast(6 + 282);
-      expect(reply.subarray(6)).toEqual(upperAscii(allByteValues())); // binary-safe
+      const reply = await client.readAtLeast(12 + 282);
+      expect(reply.subarray(12)).toEqual(upperAscii(allByteValues())); // binary-safe
     } finally {
       client.close();
     }

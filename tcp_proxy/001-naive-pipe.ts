@@ -23,11 +23,14 @@
  */
 
 import type { Socket, SocketHandler, TCPSocketListener } from "bun";
-import { relative } from "node:path";
+import { basename, relative } from "node:path";
 import { parseArgs } from "node:util";
 
-// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
-const THIS_FILE = relative(process.cwd(), import.meta.path);
+// The usage line names the command as it was started, so renaming or copying the stage changes nothing here:
+// `bun PATH` for this file, or the name it was built under (`bun run build`: an executable or an installed command).
+const THIS_COMMAND = import.meta.path.endsWith(".ts")
+  ? `bun ${relative(process.cwd(), import.meta.path)}`
+  : basename(import.meta.path);
 
 // Naive, but still no stack trace for bad input: one line and a non-zero exit (2 = usage, 1 = cannot listen).
 function fail(message: string, exitCode: number): never {
@@ -50,7 +53,7 @@ try {
   fail(`${(error as Error).message.replace(/\s*\n\s*/g, " ")} (see --help)`, 2);
 }
 if (values.help) {
-  process.stdout.write(`Usage: bun ${THIS_FILE} [options]
+  process.stdout.write(`Usage: ${THIS_COMMAND} [options]
 
 Forwards every client to the upstream, both directions, naively (see the header for what breaks).
 

@@ -21,7 +21,7 @@ import { closeSync, openSync, writeSync } from "node:fs";
 import net from "node:net";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
-import { relative } from "node:path";
+import { basename, relative } from "node:path";
 
 interface ClientConfig {
   host: string;
@@ -233,10 +233,13 @@ function printSummary(config: ClientConfig, summary: Summary): void {
   print(1, `${lines.join("\n")}\n`);
 }
 
-// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
-const THIS_FILE = relative(process.cwd(), import.meta.path);
+// The usage line names the command as it was started, so renaming or copying the stage changes nothing here:
+// `bun PATH` for this file, or the name it was built under (`bun run build`: an executable or an installed command).
+const THIS_COMMAND = import.meta.path.endsWith(".ts")
+  ? `bun ${relative(process.cwd(), import.meta.path)}`
+  : basename(import.meta.path);
 
-const HELP = `Usage: bun ${THIS_FILE} [options]
+const HELP = `Usage: ${THIS_COMMAND} [options]
 
 Opens N connections at once; each sends a random lowercase string and checks that the reply is exactly
 its uppercase. Prints a summary; exit code 0 if every connection was ok, 1 if any failed.

@@ -21,7 +21,7 @@ import type { Socket } from "bun";
 import { closeSync, openSync, writeSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
-import { relative } from "node:path";
+import { basename, relative } from "node:path";
 
 interface ClientConfig {
   host: string;
@@ -55,6 +55,13 @@ const CAUSE_HELP: Record<Cause, string> = {
 interface Failure {
   cause: Cause;
   detail: string;
+}
+
+/** What the connections saw together: a refusal means something else once others have been accepted. */
+interface RunState {
+  connected: number;
+  /** How many had connected when the first refusal came (undefined: none refused). */
+  connectedBeforeRefusal: number | undefined;
 }
 type Outcome = { ok: true } | ({ ok: false } & Failure);
 
@@ -127,7 +134,10 @@ class Connection {
   private failure: Failure | undefined;
   private timer: Timer | undefined;
 
-  constructor(private readonly config: ClientConfig) {}
+  constructor(
+    private readonly config: ClientConfig,
+    private readonly state: RunState,
+  ) {}
 
   async run(): Promise<Outcome> {
     try {
@@ -161,7 +171,9 @@ class Connection {
       }, this.config.timeoutMs);
     });
     try {
-      return await Promise.race([connecting, timeout]);
+      const socket = await Promise.race([connecting, timeout]);
+      this.state.connected++;
+      return socket;
     } catch (error) {
       if (timedOut) {
         connecting.then(
@@ -171,6 +183,7 @@ class Connection {
         throw error;
       }
       const cause = classify(error as NodeJS.ErrnoException);
+      if (cause === "refused") this.state.connectedBeforeRefusal ??= this.state.connected;
       const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
       if (cause === "EMFILE" && code === "ECONNREFUSED") {
         throw {
@@ -297,18 +310,26 @@ interface Summary {
   ok: number;
   failed: Map<Cause, { count: number; first: string }>;
   elapsedMs: number;
+  /** Connections accepted before the first refusal. */
+  connectedBeforeRefusal: number | undefined;
 }
 
 async function runClient(config: ClientConfig): Promise<Summary> {
   const started = performance.now();
   // Staggered, as the original's second client: start one connection, pause, start the next.
   const runs: Array<Promise<Outcome>> = [];
+  const state: RunState = { connected: 0, connectedBeforeRefusal: undefined };
   for (let i = 0; i < config.connections; i++) {
     if (i > 0 && config.delayMs > 0) await Bun.sleep(config.delayMs);
-    runs.push(new Connection(config).run());
+    runs.push(new Connection(config, state).run());
   }
   const outcomes = await Promise.all(runs);
-  const summary: Summary = { ok: 0, failed: new Map(), elapsedMs: performance.now() - started };
+  const summary: Summary = {
+    ok: 0,
+    failed: new Map(),
+    elapsedMs: performance.now() - started,
+    connectedBeforeRefusal: state.connectedBeforeRefusal,
+  };
   outcomes.forEach((outcome, index) => {
     if (outcome.ok) return void summary.ok++;
     const entry = summary.failed.get(outcome.cause);
@@ -316,6 +337,14 @@ async function runClient(config: ClientConfig): Promise<Summary> {
     else summary.failed.set(outcome.cause, { count: 1, first: `connection ${index + 1}: ${outcome.detail}` });
   });
   return summary;
+}
+
+/** What a cause means in this run: a refusal after some connections were accepted is not "nobody there". */
+function explain(cause: Cause, summary: Summary): string {
+  const accepted = summary.connectedBeforeRefusal ?? 0;
+  if (cause !== "refused" || accepted === 0) return CAUSE_HELP[cause];
+  const connections = accepted === 1 ? "1 connection was" : `${accepted} connections were`;
+  return `refused after ${connections} accepted: the server may serve one client at a time, or have exited`;
 }
 
 function printSummary(config: ClientConfig, summary: Summary): void {
@@ -332,17 +361,20 @@ function printSummary(config: ClientConfig, summary: Summary): void {
   for (const cause of CAUSES) {
     const entry = summary.failed.get(cause);
     if (!entry) continue;
-    lines.push(`    ${cause.padEnd(14)} ${String(entry.count).padStart(6)}  ${CAUSE_HELP[cause]}`);
+    lines.push(`    ${cause.padEnd(14)} ${String(entry.count).padStart(6)}  ${explain(cause, summary)}`);
     lines.push(`    ${"".padEnd(14)} ${"".padStart(6)}  first: ${entry.first}`);
   }
   lines.push(`  elapsed  ${(summary.elapsedMs / 1000).toFixed(3)} s`);
   print(1, `${lines.join("\n")}\n`);
 }
 
-// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
-const THIS_FILE = relative(process.cwd(), import.meta.path);
+// The usage line names the command as it was started, so renaming or copying the stage changes nothing here:
+// `bun PATH` for this file, or the name it was built under (`bun run build`: an executable or an installed command).
+const THIS_COMMAND = import.meta.path.endsWith(".ts")
+  ? `bun ${relative(process.cwd(), import.meta.path)}`
+  : basename(import.meta.path);
 
-const HELP = `Usage: bun ${THIS_FILE} [options]
+const HELP = `Usage: ${THIS_COMMAND} [options]
 
 Starts N connections one after another, --delay ms apart; each sends --messages random lowercase strings,
 one at a time, and checks that every reply is exactly its uppercase. Prints a summary; exit code 0 if every

@@ -31,7 +31,7 @@ import * as hdr from "hdr-histogram-js";
 import { closeSync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
-import { relative } from "node:path";
+import { basename, relative } from "node:path";
 
 interface LoadConfig {
   host: string;
@@ -872,10 +872,13 @@ function jsonSummary(config: LoadConfig, limits: Limits, results: Results): stri
 // ---------------------------------------------------------------------------------------------------------------
 // Command line.
 
-// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
-const THIS_FILE = relative(process.cwd(), import.meta.path);
+// The usage line names the command as it was started, so renaming or copying the stage changes nothing here:
+// `bun PATH` for this file, or the name it was built under (`bun run build`: an executable or an installed command).
+const THIS_COMMAND = import.meta.path.endsWith(".ts")
+  ? `bun ${relative(process.cwd(), import.meta.path)}`
+  : basename(import.meta.path);
 
-const HELP = `Usage: bun ${THIS_FILE} [options]
+const HELP = `Usage: ${THIS_COMMAND} [options]
 
 Closed-loop request/response load: each connection sends a message, waits for its whole reply, checks it
 byte for byte against the uppercase of the request, and sends the next. Reports latency percentiles (HDR

@@ -30,7 +30,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import pc from "picocolors";
-import { relative } from "node:path";
+import { basename, relative } from "node:path";
 
 /** Kernel TCP states, as numbered in include/net/tcp_states.h, in the order they are shown. */
 const STATES: ReadonlyArray<[name: string, code: number]> = [
@@ -173,22 +173,27 @@ async function watch(config: SocketsConfig): Promise<void> {
   };
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
-  let drawn = 0;
+  // What the last refresh drew, to go back up over it: the rows it took (a line wider than the terminal wraps onto
+  // more than one) and the width it took them at (after a resize the terminal may rewrap them: start afresh).
+  let drawnRows = 0;
+  let drawnWidth = 0;
   while (!stopping) {
     const census = takeCensus(config.port);
     if (config.json) {
       process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), ...toJson(config, census) })}\n`);
     } else if (tty) {
-      // Redraw in place: go back up over the previous table and overwrite it.
+      const width = process.stdout.columns || 80;
       const lines = [
         `${title(config)}, every ${config.intervalMs / 1000} s (Ctrl-C to stop)`,
         ...table(config, census),
         pc.dim(new Date().toISOString()),
       ];
-      process.stdout.write(
-        `${drawn > 0 ? `\x1b[${drawn}A` : ""}${lines.map((line) => `\r\x1b[K${line}`).join("\n")}\n`,
-      );
-      drawn = lines.length;
+      // Redraw in place: back up over the previous table and overwrite it line by line, then clear what is left
+      // below (the screen is cleared only after a resize: a terminal may keep what it clears in its scrollback).
+      const back = drawnRows === 0 ? "" : width === drawnWidth ? `\x1b[${drawnRows}A` : "\x1b[H\x1b[J";
+      process.stdout.write(`${back}${lines.map((line) => `\r\x1b[K${line}`).join("\n")}\n\x1b[J`);
+      drawnRows = lines.reduce((rows, line) => rows + Math.max(1, Math.ceil(Bun.stringWidth(line) / width)), 0);
+      drawnWidth = width;
     } else {
       process.stdout.write(`${compactLine(census)}\n`);
     }
@@ -199,10 +204,13 @@ async function watch(config: SocketsConfig): Promise<void> {
   }
 }
 
-// The usage line names this file as it was started, so renaming or copying the stage changes nothing here.
-const THIS_FILE = relative(process.cwd(), import.meta.path);
+// The usage line names the command as it was started, so renaming or copying the stage changes nothing here:
+// `bun PATH` for this file, or the name it was built under (`bun run build`: an executable or an installed command).
+const THIS_COMMAND = import.meta.path.endsWith(".ts")
+  ? `bun ${relative(process.cwd(), import.meta.path)}`
+  : basename(import.meta.path);
 
-const HELP = `Usage: bun ${THIS_FILE} [options]
+const HELP = `Usage: ${THIS_COMMAND} [options]
 
 Counts TCP sockets (IPv4 and IPv6) by state, from /proc/net/tcp and /proc/net/tcp6.
 

@@ -49,8 +49,11 @@ export async function waitForCount(server: Running, pattern: RegExp, count: numb
 }
 
 /** The closing line of a graceful shutdown: the stage's own (006), or the supervisor's sum over its workers. */
-const SHUTDOWN_SUMMARY =
-  /shutdown complete: (\d+) client\(s\) drained, (\d+) cut(?: across \d+ worker\(s\))?; since start \d+ served, \d+ refused, (\d+) bytes received and (\d+) sent back, \d+ dropped after the signal; bye/;
+const SHUTDOWN_SUMMARY = new RegExp(
+  "shutdown complete: (\\d+) client\\(s\\) drained, (\\d+) cut(?: across \\d+ worker\\(s\\))?; " +
+    "since start \\d+ served, \\d+ refused, (\\d+) bytes received and (\\d+) sent back, " +
+    "\\d+ dropped after the signal; bye",
+);
 
 /** What a stage has beyond the write queue. */
 export interface HardenedFeatures {
@@ -128,7 +131,7 @@ export function hardenedEchoTests({ file, args = [], exactLimitArgs = [], featur
   });
 
   halfCloseTest(
-    "half-close: a client that FINs while its reply is still queued gets all of it, then the server closes",
+    "half-close: a client that FINs while its reply is queued gets all of it, then the server closes",
     async () => {
       await using server = await start(["--max-buffer", "64m"]);
       const request = payload(8 * MiB, 5);
@@ -183,7 +186,7 @@ export function hardenedEchoTests({ file, args = [], exactLimitArgs = [], featur
   });
 
   limitsTest(
-    "--max-clients: a client over the limit is refused at once with a log line; a freed slot is reused",
+    "--max-clients: a client over the limit is refused at once with a log line; a freed slot is used",
     async () => {
       await using server = await start(["--max-clients", "2", ...exactLimitArgs]);
       const [first, second] = [await TestClient.connect(server.port), await TestClient.connect(server.port)];
@@ -272,7 +275,7 @@ export function hardenedEchoTests({ file, args = [], exactLimitArgs = [], featur
   });
 
   drainDescribe("graceful shutdown", () => {
-    test("SIGTERM with 1,000 active clients: every reply owed is delivered, exit 0 well before the deadline", async () => {
+    test("SIGTERM with 1,000 active clients: every reply owed delivered, exit 0 well before the deadline", async () => {
       await using server = await start(["--max-buffer", "64m", "--drain-timeout", "20"]);
       const clients = await connectMany(server.port, 1000, { greeting: "hello\n" });
       // Two clients owe the server a big reply that sits in its queue (they do not read); one of them has FINned.
@@ -322,7 +325,7 @@ export function hardenedEchoTests({ file, args = [], exactLimitArgs = [], featur
       expect(received.reduce((sum, reply) => sum + reply.length, 0)).toBe(Number(bytesOut));
     });
 
-    test("a client that reads but never closes is closed 2 s after the server's FIN (lingering close), drained", async () => {
+    test("a client that reads but never closes is closed 2 s after the server's FIN (lingering close)", async () => {
       await using server = await start(["--drain-timeout", "20"]);
       const client = await TestClient.connect(server.port);
       client.write("last words");

@@ -2,6 +2,11 @@
 // `write()` does not buffer) and can half-close, so assertions can be made on exact bytes.
 
 import type { Socket, TCPSocketListener } from "bun";
+import { flushQueue, queuedBytes, sendQueued } from "../../lib/sockets.ts";
+import { formatAddress } from "../../lib/stages.ts";
+
+// Moved to lib/sockets.ts (one home for the tooling); re-exported for the tests that import it from here.
+export { unusedPort } from "../../lib/sockets.ts";
 
 /** The reference transformation every echo stage must apply: ASCII a-z uppercased, every other byte unchanged. */
 export function upperAscii(bytes: Uint8Array): Uint8Array {
@@ -69,7 +74,7 @@ export class TestClient {
           notify();
         },
         drain(socket) {
-          flush(socket, state);
+          if (flushQueue(socket, state.pending) === "flushed") notify();
         },
         end() {
           state.peerEnded = true;
@@ -91,8 +96,12 @@ export class TestClient {
 
   /** Queues `bytes` for sending; what the kernel does not take now is sent on `drain`. */
   write(bytes: Uint8Array | string): void {
-    this.state.pending.push(typeof bytes === "string" ? encode(bytes) : bytes);
-    flush(this.socket, this.state);
+    const chunk = typeof bytes === "string" ? encode(bytes) : bytes;
+    if (sendQueued(this.socket, this.state.pending, chunk) === "flushed") this.notify();
+  }
+
+  private notify(): void {
+    for (const wake of this.state.wake) wake();
   }
 
   /** Resolves once everything written so far has been handed to the kernel. */
@@ -180,9 +189,7 @@ export class TestClient {
 
   /** Bytes queued here that the kernel has not taken yet (a server that stops reading leaves them here). */
   get unsent(): number {
-    let bytes = 0;
-    for (const chunk of this.state.pending) bytes += chunk.length;
-    return bytes;
+    return queuedBytes(this.state.pending);
   }
 
   close(): void {
@@ -217,20 +224,6 @@ export class TestClient {
       check();
     });
   }
-}
-
-function flush(socket: Socket<ClientState>, state: ClientState): void {
-  while (state.pending.length > 0) {
-    const head = state.pending[0]!;
-    const written = socket.write(head);
-    if (written < 0) return; // closed: nothing more can be sent
-    if (written < head.length) {
-      state.pending[0] = head.subarray(written);
-      return; // `drain` calls us again
-    }
-    state.pending.shift();
-  }
-  for (const wake of state.wake) wake();
 }
 
 /** Connects, sends `request`, optionally half-closes, and waits for `request.length` reply bytes. */
@@ -341,19 +334,8 @@ export function startFaultyEchoServer(fault: Fault, onlyConnection?: number): Fa
   const connected = new Set<Socket<FaultyConnection>>();
   let released = false; // the barrier has opened
   let firstReply: Uint8Array | undefined; // for "replay"
-  const sendQueued = (socket: Socket<FaultyConnection>): void => {
-    const state = socket.data;
-    while (state.pending.length > 0) {
-      const head = state.pending[0]!;
-      const written = socket.write(head);
-      if (written < 0) return;
-      if (written < head.length) {
-        state.pending[0] = head.subarray(written);
-        return;
-      }
-      state.pending.shift();
-    }
-  };
+  const send = (socket: Socket<FaultyConnection>, reply: Uint8Array): void =>
+    void sendQueued(socket, socket.data.pending, reply);
   const listener = Bun.listen<FaultyConnection>({
     hostname: "127.0.0.1",
     port: 0,
@@ -364,9 +346,8 @@ export function startFaultyEchoServer(fault: Fault, onlyConnection?: number): Fa
         if (fault.kind === "barrier" && !released && connected.size >= fault.connections) {
           released = true;
           for (const waiting of connected) {
-            waiting.data.pending.push(...waiting.data.held);
+            for (const reply of waiting.data.held) send(waiting, reply);
             waiting.data.held = [];
-            sendQueued(waiting);
           }
         }
       },
@@ -391,8 +372,7 @@ export function startFaultyEchoServer(fault: Fault, onlyConnection?: number): Fa
         if (faulty && (fault.kind === "reset" || fault.kind === "close")) {
           const allowed = Math.max(0, fault.afterBytes - state.answered);
           if (allowed < reply.length) {
-            state.pending.push(reply.subarray(0, allowed));
-            sendQueued(socket);
+            send(socket, reply.subarray(0, allowed));
             if (fault.kind === "reset") socket.terminate();
             else socket.end();
             return;
@@ -406,11 +386,10 @@ export function startFaultyEchoServer(fault: Fault, onlyConnection?: number): Fa
           }
         }
         state.answered += reply.length;
-        state.pending.push(reply);
-        sendQueued(socket);
+        send(socket, reply);
       },
       drain(socket) {
-        sendQueued(socket);
+        flushQueue(socket, socket.data.pending);
       },
     },
   });
@@ -429,14 +408,6 @@ export function startFaultyEchoServer(fault: Fault, onlyConnection?: number): Fa
   };
 }
 
-/** A port on 127.0.0.1 where nothing listens (it was free a moment ago): connecting to it is refused. */
-export function unusedPort(): number {
-  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = listener.port;
-  listener.stop(true);
-  return port;
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Upstreams for the proxy tests, in-process so a test can stop and restart them in a moment.
 
@@ -446,6 +417,12 @@ interface EchoUpstreamConnection {
   head: Uint8Array[];
   headLength: number;
   index: number;
+}
+
+export interface EchoUpstreamOptions {
+  host?: string;
+  port?: number;
+  greeting?: string;
 }
 
 /** How many bytes of each connection an `EchoUpstream` keeps, for assertions on what arrived first (PROXY headers). */
@@ -469,17 +446,23 @@ export class EchoUpstream implements AsyncDisposable {
   private constructor(
     readonly host: string,
     public port: number,
+    private readonly greeting: Uint8Array | undefined,
   ) {}
 
-  static start(options: { host?: string; port?: number } = {}): EchoUpstream {
-    const upstream = new EchoUpstream(options.host ?? "127.0.0.1", options.port ?? 0);
+  /**
+   * `greeting`: bytes sent to each connection as soon as it is accepted, before any echo. Through a proxy, the
+   * client receiving them is the event that says the proxy's upstream connection is open.
+   */
+  static start(options: EchoUpstreamOptions = {}): EchoUpstream {
+    const greeting = options.greeting === undefined ? undefined : encode(options.greeting);
+    const upstream = new EchoUpstream(options.host ?? "127.0.0.1", options.port ?? 0, greeting);
     upstream.listen();
     return upstream;
   }
 
   /** `host:port`, as the proxies' --upstream takes it. */
   get address(): string {
-    return this.host.includes(":") ? `[${this.host}]:${this.port}` : `${this.host}:${this.port}`;
+    return formatAddress(this);
   }
 
   get active(): number {
@@ -504,6 +487,8 @@ export class EchoUpstream implements AsyncDisposable {
           this.sockets.add(socket);
           this.accepted++;
           this.heads.push(new Uint8Array(0));
+          if (this.greeting) socket.data.queue.push(this.greeting);
+          flushEcho(socket);
           notify();
         },
         data: (socket, chunk) => {
@@ -576,22 +561,17 @@ export class EchoUpstream implements AsyncDisposable {
 }
 
 /** Starts an in-process `EchoUpstream` on a free port (or `port`). */
-export function startEchoUpstream(options: { host?: string; port?: number } = {}): EchoUpstream {
+export function startEchoUpstream(options: EchoUpstreamOptions = {}): EchoUpstream {
   return EchoUpstream.start(options);
 }
 
 function flushEcho(socket: Socket<EchoUpstreamConnection>): void {
   const state = socket.data;
-  while (state.queue.length > 0) {
-    const head = state.queue[0]!;
-    const written = socket.write(head);
-    if (written < 0) return;
-    if (written < head.length) {
-      state.queue[0] = head.subarray(written);
-      socket.pause(); // stop reading until the client reads its replies: backpressure, not unbounded memory
-      return;
-    }
-    state.queue.shift();
+  const result = flushQueue(socket, state.queue);
+  if (result === "closed") return;
+  if (result === "pending") {
+    socket.pause(); // stop reading until the client reads its replies: backpressure, not unbounded memory
+    return;
   }
   socket.resume();
   if (state.peerEnded) socket.end();

@@ -3,7 +3,8 @@
 import { expect, test } from "bun:test";
 import { Terminal, isAlive } from "./process.ts";
 
-test("Terminal disposal kills, by PID, what outlives its tmux server (here: programs that ignore the hangup)", async () => {
+// Here: programs that ignore the hangup.
+test("Terminal disposal kills, by PID, what outlives its tmux server", async () => {
   let orphans: number[] = [];
   {
     // sh and its sleep ignore SIGHUP, as a program that mishandles the hangup would in effect.

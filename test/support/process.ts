@@ -1,95 +1,39 @@
-// Spawning stages as real processes for the tests (and anything else that needs to run one and find its port).
+// Stages as real processes for the tests, programs in a real pseudo-terminal, and throwaway project trees.
 //
 // Every server stage prints exactly one line `listening on HOST:PORT` on stdout once it accepts connections
 // (IPv6 hosts in brackets). `startStage` spawns `bun <file> ...args`, waits for that line and hands back the
 // address, the captured output and a `stop()` that signals the process and waits for its exit code.
 // `await using` disposes of it (SIGKILL if still alive), so no test leaves a process behind even when it fails.
+// The spawning, the output and the /proc readings themselves live in lib/processes.ts, shared with bench/ and menu/.
 
-import type { Subprocess } from "bun";
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import {
+  descendants,
+  environment,
+  isAlive,
+  killIfSame,
+  type Running,
+  spawnProcess,
+  startListening,
+  startTimeOf,
+  WITHOUT_COLOUR,
+  waitGone,
+} from "../../lib/processes.ts";
+import { ROOT } from "../../lib/stages.ts";
 
-export const ROOT = resolve(import.meta.dir, "..", "..");
-
-/** The line every server stage prints when it is listening. */
-export const LISTENING_LINE = /^listening on \[?([^\]\s]+?)\]?:(\d+)$/m;
-
-type Stream = "stdout" | "stderr";
-
-/** Collects a child's output as text and lets a test wait for a pattern to appear in it. */
-class OutputCollector {
-  text = "";
-  private waiters = new Set<() => void>();
-  private finished = false;
-
-  constructor(stream: ReadableStream<Uint8Array>) {
-    void this.pump(stream);
-  }
-
-  private async pump(stream: ReadableStream<Uint8Array>): Promise<void> {
-    const decoder = new TextDecoder();
-    try {
-      for await (const chunk of stream) {
-        this.text += decoder.decode(chunk, { stream: true });
-        this.notify();
-      }
-    } catch {
-      // The stream errors when the process is killed mid-write; what was read stays available.
-    }
-    this.finished = true;
-    this.notify();
-  }
-
-  private notify(): void {
-    for (const wake of this.waiters) wake();
-  }
-
-  /** Resolves with the first match of `pattern` (searched from `from`), rejects at EOF or after `timeoutMs`. */
-  waitFor(pattern: RegExp, timeoutMs: number, from = 0, describe = "output"): Promise<RegExpMatchArray> {
-    return new Promise((resolvePromise, reject) => {
-      const check = (): boolean => {
-        const match = this.text.slice(from).match(pattern);
-        if (match) {
-          finish();
-          resolvePromise(match);
-          return true;
-        }
-        if (this.finished) {
-          finish();
-          reject(new Error(`${describe} ended without ${pattern}; it was:\n${this.text}`));
-          return true;
-        }
-        return false;
-      };
-      const timer = setTimeout(() => {
-        finish();
-        reject(new Error(`no ${pattern} in ${describe} after ${timeoutMs} ms; it was:\n${this.text}`));
-      }, timeoutMs);
-      const finish = (): void => {
-        clearTimeout(timer);
-        this.waiters.delete(wake);
-      };
-      const wake = (): void => void check();
-      this.waiters.add(wake);
-      check();
-    });
-  }
-
-  /** Resolves once the stream has ended (the process closed it or exited). */
-  async ended(): Promise<string> {
-    while (!this.finished) {
-      await new Promise<void>((wake) => {
-        const once = (): void => {
-          this.waiters.delete(once);
-          wake();
-        };
-        this.waiters.add(once);
-      });
-    }
-    return this.text;
-  }
-}
+// Moved to lib/ (one home for the tooling); re-exported so that the tests importing them from here keep working.
+export {
+  descendants,
+  isAlive,
+  memoryKiB,
+  resetMemoryPeak,
+  Running,
+  waitGone,
+} from "../../lib/processes.ts";
+export { portIsFree } from "../../lib/sockets.ts";
+export { LISTENING_LINE, ROOT } from "../../lib/stages.ts";
 
 export interface RunOptions {
   env?: Record<string, string>;
@@ -101,118 +45,33 @@ export interface RunOptions {
    * and hard: Bun raises its soft limit to the hard one at start), or a namespace wrapper.
    */
   prefix?: string[];
+  /**
+   * Run `file` as a program of its own (a compiled executable, or a command such as `bunx`) instead of
+   * `bun file`: the executables that `bun run build` makes are tested with the same helpers as the stages.
+   */
+  executable?: boolean;
+  /** Working directory (default: the repository root). */
+  cwd?: string;
 }
 
-/** A spawned bun process with its output captured. */
-export class Running implements AsyncDisposable {
-  readonly stdout: OutputCollector;
-  readonly stderr: OutputCollector;
-  /** Set by `startStage` from the listening line. */
-  host = "";
-  port = 0;
-
-  constructor(
-    readonly proc: Subprocess<"pipe" | "ignore", "pipe", "pipe">,
-    readonly command: string[],
-  ) {
-    this.stdout = new OutputCollector(proc.stdout);
-    this.stderr = new OutputCollector(proc.stderr);
-  }
-
-  get pid(): number {
-    return this.proc.pid;
-  }
-
-  /** stdout and stderr together, for assertions on logs and for failure messages. */
-  get output(): string {
-    return this.stdout.text + this.stderr.text;
-  }
-
-  get exited(): Promise<number> {
-    return this.proc.exited;
-  }
-
-  /** Waits for `pattern` in stderr (where logs go), searching from character `from`. */
-  waitForLog(pattern: RegExp, timeoutMs = 5000, from = 0): Promise<RegExpMatchArray> {
-    return this.stderr.waitFor(pattern, timeoutMs, from, `stderr of ${this.command.join(" ")}`);
-  }
-
-  /** Sends `signal` and waits for the exit code; SIGKILL after `graceMs` if it has not exited by then. */
-  async stop(signal: NodeJS.Signals = "SIGTERM", graceMs = 5000): Promise<number> {
-    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return this.proc.exited;
-    this.proc.kill(signal);
-    const timer = setTimeout(() => this.proc.kill("SIGKILL"), graceMs);
-    try {
-      return await this.proc.exited;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /** Waits for the process to exit on its own; kills it and throws if it takes longer than `timeoutMs`. */
-  async waitExit(timeoutMs = 5000): Promise<number> {
-    let timer: Timer | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        this.proc.kill("SIGKILL");
-        reject(new Error(`${this.command.join(" ")} did not exit within ${timeoutMs} ms; output:\n${this.output}`));
-      }, timeoutMs);
-    });
-    try {
-      return await Promise.race([this.proc.exited, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    if (this.proc.exitCode === null && this.proc.signalCode === null) {
-      this.proc.kill("SIGKILL");
-      await this.proc.exited;
-    }
-    live.delete(this.proc);
-  }
+/** `bun <file> ...args` (or the executable `file` itself) from the repo root, colour off, as `options` say. */
+function bunCommand(file: string, args: string[], options: RunOptions) {
+  const program = options.executable ? [file] : [process.execPath, resolve(ROOT, file)];
+  const command = [...(options.prefix ?? []), ...program, ...args];
+  const env = environment(WITHOUT_COLOUR, options.env ?? {});
+  return { command, spawn: { env, stdin: options.stdin, cwd: options.cwd } };
 }
 
-// Safety net: if the test process itself dies early, take every child down with it.
-const live = new Set<Subprocess>();
-process.on("exit", () => {
-  for (const proc of live) proc.kill("SIGKILL");
-});
-
-/** The test's environment without colour (plain text to assert on), plus `extra`. */
-function childEnv(extra: Record<string, string> = {}): Record<string, string | undefined> {
-  const env: Record<string, string | undefined> = { ...process.env, NO_COLOR: "1", ...extra };
-  delete env.FORCE_COLOR; // any value, even "" or "0", turns colour on in picocolors and Bun's console
-  return env;
-}
-
-/** Spawns `bun <file> ...args` (file relative to the repo root) and returns as soon as it has started. */
+/** Spawns `bun <file> ...args` (file relative to the repo root; or the executable `file`) and returns at once. */
 export function run(file: string, args: string[] = [], options: RunOptions = {}): Running {
-  const command = [...(options.prefix ?? []), process.execPath, resolve(ROOT, file), ...args];
-  const proc = Bun.spawn(command, {
-    cwd: ROOT,
-    env: childEnv(options.env),
-    stdin: options.stdin ?? "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  live.add(proc);
-  return new Running(proc, command);
+  const { command, spawn } = bunCommand(file, args, options);
+  return spawnProcess(command, spawn);
 }
 
 /** Spawns a server stage and waits for its `listening on HOST:PORT` line; `host` and `port` are then set. */
 export async function startStage(file: string, args: string[] = [], options: RunOptions = {}): Promise<Running> {
-  const server = run(file, args, options);
-  try {
-    const match = await server.stdout.waitFor(LISTENING_LINE, options.readyTimeoutMs ?? 10_000, 0, `stdout of ${file}`);
-    server.host = match[1]!;
-    server.port = Number(match[2]);
-  } catch (error) {
-    await server[Symbol.asyncDispose]();
-    throw new Error(`${(error as Error).message}\nstderr:\n${server.stderr.text}`);
-  }
-  return server;
+  const { command, spawn } = bunCommand(file, args, options);
+  return startListening(command, { ...spawn, timeoutMs: options.readyTimeoutMs ?? 10_000, name: file });
 }
 
 /** Runs a command to completion and returns its exit code and output (for CLI usage tests). */
@@ -227,104 +86,8 @@ export async function runToExit(
   return { code, stdout, stderr };
 }
 
-/** True if `port` can be bound on 127.0.0.1 right now (it may be taken again a moment later). */
-export function portIsFree(port: number): boolean {
-  try {
-    Bun.listen({ hostname: "127.0.0.1", port, socket: { data() {} } }).stop(true);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------------------
-// Processes by PID, and programs driven in a real pseudo-terminal (the interactive menu).
-
-/** True while the process exists (an unreaped zombie counts as gone: it runs no code and holds no socket). */
-export function isAlive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
-  } catch {
-    return false;
-  }
-}
-
-/** Every living descendant of `pid` (children, grandchildren, ...), from /proc. */
-export function descendants(pid: number): number[] {
-  const found: number[] = [];
-  const visit = (parent: number): void => {
-    let tasks: string[];
-    try {
-      tasks = readdirSync(`/proc/${parent}/task`);
-    } catch {
-      return; // gone meanwhile
-    }
-    for (const task of tasks) {
-      let children = "";
-      try {
-        children = readFileSync(`/proc/${parent}/task/${task}/children`, "utf8");
-      } catch {
-        continue;
-      }
-      for (const child of children.split(" ").filter(Boolean).map(Number)) {
-        found.push(child);
-        visit(child);
-      }
-    }
-  };
-  visit(pid);
-  return found;
-}
-
-/** Resolves once none of `pids` is alive; rejects after `timeoutMs` naming the survivors. */
-export async function waitGone(pids: number[], timeoutMs = 5000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const alive = pids.filter(isAlive);
-    if (alive.length === 0) return;
-    if (performance.now() > deadline)
-      throw new Error(`processes still alive after ${timeoutMs} ms: ${alive.join(", ")}`);
-    await Bun.sleep(25); // /proc gives no event for a process exit that is not our child's
-  }
-}
-
-/** When `pid` started (clock ticks since boot, /proc/PID/stat field 22): with the PID it names one process. */
-function startTimeOf(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-  } catch {
-    return undefined;
-  }
-}
-
-/** SIGKILLs `pid` if it is still the process seen earlier (a PID reused meanwhile belongs to someone else). */
-function killIfSame(pid: number, startTime: string): void {
-  if (startTimeOf(pid) !== startTime) return;
-  try {
-    process.kill(pid, "SIGKILL");
-  } catch {
-    // exited meanwhile
-  }
-}
-
-/** Resident memory in KiB, now (VmRSS) and peak so far (VmHWM), from /proc (Linux), summed over `pids`. */
-export function memoryKiB(pids: number | number[]): { rss: number; peak: number } {
-  const total = { rss: 0, peak: 0 };
-  for (const pid of [pids].flat()) {
-    const status = readFileSync(`/proc/${pid}/status`, "utf8");
-    const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
-    total.rss += field("VmRSS");
-    total.peak += field("VmHWM");
-  }
-  return total;
-}
-
-/** Resets the VmHWM peak of `pids` to their current RSS (Linux: writes 5 to /proc/PID/clear_refs). */
-export function resetMemoryPeak(pids: number | number[]): void {
-  for (const pid of [pids].flat()) writeFileSync(`/proc/${pid}/clear_refs`, "5");
-}
+// Programs driven in a real pseudo-terminal (the interactive menu).
 
 let terminalCount = 0;
 
@@ -488,7 +251,8 @@ export class Terminal implements AsyncDisposable {
 
   /** Waits for the program to exit and returns its exit status (128 + N if signal N killed it, as sh says). */
   async exitStatus(timeoutMs = 10_000): Promise<number> {
-    return Number((await this.waitFor(/^\[exit status (\d+)\]$/m, timeoutMs)).match[1]);
+    // Not anchored at the line's start: after Ctrl-C the terminal's "^C" can stand before it.
+    return Number((await this.waitFor(/\[exit status (\d+)\]$/m, timeoutMs)).match[1]);
   }
 
   /** SIGKILLs, by PID, every process seen in the pane that still runs, and kills the tmux server. Synchronous. */
