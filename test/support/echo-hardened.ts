@@ -134,7 +134,7 @@ export function hardenedEchoTests({ file, args = [], exactLimitArgs = [], featur
     "half-close: a client that FINs while its reply is queued gets all of it, then the server closes",
     async () => {
       await using server = await start(["--max-buffer", "64m"]);
-      const request = payload(8 * MiB, 5);
+      const request = payload(16 * MiB, 5); // more than the kernel buffers hold (about 10 MiB on loopback)
       const client = await TestClient.connect(server.port);
       client.pauseReading();
       client.write(request);
@@ -279,7 +279,8 @@ export function hardenedEchoTests({ file, args = [], exactLimitArgs = [], featur
       await using server = await start(["--max-buffer", "64m", "--drain-timeout", "20"]);
       const clients = await connectMany(server.port, 1000, { greeting: "hello\n" });
       // Two clients owe the server a big reply that sits in its queue (they do not read); one of them has FINned.
-      const heavy = payload(4 * MiB, 9);
+      // 16 MiB: the kernel buffers of a loopback connection whose client does not read grow to hold about 10 MiB.
+      const heavy = payload(16 * MiB, 9);
       const [stalled, finned] = [await TestClient.connect(server.port), await TestClient.connect(server.port)];
       for (const client of [stalled, finned]) {
         client.pauseReading();
