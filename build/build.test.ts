@@ -7,6 +7,7 @@ import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { echoContractTests, type StageLaunch } from "../test/support/echo-contract.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
 import { startEchoUpstream, unusedPort } from "../test/support/net.ts";
 import { proxyContractTests } from "../test/support/proxy-contract.ts";
 import { descendants, runToExit, startStage } from "../test/support/process.ts";
@@ -62,7 +63,7 @@ describe("every executable", () => {
 
 describe("compiled tcp-echo-server", () => {
   echoContractTests(ECHO);
-  // hostileContractTests(ECHO); <- one line, once test/support/hostile-contract.ts lands
+  hostileContractTests({ ...ECHO, kind: "echo" });
 
   test("the supervisor's workers are the executable itself, started without a script path", async () => {
     await using server = await startStage(ECHO.file, ECHO.args, ECHO.options);
@@ -90,7 +91,13 @@ describe("compiled tcp-proxy", () => {
     halfClose: true,
     survivesResetStorm: true,
   });
-  // hostileContractTests for the proxy, the same way, once it lands
+  hostileContractTests({
+    file: bin("tcp-proxy"),
+    kind: "proxy",
+    args: ["--port", "0"],
+    options: executable,
+    acceptProxy: true,
+  });
 
   test("--healthcheck http://... counts any answer below 500", async () => {
     using api = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("{}") });

@@ -136,8 +136,8 @@ describe("headers", () => {
     );
     expect(loop.tryIt.split("\n")).toEqual([
       "bun tcp_echo_server/003-loop.ts --port 5000 --log-level debug",
-      'telnet 127.0.0.1 5000       (type lines: each comes back uppercased; Ctrl-] then "quit" to leave)',
-      "printf 'one\\ntwo\\n' | nc -N 127.0.0.1 5000",
+      "nc 127.0.0.1 5000           (type lines: each comes back uppercased; Ctrl-C to leave)",
+      "it serves one client, then exits; started again: printf 'one\\ntwo\\n' | nc -N 127.0.0.1 5000",
     ]);
     expect(loop.text).toContain("The original's puzzle"); // the whole comment is kept for "About a stage"
   });

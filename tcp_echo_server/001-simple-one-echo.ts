@@ -12,7 +12,7 @@
  *
  * Try it: bun tcp_echo_server/001-simple-one-echo.ts
  *         then, in another terminal: echo "hello" | nc -N 127.0.0.1 5000      ->  HELLO
- *         (or telnet 127.0.0.1 5000, type a line; the server answers it and hangs up)
+ *         (or nc 127.0.0.1 5000, type a line: it comes back uppercased and the server exits; Ctrl-C leaves nc)
  *         The tests run it on a free port through the PORT environment variable (PORT=0 picks one); that
  *         is its only setting. It takes no options (002 adds them): -h says so, anything else is refused.
  */

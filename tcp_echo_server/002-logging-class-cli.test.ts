@@ -60,7 +60,8 @@ describe("002 logging, a class, a command line", () => {
     [["--log-level", "loud"], 'error: --log-level must be one of debug, info, warn, error, got "loud" (see --help)\n'],
     [
       ["--port", "-1"],
-      "error: Option '--port' argument is ambiguous. Did you forget to specify the option argument for '--port'? To specify an option argument starting with a dash use '--port=-XYZ'. (see --help)\n",
+      "error: Option '--port' argument is ambiguous. Did you forget to specify the option argument for '--port'? " +
+        "To specify an option argument starting with a dash use '--port=-XYZ'. (see --help)\n",
     ],
     [
       ["surplus"],

@@ -9,7 +9,7 @@
  *           SO_REUSEADDR  bind() may reuse a port whose old connections linger in TIME_WAIT, so a restarted
  *                         server does not fail with "address already in use". Bun sets it on listeners.
  *           SO_REUSEPORT  several sockets (processes) may listen on the same port; the kernel spreads new
- *                         connections between them (stage 007 uses it for one worker per core). Off here.
+ *                         connections between them (stage 011 uses it for one worker per core). Off here.
  *           SO_KEEPALIVE  the kernel probes a connection that has been silent for a long time (2 hours by
  *                         default on Linux) to find peers that vanished. Off by default.
  *           SO_RCVBUF     the kernel's receive buffer for this socket, in bytes (Linux reports double what is
@@ -31,8 +31,8 @@
  *                                          (FIN)", closes, exits; nc prints HELLO and exits too.
  *
  * Try it: bun tcp_echo_server/003-loop.ts --port 5000 --log-level debug
- *         telnet 127.0.0.1 5000       (type lines: each comes back uppercased; Ctrl-] then "quit" to leave)
- *         printf 'one\ntwo\n' | nc -N 127.0.0.1 5000
+ *         nc 127.0.0.1 5000           (type lines: each comes back uppercased; Ctrl-C to leave)
+ *         it serves one client, then exits; started again: printf 'one\ntwo\n' | nc -N 127.0.0.1 5000
  */
 
 import type { Socket, TCPSocketListener } from "bun";

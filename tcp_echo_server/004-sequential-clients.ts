@@ -14,10 +14,10 @@
  * Lacks:  concurrency: a slow or idle client holds everyone else up (005 serves several at once, bounded); an idle
  *         timeout (005); partial writes are not handled (006); no cap on waiting clients: each holds a file
  *         descriptor until its turn (a paused socket does not even notice its client's FIN), so enough of them
- *         exhaust the open-files limit and the server stalls until they go (006 caps connections below it).
+ *         exhaust the open-files limit and the server stalls until they go (008 caps connections below it).
  *
  * Try it: bun tcp_echo_server/004-sequential-clients.ts --port 5000
- *         terminal 2: telnet 127.0.0.1 5000          (served: type lines, they come back uppercased)
+ *         terminal 2: nc 127.0.0.1 5000              (served: type lines, they come back uppercased)
  *         terminal 3: echo "waiting" | nc -N 127.0.0.1 5000   (held: no answer until terminal 2 quits)
  *         then Ctrl-C the server: it logs the clients it closed and exits 0.
  */

@@ -7,7 +7,7 @@ import { runToExit, startStage } from "../test/support/process.ts";
 const STAGE = "tcp_echo_server/005-bounded-concurrency.ts";
 
 describe("005 concurrent clients, bounded by a semaphore", () => {
-  test("serves clients at the same time, up to --max-clients; the next one waits its turn with its bytes kept", async () => {
+  test("serves clients at once, up to --max-clients; the next one waits its turn with its bytes kept", async () => {
     await using server = await startStage(STAGE, ["--port", "0", "--max-clients", "2"]);
     const [a, b] = await connectMany(server.port, 2);
     // Both are served at once: each gets its reply while the other is still connected.

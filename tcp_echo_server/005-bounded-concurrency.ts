@@ -12,13 +12,30 @@
  *         to 4 s late, and under 4 s it cuts even a client that keeps talking.) Graceful shutdown on
  *         SIGINT/SIGTERM closes every client, served or waiting, and exits at once: nothing blocks, so nothing
  *         can hang (the original's threads did).
- * Lacks:  partial writes are not handled, so a client that sends a lot and never reads can lose reply bytes; no
- *         per-IP limit, and no cap on waiting clients below the open-files limit; shutdown cuts replies in
- *         flight instead of draining them (006 fixes these).
+ * Lacks:  partial writes are not handled, so a client that sends a lot before it reads loses reply bytes (006);
+ *         clients over the limit wait holding a file descriptor each, with no cap below the open-files limit, and
+ *         no per-IP limit (008); shutdown cuts replies in flight instead of draining them (009).
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000 --max-clients 2 --idle-timeout 30
- *         open three `telnet 127.0.0.1 5000` sessions: the third waits until one of the first two quits.
+ *         nc 127.0.0.1 5000 in three terminals, typing a line in each: the third is answered only when one of
+ *         the first two quits (Ctrl-C).
  *         bun test/002-client.ts -n 500 --port 5000      (many clients, with the default limit of 100)
+ *
+ * Layout: as in 004, except where marked:
+ *         Logger                            each line names its connection and the active count
+ *         Semaphore                         new
+ *         EchoServerConfig                  new: maxClients, idleTimeout
+ *         toUpperAscii; socket options
+ *         Client                            new: served, closed, the idle timer
+ *         EchoServer
+ *           start, onOpen
+ *           handleConn                      new: wait for a slot (paused), then be served
+ *           onData, onEnd
+ *           onIdle                          new: the idle timer fired
+ *           onClose                         the slot passes on
+ *           shutdown                        closes every client, served or waiting
+ *         helpers, HELP, parseConfig        new: --max-clients, --idle-timeout
+ *         main
  */
 
 import type { Socket, TCPSocketListener } from "bun";

@@ -1,37 +1,33 @@
 #!/usr/bin/env bun
 /*
- * 007 - every core, observable: supervised workers, metrics, JSON logs, configuration from the environment
+ * 014 - ready for containers: every option from the environment, and JSON logs
  *
- * Adds:   --workers N processes (default: the CPUs this process may use) share the port with SO_REUSEPORT; the
- *         kernel spreads new connections between them. The port is theirs alone: the supervisor first claims it
- *         with a plain bind, which fails on a port anything listens on (a SO_REUSEPORT group included), so a
- *         second copy of this stage exits 1 with one line instead of joining the first's workers and taking half
- *         its clients. The supervisor (this file run normally) spawns the workers (this same file, with
- *         ECHO_WORKER set), prints the listening line once they all listen, replaces a worker that dies while the
- *         port keeps serving, and on SIGINT/SIGTERM has every worker drain within --drain-timeout (a second signal
- *         cuts at once). Metrics in Prometheus text format on --metrics-port (connections active and total, bytes
- *         in and out, refused, errors, queued bytes; per worker and for the whole server), gathered from the
- *         workers over IPC at scrape time, served on --metrics-host (127.0.0.1 whatever --host is: HOST=0.0.0.0
- *         does not publish them) by a small HTTP responder on Bun.listen, which also answers a client that
- *         half-closes after its request (Bun.serve drops those when the answer is asynchronous, as gathering is).
- *         --log-format json for structured logs. Every option can also come from an environment variable (HOST,
- *         PORT, WORKERS, ...) for containers; the Dockerfile runs this stage. Speed: replies are uppercased in
- *         place four bytes at a time (no copy), and small queued chunks are flushed together in one write
- *         instead of one write each.
- * Lacks:  one exact global count for the limits: each worker (a process with its own open-files limit) serves
- *         --max-clients / N, and the kernel spreads connections evenly but not exactly, so a worker can refuse
- *         while another has room; --max-per-ip applies in each worker as given (divided, it would refuse a
- *         client's second connection whenever both land on the same worker), so one address can hold up to
- *         N x --max-per-ip. Exact counts need shared state (a supervisor round trip per connection, or threads).
- *         A replaced worker's own counters start from 0 (the whole-server sums carry on). The port claim is
- *         released the moment before the workers bind: two copies started in the same instant can both pass it
- *         and then share the port, and any process of the same user that sets SO_REUSEPORT itself can still join
- *         (the kernel allows it for one user); holding the claim would need the workers to inherit the socket.
+ * Adds:   what a container platform expects of a server (the twelve-factor way: configuration in the
+ *         environment, logs as a stream of events). Every option can also come from an environment variable
+ *         (HOST, PORT, WORKERS, ... one per option, listed in --help), so `docker run -e PORT=7000` configures it;
+ *         an option given on the command line wins, and a bad variable is a usage error that names it.
+ *         --log-format json writes each log line as one JSON object (time, level, pid, worker, conn, active,
+ *         limit, msg) for log collectors. The Dockerfile runs this stage.
+ * Lacks:  one exact global count for the limits (see 011); a replaced worker's own counters start from 0 (012).
+ *         The last echo stage: docs/echo-deployable.md says what was left alone, and why.
  *
- * Try it: bun tcp_echo_server/007-every-core-observable.ts --port 5000 --metrics-port 9100
- *         curl -s 127.0.0.1:9100/metrics     (or: printf 'GET /metrics HTTP/1.0\r\n\r\n' | nc -N 127.0.0.1 9100)
- *         PORT=5000 WORKERS=4 LOG_FORMAT=json bun tcp_echo_server/007-every-core-observable.ts
- *         kill -KILL <a worker's pid from the log>: the supervisor replaces it, 127.0.0.1:5000 keeps answering
+ * Try it: PORT=5000 WORKERS=4 LOG_FORMAT=json bun tcp_echo_server/014-ready-for-containers.ts
+ *         nc 127.0.0.1 5000                                 (interactive: each line comes back uppercased)
+ *         PORT=5000 METRICS_PORT=9100 bun tcp_echo_server/014-ready-for-containers.ts --workers 2
+ *             then: curl -s 127.0.0.1:9100/metrics
+ *
+ * Layout: as in 013, except where marked:
+ *         LOG_FORMATS                       new
+ *         Logger                            new: --log-format json
+ *         EchoServerConfig                  new: logFormat
+ *         toUpperAsciiInPlace; socket options; BATCH_BYTES; LINGER_MS; clientsAllowedByFdLimit; Client
+ *         REFUSAL_REASONS, Counters, DrainReport, ToWorker, FromWorker
+ *         EchoServer; WorkerSlot; Supervisor; emptyCounters, addCounters, renderMetrics
+ *         helpers, HELP                     new: each option's environment variable
+ *         ENVIRONMENT, DEFAULTS             new: option -> variable, and the defaults
+ *         parseConfig                       new: flag, else variable, else default
+ *         workerMain
+ *         main                              passes the environment to parseConfig
  */
 
 import type { Socket, Subprocess, TCPSocketListener } from "bun";
@@ -135,7 +131,7 @@ interface EchoServerConfig {
 // time (SWAR, "SIMD within a register"): for each byte with the top bit clear, adding 0x1f sets bit 7 iff it is
 // >= 0x61 ('a'), adding 0x05 sets bit 7 iff it is >= 0x7b (past 'z'); no byte can carry into the next. The bytes
 // that are 'a'..'z' get 0x80 in the mask, and subtracting mask >>> 2 (0x20 each) uppercases exactly those.
-// About 4x faster than the byte loop of 006 on chunks of a few KiB and more (0.26 against 1.0 ns a byte here);
+// About 4x faster than the byte loop of 009 on chunks of a few KiB and more (0.26 against 1.0 ns a byte here);
 // below SWAR_MIN_BYTES making the 32-bit view costs more than it saves, and the plain loop (in place) is used.
 const SWAR_MIN_BYTES = 256;
 
@@ -411,7 +407,11 @@ class EchoServer {
     this.handleConn(socket);
   }
 
-  /** Admits a connection, or refuses it (closes at once) when a limit is reached: nobody waits in a queue. */
+  /**
+   * Admits a connection, or refuses it (closes at once) when a limit is reached: nobody waits in a queue. 005's
+   * semaphore held the clients over its limit, each on an open file descriptor, answering nothing for as long as
+   * the queue ahead of them: an unbounded waiting room that hides overload. A refusal is seen at once.
+   */
   private handleConn(socket: Socket<Client>): void {
     const client = socket.data;
     const fromIp = this.perIp.get(client.ip) ?? 0;
