@@ -1,29 +1,32 @@
 #!/usr/bin/env bun
 /*
- * 002 - logging, a Proxy class, early bytes and backpressure
+ * 002 - a Logger, a Proxy class and a command line; no client can take it down
  *
- * Adds:   a Logger on stderr and a Proxy class configured once, with --host, --port, --upstream, --log-level and
- *         -h/--help (usage errors: one line, exit 2; port in use: one line, exit 1). Every byte gets through, in
- *         order, whatever the speed of either side:
- *         - bytes the client sends before the upstream connection is open are held in that direction's queue and
- *           delivered first once it opens; the queue is bounded (256 KiB): past that the proxy stops reading the
- *           client until the upstream is there, so a fast client cannot fill the proxy's memory;
- *         - a partial write keeps the rest in the queue, the proxy stops reading the sending side (pause) and
- *           flushes the queue on `drain`, then reads again (resume): backpressure, in both directions, so a slow
- *           reader slows the writer down instead of growing the proxy's memory or losing bytes;
+ * Adds:   structure and safety, around 001's data path (still one write per chunk: see Lacks).
+ *         - a Logger on stderr (timestamped, levelled: --log-level), so stdout keeps only the listening line;
+ *         - a Proxy class configured once (host, port, upstream, log level) and a Connection per client, in place
+ *           of 001's loose handlers: the shape every later stage grows from;
+ *         - the command line: --host, --port, --upstream, --log-level, -h/--help; usage errors are one line and
+ *           exit 2, a port in use one line and exit 1;
  *         - an upstream that refuses or cannot be reached: the client is closed at once and the reason logged;
  *         - no client can take the proxy down: one that resets before the accept completes (a port scanner, a
  *           health check) reaches `open` with no address and is let go; `socket.data` is unset until `open` sets
  *           it, so every handler asks `connectionOf(socket)`; and an exception in one connection's handler (Bun
  *           hands it to `error`) closes that connection with a log line while every other client carries on.
- * Lacks:  half-close: when the client finishes sending (FIN, `nc -N`), Bun closes that socket and the proxy closes
- *         the upstream once its queue is flushed, so the reply is lost (003); connect and idle timeouts (003);
- *         limits, graceful shutdown, a log line per connection (004); several upstreams (005).
+ * Lacks:  bytes still get lost, as in 001 (003 fixes both): what the client sends before the upstream connection
+ *         is open is dropped, and write() keeps only what the kernel takes, so a big transfer to a slower reader
+ *         is truncated. Half-close: a client's FIN (`nc -N`) closes both connections and the reply is lost (004);
+ *         connect and idle timeouts (004); limits, graceful shutdown, a log line per connection (005); several
+ *         upstreams (006).
  *
- * Try it: bun tcp_echo_server/003-loop.ts --port 5000
- *         bun tcp_proxy/002-queues-and-backpressure.ts --port 6000 --upstream 127.0.0.1:5000 --log-level debug
- *         telnet 127.0.0.1 6000     (type lines: they come back uppercased)
- *         bun tcp_proxy/002-queues-and-backpressure.ts --port 6001 --upstream 127.0.0.1:1   (refused: logged)
+ * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
+ *         bun tcp_proxy/002-logger-class-cli.ts --port 6000 --upstream 127.0.0.1:5000 --log-level debug
+ *         nc 127.0.0.1 6000     (type lines: they come back uppercased; Ctrl-C to quit)
+ *         (printf 'hello\n'; sleep 1) | nc -q 0 127.0.0.1 6000   -> usually nothing: sent before the upstream
+ *                                                               connection was open, dropped (003 prints HELLO)
+ *         bun tcp_proxy/002-logger-class-cli.ts --port 6001 --upstream 127.0.0.1:1
+ *         nc 127.0.0.1 6001     (closed at once; the proxy logs "cannot connect to upstream 127.0.0.1:1:
+ *                               connection refused")
  */
 
 import type { Socket, TCPSocketListener } from "bun";
@@ -86,12 +89,6 @@ interface ProxyConfig {
   logLevel: Level;
 }
 
-/**
- * Most bytes held for a direction whose destination is not connected yet. One `data` event can bring up to
- * 512 KiB, so the queue may briefly hold a little more; the point is that it stops growing.
- */
-const EARLY_BYTES_LIMIT = 256 * 1024;
-
 type Side = "client" | "upstream";
 
 /** What each socket carries in `socket.data`: its connection and which end of it this socket is. */
@@ -100,54 +97,18 @@ interface Link {
   side: Side;
 }
 
-/** Bytes on their way to one socket that it has not taken yet, oldest first. */
-class Queue {
-  private chunks: Uint8Array[] = [];
-  bytes = 0;
-
-  get empty(): boolean {
-    return this.bytes === 0;
-  }
-
-  push(chunk: Uint8Array): void {
-    if (chunk.length === 0) return;
-    this.chunks.push(chunk);
-    this.bytes += chunk.length;
-  }
-
-  /** Writes as much as `socket` takes; true when everything went out. */
-  flushTo(socket: Socket<Link>): boolean {
-    while (this.chunks.length > 0) {
-      const head = this.chunks[0]!;
-      const written = socket.write(head);
-      if (written < 0) return false; // closed: `close` will tidy up
-      this.bytes -= written;
-      if (written < head.length) {
-        this.chunks[0] = head.subarray(written);
-        return false; // the kernel is full: `drain` calls us again
-      }
-      this.chunks.shift();
-    }
-    return true;
-  }
-}
-
 let nextConnectionId = 1;
 
 const other = (side: Side): Side => (side === "client" ? "upstream" : "client");
 
-/** One client, its upstream connection, and a queue for each direction. */
+/** One client and its upstream connection. */
 class Connection {
   readonly id = nextConnectionId++;
   readonly client: Socket<Link>;
   upstream: Socket<Link> | undefined;
-  readonly toUpstream = new Queue();
-  readonly toClient = new Queue();
   /** For the logs: `#id client-address:port` (read once: a closed socket no longer knows its peer). */
   readonly name: string;
   closed = false;
-  /** Set once one side has closed: the other is closed as soon as what is queued for it has been written. */
-  private closing = false;
 
   constructor(
     client: Socket<Link>,
@@ -161,66 +122,33 @@ class Connection {
     return side === "client" ? this.client : this.upstream;
   }
 
-  /** The queue of bytes on their way to `side`. */
-  private queueTo(side: Side): Queue {
-    return side === "client" ? this.toClient : this.toUpstream;
-  }
-
-  /** The upstream connection is open: deliver what the client said meanwhile, then let it speak again. */
+  /** The upstream connection is open: from now on the client's bytes have somewhere to go. */
   upstreamOpened(upstream: Socket<Link>): void {
-    if (this.closed && this.toUpstream.empty) return void upstream.end(); // the client left while we connected
+    if (this.closed) return void upstream.end(); // the client left while we connected
     this.upstream = upstream;
     this.log.debug(`${this.name} upstream connected from local port ${upstream.localPort}`);
-    if (!this.toUpstream.empty) this.log.debug(`${this.name} delivering ${this.toUpstream.bytes} early bytes`);
-    this.flush("upstream");
   }
 
-  /** Bytes arrived on `from`: pass them to the other side, or queue them and stop reading `from` for now. */
+  /** Bytes arrived on `from`: pass them to the other side. */
   forward(from: Side, chunk: Uint8Array): void {
-    const queue = this.queueTo(other(from));
-    const source = this.socket(from)!;
-    const destination = this.socket(other(from));
-    if (destination === undefined) {
-      // The upstream is not connected yet: keep the bytes, in order, but only so many.
-      queue.push(chunk);
-      if (queue.bytes >= EARLY_BYTES_LIMIT) source.pause();
-      return;
-    }
-    if (queue.empty) {
-      const written = destination.write(chunk);
-      if (written >= chunk.length || written < 0) return;
-      queue.push(chunk.subarray(written));
-    } else {
-      queue.push(chunk); // older bytes are still waiting: these go after them
-    }
-    this.log.debug(`${this.name} ${other(from)} is slow, ${queue.bytes} bytes queued`);
-    source.pause(); // backpressure: read no more from this side until the other has taken the queue
+    // NAIVE, as in 001: dropped if the upstream is not connected yet, and whatever the kernel does not take now
+    // is lost (write() returns how much it took). 003 keeps both in a queue.
+    this.socket(other(from))?.write(chunk);
   }
 
-  /** `to` can take bytes again (`drain`, or the upstream just opened): write its queue, then read its peer again. */
-  flush(to: Side): void {
-    const socket = this.socket(to);
-    if (socket === undefined) return;
-    if (!this.queueTo(to).flushTo(socket)) return;
-    if (this.closing) return void socket.end();
-    this.socket(other(to))?.resume();
-  }
-
-  /** Something went wrong in the proxy itself: drop both sides now (RST), queued bytes included. */
+  /** Something went wrong in the proxy itself: drop both sides now (RST). */
   abort(): void {
     this.client.terminate();
     this.upstream?.terminate();
   }
 
-  /** One side has closed: close the other once what is queued for it is out. */
+  /** One side has closed: close the other. */
   sideClosed(side: Side, error?: Error): void {
     if (this.closed) return;
     this.closed = true;
     const reason = error ? `${side} connection failed: ${error.message}` : `${side} closed`;
     this.log.info(`${this.name} closed (${reason})`);
-    const peer = this.socket(other(side));
-    if (this.queueTo(other(side)).empty) peer?.end();
-    else this.closing = true; // `flush` ends the other side once its queue is out (or once it has connected)
+    this.socket(other(side))?.end();
   }
 }
 
@@ -255,7 +183,6 @@ class Proxy {
       socket: {
         open: (socket) => this.onClientOpen(socket),
         data: (socket, data) => connectionOf(socket)?.forward("client", data),
-        drain: (socket) => connectionOf(socket)?.flush("client"),
         close: (socket, error) => connectionOf(socket)?.sideClosed("client", error),
         error: (socket, error) => this.onHandlerError(socket, error),
       },
@@ -295,7 +222,6 @@ class Proxy {
       socket: {
         open: (socket) => connection.upstreamOpened(socket),
         data: (_socket, data) => connection.forward("upstream", data),
-        drain: () => connection.flush("upstream"),
         close: (_socket, error) => connection.sideClosed("upstream", error),
         error: (socket, error) => this.onHandlerError(socket, error),
         connectError: () => {}, // the promise rejects too, and is handled below
@@ -327,7 +253,7 @@ const THIS_COMMAND = import.meta.path.endsWith(".ts")
 
 const HELP = `Usage: ${THIS_COMMAND} [options]
 
-Forwards every TCP connection accepted on HOST:PORT to the upstream, bytes intact in both directions.
+Forwards every TCP connection accepted on HOST:PORT to the upstream, both directions (naively: see the header).
 
 Options:
   --host HOST           address to listen on (default 127.0.0.1)

@@ -1,28 +1,42 @@
 #!/usr/bin/env bun
 /*
- * 005 - several upstreams: balancing, retries, health checks
+ * 005 - limits, graceful shutdown, one log line per connection
  *
- * Adds:   --upstream may be repeated, and each client goes to one upstream picked by --balance:
- *           roundrobin  each in turn, in the order given;
- *           leastconn   the one with the fewest connections now (ties in turn): right when connections last
- *                       long or unevenly;
- *           random2     two picked at random, the one with fewer connections wins ("power of two choices"):
- *                       almost as even as leastconn, and several proxies sharing upstreams do not all pile
- *                       onto the same least-loaded one at the same moment.
- *         A connect that fails (refused, unreachable, or no answer within --connect-timeout, now a timer per
- *         try) is retried on another upstream, up to --retries more (so a client does not pay for one upstream
- *         being down), and the failed one is skipped for --fail-timeout seconds: passive health, learnt from real
- *         traffic. Active health: every --health-interval seconds the proxy opens and closes a TCP connection to
- *         each upstream; --fall failures in a row mark it DOWN (no traffic), --rise successes bring it back UP;
- *         each change is logged. When no upstream is left, the client is closed at once, never left waiting.
- *         The connection's log line says which upstream served it and after how many tries.
- * Lacks:  metrics, PROXY protocol, access lists (006); fault injection (007).
+ * Adds:   limits: --max-clients (default 1000) and --max-per-ip (default none); a client over a limit is closed as
+ *         soon as it connects, before any upstream connection is made, and the refusal is logged. A proxy that
+ *         accepts everything runs out of file descriptors (two per client) and then stops accepting anyone.
+ *         Lifecycle: on SIGINT or SIGTERM the proxy stops accepting (new connects are refused by the kernel),
+ *         lets the open connections finish, and exits 0 when the last one is done or, at the latest, when
+ *         --drain-timeout (default 10 s) has passed, closing what is left; a second signal does not wait. This is
+ *         what a deploy or a container stop needs: no connection cut in the middle of a reply.
+ *         One log line per connection once both of its sockets are closed, in the spirit of HAProxy's tcplog:
+ *           #7 127.0.0.1:41234 -> 127.0.0.1:5000 duration=1.204s connect=0.4ms bytes_up=5 bytes_down=5
+ *              closed_by=client reason="fin"
+ *         closed_by is client, upstream or proxy; reason is fin (a FIN first, then both directions finished),
+ *         closed, reset, error CODE, cannot connect..., connect-timeout, idle-timeout, max-clients, max-per-ip or
+ *         shutdown. The per-event lines of 004 move to debug level.
+ * Lacks:  several upstreams, load balancing, health checks (006); metrics (007), PROXY protocol (008), access
+ *         lists (009).
  *
- * Try it: bun tcp_echo_server/003-loop.ts --port 5001 &  bun tcp_echo_server/003-loop.ts --port 5002 &
- *         bun tcp_proxy/005-upstream-pool.ts --port 6000 --upstream 127.0.0.1:5001 --upstream 127.0.0.1:5002 \
- *             --health-interval 1
- *         printf 'one' | nc -N 127.0.0.1 6000; printf 'two' | nc -N 127.0.0.1 6000   (one each: 003 then exits,
- *         and the proxy logs both upstreams DOWN; a third client is closed at once: no upstream available)
+ * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
+ *         bun tcp_proxy/005-limits-and-lifecycle.ts --port 6000 --upstream 127.0.0.1:5000 --max-clients 1
+ *         nc 127.0.0.1 6000        (keep it open, and in a second terminal:)
+ *         printf 'hi' | nc -N 127.0.0.1 6000      -> nothing: closed at once, logged as max-clients
+ *         Ctrl-C in the proxy's terminal   (SIGINT: the first nc keeps working, new clients are refused, and the
+ *                                          proxy exits 0 once that nc quits, or after --drain-timeout 10 s)
+ *
+ * Layout: as in 004, except where marked:
+ *         Logger; Address
+ *         ProxyConfig                        new: limits
+ *         EARLY_BYTES_LIMIT, Side, Link, Queue, Timeouts
+ *         Limits, Closer                     new
+ *         Connection                         new: who closed it and why, bytes each way, startTimers(),
+ *                                            socketClosed() counts its sockets, logSummary() writes its line
+ *         seconds, connectionOf
+ *         Proxy                              new: the connections served and per IP; onClientOpen() refuses
+ *                                            over a limit; release(); shutdown(), closeAll(), exit()
+ *         describeError, formatAddress
+ *         HELP, parse*(), main               new: --max-clients, --max-per-ip, --drain-timeout; signals
  */
 
 import type { Socket, TCPSocketListener } from "bun";
@@ -81,8 +95,7 @@ interface Address {
 interface ProxyConfig {
   host: string;
   port: number;
-  upstreams: Address[];
-  pool: PoolConfig;
+  upstream: Address;
   timeouts: Timeouts;
   limits: Limits;
   logLevel: Level;
@@ -174,6 +187,7 @@ class Connection {
   private readonly ended: Record<Side, boolean> = { client: false, upstream: false };
   /** FIN passed on to that side, once everything queued for it had been written. */
   private readonly finSent: Record<Side, boolean> = { client: false, upstream: false };
+  private connectTimer: Timer | undefined;
   private idleTimer: Timer | undefined;
   private lastActivity = performance.now();
   // What the connection's log line reports.
@@ -191,6 +205,7 @@ class Connection {
     client: Socket<Link>,
     private readonly log: Logger,
     private readonly timeouts: Timeouts,
+    private readonly upstreamName: string,
     private readonly onReleased: (connection: Connection) => void,
   ) {
     this.client = client;
@@ -198,14 +213,12 @@ class Connection {
     this.name = `#${this.id} ${formatAddress(client.remoteAddress, client.remotePort)}`;
   }
 
-  /** The upstream being tried, then used; "-" until the first try. */
-  target = "-";
-  /** Upstreams tried so far, the one in use last. */
-  readonly tried: Upstream[] = [];
-
-  /** Starts the idle timer, once the proxy has decided to serve this client (connect timers are per try). */
+  /** Starts the connect and idle timers, once the proxy has decided to serve this client. */
   startTimers(): void {
     // Timers, not socket.timeout(): Bun checks that one on a coarse sweep and traffic does not reset it.
+    this.connectTimer = setTimeout(() => {
+      this.close("proxy", `connect-timeout ${seconds(this.timeouts.connectMs)}`, "warn");
+    }, this.timeouts.connectMs);
     if (this.timeouts.idleMs > 0) this.armIdleTimer(this.timeouts.idleMs);
   }
 
@@ -231,6 +244,7 @@ class Connection {
   /** The upstream connection is open: deliver what the client said meanwhile, then let it speak again. */
   upstreamOpened(upstream: Socket<Link>): void {
     if (this.closed) return void upstream.end(); // the client left (or we gave up) while we were connecting
+    clearTimeout(this.connectTimer);
     this.upstream = upstream;
     this.openSockets++;
     this.connectedAt = performance.now();
@@ -338,6 +352,7 @@ class Connection {
   }
 
   private clearTimers(): void {
+    clearTimeout(this.connectTimer);
     clearTimeout(this.idleTimer);
   }
 
@@ -349,8 +364,7 @@ class Connection {
     const now = performance.now();
     const connect = this.connectedAt === undefined ? "-" : `${(this.connectedAt - this.startedAt).toFixed(1)}ms`;
     this.log.info(
-      `${this.name} -> ${this.target} tries=${this.tried.length} ` +
-        `duration=${((now - this.startedAt) / 1000).toFixed(3)}s ` +
+      `${this.name} -> ${this.upstreamName} duration=${((now - this.startedAt) / 1000).toFixed(3)}s ` +
         `connect=${connect} bytes_up=${this.bytesFrom.client} bytes_down=${this.bytesFrom.upstream} ` +
         `closed_by=${this.closedBy} reason="${this.reason}"`,
     );
@@ -361,143 +375,6 @@ function seconds(ms: number): string {
   return `${(ms / 1000).toFixed(ms % 1000 === 0 ? 0 : ms % 100 === 0 ? 1 : 3)}s`;
 }
 
-/** One upstream server and what the proxy knows about its health and load. */
-class Upstream {
-  readonly name: string;
-  /** Connections on it now, counting those still connecting (what least-connections compares). */
-  active = 0;
-  /** Passive health: after a failed connect it is skipped until then (performance.now() milliseconds). */
-  skipUntil = 0;
-  /** Active health: the verdict of the last `rise` or `fall` checks in a row. */
-  up = true;
-  private checksInARow = 0;
-  private checking = false;
-
-  constructor(readonly address: Address) {
-    this.name = formatAddress(address.host, address.port);
-  }
-
-  get available(): boolean {
-    return this.up && performance.now() >= this.skipUntil;
-  }
-
-  /** Counts one check; returns the new state when this check changed it. */
-  checked(ok: boolean, rise: number, fall: number): "up" | "down" | undefined {
-    if (ok === this.up) return void (this.checksInARow = 0); // confirms the current state
-    this.checksInARow++;
-    if (this.checksInARow < (ok ? rise : fall)) return undefined;
-    this.up = ok;
-    this.checksInARow = 0;
-    if (ok) this.skipUntil = 0;
-    return ok ? "up" : "down";
-  }
-
-  /** Runs one TCP connect check; resolves with an error text, or undefined when the upstream accepted. */
-  async check(timeoutMs: number): Promise<string | undefined> {
-    if (this.checking) return "previous check still running";
-    this.checking = true;
-    let timer: Timer | undefined;
-    try {
-      const attempt = Bun.connect({ hostname: this.address.host, port: this.address.port, socket: { data() {} } });
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${seconds(timeoutMs)}`)), timeoutMs);
-      });
-      attempt.then(
-        (socket) => socket.end(),
-        () => {},
-      ); // whenever it settles: a check never stays open
-      await Promise.race([attempt, timeout]);
-      return undefined;
-    } catch (error) {
-      return describeError(error as NodeJS.ErrnoException);
-    } finally {
-      clearTimeout(timer);
-      this.checking = false;
-    }
-  }
-}
-
-const BALANCES = ["roundrobin", "leastconn", "random2"] as const;
-type Balance = (typeof BALANCES)[number];
-
-interface PoolConfig {
-  balance: Balance;
-  /** Further upstreams to try after a failed connect. */
-  retries: number;
-  /** Milliseconds an upstream is skipped after a failed connect (passive health). */
-  failTimeoutMs: number;
-  /** Active health checks: a TCP connect every intervalMs (0 = none); `rise` successes in a row bring a down
-   *  upstream back, `fall` failures in a row take an up one out. */
-  health: { intervalMs: number; rise: number; fall: number };
-}
-
-/** The upstreams, how to choose one, and what their health is. */
-class Pool {
-  private cursor = 0;
-
-  constructor(
-    readonly upstreams: Upstream[],
-    readonly config: PoolConfig,
-    private readonly log: Logger,
-  ) {}
-
-  /** Picks an available upstream not in `tried`, or undefined when none is left. */
-  pick(tried: readonly Upstream[]): Upstream | undefined {
-    const candidates = this.upstreams.filter((upstream) => upstream.available && !tried.includes(upstream));
-    if (candidates.length <= 1) return candidates[0];
-    switch (this.config.balance) {
-      case "roundrobin": {
-        // The next one after the last pick, in the configured order, skipping the unavailable.
-        for (let step = 0; step < this.upstreams.length; step++) {
-          const upstream = this.upstreams[(this.cursor + step) % this.upstreams.length]!;
-          if (candidates.includes(upstream)) {
-            this.cursor = (this.upstreams.indexOf(upstream) + 1) % this.upstreams.length;
-            return upstream;
-          }
-        }
-        return candidates[0];
-      }
-      case "leastconn": {
-        // Fewest connections; ties go round-robin so equal upstreams share the load.
-        const fewest = Math.min(...candidates.map((upstream) => upstream.active));
-        const tied = candidates.filter((upstream) => upstream.active === fewest);
-        return tied[this.cursor++ % tied.length];
-      }
-      case "random2": {
-        // Power of two random choices: nearly as even as leastconn, with no herd on the one least-loaded.
-        const first = Math.floor(Math.random() * candidates.length);
-        const second = (first + 1 + Math.floor(Math.random() * (candidates.length - 1))) % candidates.length;
-        const [a, b] = [candidates[first]!, candidates[second]!];
-        return b.active < a.active ? b : a;
-      }
-    }
-  }
-
-  /** Passive health: a connect failed, so skip this upstream for a while. */
-  failed(upstream: Upstream, reason: string): void {
-    upstream.skipUntil = performance.now() + this.config.failTimeoutMs;
-    this.log.warn(`upstream ${upstream.name} failed (${reason}), skipped for ${seconds(this.config.failTimeoutMs)}`);
-  }
-
-  /** Active health: checks every upstream every interval, and logs each change of state. */
-  startChecks(connectMs: number): void {
-    const { intervalMs, rise, fall } = this.config.health;
-    if (intervalMs === 0) return;
-    const timeoutMs = Math.min(intervalMs, connectMs);
-    const timer = setInterval(() => {
-      for (const upstream of this.upstreams) {
-        void upstream.check(timeoutMs).then((error) => {
-          if (error === "previous check still running") return;
-          const change = upstream.checked(error === undefined, rise, fall);
-          if (change === "up") this.log.info(`upstream ${upstream.name} is UP (${rise} good checks in a row)`);
-          if (change === "down") this.log.warn(`upstream ${upstream.name} is DOWN (${fall} failed checks: ${error})`);
-        });
-      }
-    }, intervalMs);
-    timer.unref(); // checks alone do not keep the process alive
-  }
-}
-
 /**
  * The connection a socket belongs to, or undefined before `open` has set `socket.data`. Bun still calls the other
  * handlers for such a socket: after `open` threw, or after it turned away a client that was already gone.
@@ -506,11 +383,11 @@ function connectionOf(socket: Socket<Link>): Connection | undefined {
   return (socket.data as Link | undefined)?.connection;
 }
 
-/** A TCP proxy: every client accepted on host:port gets its own connection to an upstream of the pool. */
+/** A TCP proxy: every client accepted on host:port gets its own connection to the upstream. */
 class Proxy {
   readonly host: string;
   readonly port: number;
-  readonly pool: Pool;
+  readonly upstream: Address;
   readonly timeouts: Timeouts;
   readonly limits: Limits;
   private readonly log: Logger;
@@ -523,14 +400,10 @@ class Proxy {
   constructor(config: ProxyConfig) {
     this.host = config.host;
     this.port = config.port;
+    this.upstream = config.upstream;
     this.timeouts = config.timeouts;
     this.limits = config.limits;
     this.log = new Logger(config.logLevel);
-    this.pool = new Pool(
-      config.upstreams.map((address) => new Upstream(address)),
-      config.pool,
-      this.log,
-    );
   }
 
   /** Binds and starts accepting; returns the port actually bound (useful with --port 0). */
@@ -549,12 +422,10 @@ class Proxy {
       },
     });
     this.listener = listener;
-    const upstreams = this.pool.upstreams.map((upstream) => upstream.name).join(", ");
-    this.pool.startChecks(this.timeouts.connectMs);
+    const upstream = formatAddress(this.upstream.host, this.upstream.port);
     this.log.info(
-      `listening on ${formatAddress(this.host, listener.port)}, forwarding to ${upstreams} ` +
-        `(${this.pool.config.balance}, max ${this.limits.maxClients} clients` +
-        `${this.limits.maxPerIp > 0 ? `, ${this.limits.maxPerIp} per IP` : ""})`,
+      `listening on ${formatAddress(this.host, listener.port)}, forwarding to ${upstream} ` +
+        `(max ${this.limits.maxClients} clients${this.limits.maxPerIp > 0 ? `, ${this.limits.maxPerIp} per IP` : ""})`,
     );
     return listener.port;
   }
@@ -562,7 +433,8 @@ class Proxy {
   private onClientOpen(client: Socket<Link>): void {
     // A client that resets before the accept completes reaches `open` with no address: it is gone already.
     if (!client.remoteAddress) return void client.terminate();
-    const connection = new Connection(client, this.log, this.timeouts, (done) => this.release(done));
+    const upstreamName = formatAddress(this.upstream.host, this.upstream.port);
+    const connection = new Connection(client, this.log, this.timeouts, upstreamName, (done) => this.release(done));
     client.data = { connection, side: "client" }; // a fresh object: the listen-level `data` is shared by all
     // Over a limit: close at once, before any upstream connection is made. (Bun cannot stop accepting for a
     // while, so a refused client sees its connection open and close; the alternative, not accepting, would
@@ -600,68 +472,26 @@ class Proxy {
     else socket.terminate();
   }
 
-  /**
-   * Connects the client to an upstream picked by the balance rule. A connect that fails (refused, unreachable,
-   * no answer within --connect-timeout) marks that upstream as failed for a while and tries the next one, up to
-   * --retries more; when no upstream is left, the client is closed at once rather than left waiting.
-   */
   private connectUpstream(connection: Connection): void {
-    const upstream = this.pool.pick(connection.tried);
-    if (upstream === undefined) {
-      const why = connection.tried.length === 0 ? "no upstream available" : "no upstream left to try";
-      return connection.close("proxy", why, "warn");
-    }
-    connection.tried.push(upstream);
-    connection.target = upstream.name;
-    upstream.active++;
-    // Each try counts once on its upstream until its connect fails or its socket closes.
-    let counted = true;
-    const uncount = (): void => {
-      if (counted) upstream.active--;
-      counted = false;
-    };
-    let settled = false;
-    const fail = (reason: string): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      uncount();
-      this.pool.failed(upstream, reason);
-      if (connection.closed) return;
-      if (connection.tried.length <= this.pool.config.retries) {
-        this.log.debug(`${connection.name} ${upstream.name} failed (${reason}), trying another upstream`);
-        return this.connectUpstream(connection);
-      }
-      connection.close("upstream", `cannot connect to upstream ${upstream.name}: ${reason}`, "warn");
-    };
-    // A timer per try, not socket.timeout(): Bun checks that one on a coarse sweep.
-    const timer = setTimeout(
-      () => fail(`connect timed out after ${seconds(this.timeouts.connectMs)}`),
-      this.timeouts.connectMs,
-    );
+    const target = formatAddress(this.upstream.host, this.upstream.port);
     Bun.connect<Link>({
-      hostname: upstream.address.host,
-      port: upstream.address.port,
+      hostname: this.upstream.host,
+      port: this.upstream.port,
       data: { connection, side: "upstream" },
       allowHalfOpen: true,
       socket: {
-        open: (socket) => {
-          if (settled) return void socket.end(); // this try timed out and another upstream took over
-          settled = true;
-          clearTimeout(timer);
-          connection.upstreamOpened(socket);
-        },
+        open: (socket) => connection.upstreamOpened(socket),
         data: (_socket, data) => connection.forward("upstream", data),
         drain: () => connection.flush("upstream"),
         end: () => connection.sideEnded("upstream"),
-        close: (socket, error) => {
-          uncount();
-          if (socket === connection.upstream) connection.sideClosed("upstream", error);
-        },
+        close: (_socket, error) => connection.sideClosed("upstream", error),
         error: (socket, error) => this.onHandlerError(socket, error),
         connectError: () => {}, // the promise rejects too, and is handled below
       },
-    }).catch((error: NodeJS.ErrnoException) => fail(describeError(error)));
+    }).catch((error: NodeJS.ErrnoException) => {
+      // Nothing to say to the client but goodbye: it must not hang.
+      connection.close("upstream", `cannot connect to upstream ${target}: ${describeError(error)}`, "warn");
+    });
   }
 
   /**
@@ -715,20 +545,12 @@ const THIS_COMMAND = import.meta.path.endsWith(".ts")
 
 const HELP = `Usage: ${THIS_COMMAND} [options]
 
-Forwards every TCP connection accepted on HOST:PORT to one of the upstreams, bytes intact in both directions.
+Forwards every TCP connection accepted on HOST:PORT to the upstream, bytes intact in both directions.
 
 Options:
   --host HOST           address to listen on (default 127.0.0.1)
   --port PORT           port to listen on, 0 for a free one (default 6000)
-  --upstream HOST:PORT  an upstream to forward connections to; repeat for several (default 127.0.0.1:5000);
-                        IPv6 as [::1]:5000
-  --balance RULE        roundrobin, leastconn (fewest connections) or random2 (the less loaded of two picked
-                        at random) (default roundrobin)
-  --retries N           after a failed connect, how many other upstreams to try (default 2)
-  --fail-timeout S      seconds an upstream is skipped after a failed connect (default 10)
-  --health-interval S   seconds between active TCP health checks of every upstream, 0 = none (default 2)
-  --rise N              good checks in a row that bring a down upstream back (default 2)
-  --fall N              failed checks in a row that take an upstream out (default 3)
+  --upstream HOST:PORT  where to forward connections (default 127.0.0.1:5000); IPv6 as [::1]:5000
   --connect-timeout S   seconds to wait for the upstream connection to open (default 5)
   --idle-timeout S      seconds without traffic either way before closing both sides, 0 = never (default 300)
   --max-clients N       clients served at once; more are closed at once (default 1000)
@@ -782,13 +604,7 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
       options: {
         host: { type: "string", default: "127.0.0.1" },
         port: { type: "string", default: "6000" },
-        upstream: { type: "string", multiple: true, default: ["127.0.0.1:5000"] },
-        balance: { type: "string", default: "roundrobin" },
-        retries: { type: "string", default: "2" },
-        "fail-timeout": { type: "string", default: "10" },
-        "health-interval": { type: "string", default: "2" },
-        rise: { type: "string", default: "2" },
-        fall: { type: "string", default: "3" },
+        upstream: { type: "string", default: "127.0.0.1:5000" },
         "connect-timeout": { type: "string", default: "5" },
         "idle-timeout": { type: "string", default: "300" },
         "max-clients": { type: "string", default: "1000" },
@@ -811,21 +627,7 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
     throw new UsageError(`--log-level must be one of ${LEVELS.join(", ")}, got "${logLevel}"`);
   }
   if (values.host === "") throw new UsageError("--host must not be empty");
-  const upstreams = values.upstream.map((text) => parseAddress(text, "--upstream"));
-  const balance = values.balance;
-  if (!BALANCES.includes(balance as Balance)) {
-    throw new UsageError(`--balance must be one of ${BALANCES.join(", ")}, got "${balance}"`);
-  }
-  const pool: PoolConfig = {
-    balance: balance as Balance,
-    retries: parseCount(values.retries, "--retries", true),
-    failTimeoutMs: parseSeconds(values["fail-timeout"], "--fail-timeout", true),
-    health: {
-      intervalMs: parseSeconds(values["health-interval"], "--health-interval", true),
-      rise: parseCount(values.rise, "--rise", false),
-      fall: parseCount(values.fall, "--fall", false),
-    },
-  };
+  const upstream = parseAddress(values.upstream, "--upstream");
   const timeouts: Timeouts = {
     connectMs: parseSeconds(values["connect-timeout"], "--connect-timeout", false),
     idleMs: parseSeconds(values["idle-timeout"], "--idle-timeout", true),
@@ -835,7 +637,7 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
     maxPerIp: parseCount(values["max-per-ip"], "--max-per-ip", true),
     drainMs: parseSeconds(values["drain-timeout"], "--drain-timeout", true),
   };
-  return { host: values.host, port, upstreams, pool, timeouts, limits, logLevel: logLevel as Level };
+  return { host: values.host, port, upstream, timeouts, limits, logLevel: logLevel as Level };
 }
 
 function main(): void {

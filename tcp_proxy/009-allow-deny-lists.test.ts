@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { concatBytes, decode, encode, startEchoUpstream, TestClient } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
 
-const STAGE = "tcp_proxy/006-observability-and-edges.ts";
+const STAGE = "tcp_proxy/009-allow-deny-lists.ts";
 
 // The examples of HAProxy's proxy-protocol.txt (sections 2.1 and 2.2).
 const SPEC_V1_TCP4 = "PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n";
@@ -57,7 +57,7 @@ async function throughProxy(args: string[], pieces: (string | Uint8Array)[], exp
   return { head: upstream.heads[0]!, localPort, log: proxy.stderr.text };
 }
 
-describe("006 PROXY protocol, byte-exact against the specification's examples", () => {
+describe("009 PROXY protocol, byte-exact against the specification's examples", () => {
   test("--accept-proxy --send-proxy: the spec's v1 line and request arrive unchanged", async () => {
     const { head, log } = await throughProxy(["--accept-proxy", "--send-proxy"], [SPEC_V1_TCP4 + SPEC_REQUEST], 85);
     expect(decode(head)).toBe(SPEC_V1_TCP4 + SPEC_REQUEST);
@@ -109,7 +109,7 @@ describe("006 PROXY protocol, byte-exact against the specification's examples", 
   });
 });
 
-describe("006 --accept-proxy rejects what is not a valid header", () => {
+describe("009 --accept-proxy rejects what is not a valid header", () => {
   test.each([
     ["no header at all", SPEC_REQUEST, "no PROXY header"],
     ["a v1 line missing a port", "PROXY TCP4 192.168.0.1 192.168.0.11 56324\r\n", "malformed v1 line"],
@@ -156,7 +156,7 @@ describe("006 --accept-proxy rejects what is not a valid header", () => {
   });
 });
 
-describe("006 allow and deny lists", () => {
+describe("009 allow and deny lists", () => {
   async function admitted(args: string[], header = ""): Promise<boolean> {
     await using upstream = startEchoUpstream();
     await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, ...args]);
@@ -194,7 +194,7 @@ describe("006 allow and deny lists", () => {
   });
 });
 
-describe("006 metrics", () => {
+describe("009 metrics", () => {
   test("Prometheus text on --metrics-port: connections, bytes, durations, upstreams, refusals", async () => {
     await using upstream = startEchoUpstream();
     await using proxy = await startStage(STAGE, [

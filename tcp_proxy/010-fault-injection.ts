@@ -1,6 +1,6 @@
 #!/usr/bin/env bun
 /*
- * 007 - fault injection: a bad network on demand
+ * 010 - fault injection: a bad network on demand
  *
  * Adds:   toxics, in the spirit of toxiproxy, to test how clients and servers cope with a bad network, each acting
  *         on one direction ("upstream" = client to server, "downstream" = back) of a share of the connections
@@ -17,12 +17,12 @@
  *         HTTP API (--api-port; GET/POST /toxics, GET/POST/DELETE /toxics/NAME), which applies to open
  *         connections at once. Delayed bytes wait in a per-direction lane; past 1 MiB the source is paused, so
  *         a slow toxic slows the sender down instead of filling the proxy's memory. With no toxic, bytes take
- *         the direct path of 006. Speed: with no toxic in force a chunk allocates nothing on its way (one shared
+ *         the direct path of 009. Speed: with no toxic in force a chunk allocates nothing on its way (one shared
  *         empty toxic list), and the clock is read per chunk only when --idle-timeout needs it.
  * Lacks:  TLS, UDP, HTTP awareness: this proxy moves bytes, and that is the lesson's boundary.
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
- *         bun tcp_proxy/007-fault-injection.ts --port 6000 --upstream 127.0.0.1:5000 --api-port 8474 \
+ *         bun tcp_proxy/010-fault-injection.ts --port 6000 --upstream 127.0.0.1:5000 --api-port 8474 \
  *             --toxic latency:downstream:latency=300
  *         telnet 127.0.0.1 6000                       (every reply now takes 300 ms)
  *         curl -X POST 127.0.0.1:8474/toxics -d '{"type":"slicer","stream":"downstream","attributes":

@@ -1,29 +1,35 @@
 #!/usr/bin/env bun
 /*
- * 006 - observability and edges: metrics, PROXY protocol, access lists
+ * 009 - allow and deny lists: who may connect at all
  *
- * Adds:   --metrics-port: Prometheus metrics over HTTP (connections accepted, refused by reason, active; bytes
- *         each way; a histogram of connection durations; per upstream: up, active connections, connects,
- *         failed connects), so a dashboard and alerts can watch the proxy instead of its logs.
- *         The PROXY protocol (HAProxy's, spoken by nginx, HAProxy, AWS/GCP load balancers, Postfix, ...). A
- *         proxy hides the client: the upstream's peer is the proxy. With --send-proxy (v1, one text line) or
- *         --send-proxy-v2 (binary) the first bytes the upstream gets say who the client is and which address it
- *         reached, e.g. "PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n". With --accept-proxy the proxy is the
- *         one behind a load balancer and reads that header (v1 or v2) before anything else: the addresses it
- *         carries are the client's, for the logs, the access lists and a --send-proxy further on. Opt-in, and
- *         strict: a connection whose header is missing, malformed or late (--connect-timeout) is closed, since
- *         a client allowed to write its own header could claim any address.
- *         --allow / --deny CIDR lists (IPv4 and IPv6; IPv4-mapped IPv6 clients count as IPv4): deny wins, and a
- *         non-empty allow list admits only its networks. Refused before any upstream connection is made.
+ * Adds:   --allow / --deny CIDR lists (repeatable; IPv4 and IPv6; IPv4-mapped IPv6 clients count as IPv4): deny
+ *         wins, and a non-empty allow list admits only its networks. A refused client is closed before any
+ *         upstream connection is made, logged and counted (reason "denied"). The lists come after the PROXY
+ *         protocol on purpose: with --accept-proxy they wait for the header and judge the address it carries,
+ *         so behind a load balancer they see the real client, not the balancer; without it they judge the
+ *         socket's peer as soon as it connects, before the limits.
  *         (--max-per-ip still counts the socket's peer: behind a balancer, that is the balancer.)
- * Lacks:  fault injection for testing clients and servers against a bad network (007).
+ * Lacks:  fault injection for testing clients and servers against a bad network (010).
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
- *         bun tcp_proxy/006-observability-and-edges.ts --port 6000 --upstream 127.0.0.1:5000 --metrics-port 9100
- *         printf 'hello' | nc -N 127.0.0.1 6000; curl -s 127.0.0.1:9100/metrics | grep proxy_bytes_total
- *         bun tcp_proxy/006-observability-and-edges.ts --port 6001 --upstream 127.0.0.1:5000 --accept-proxy
- *         printf 'PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\nhello' | nc -N 127.0.0.1 6001   -> HELLO,
- *         and the log line says source=192.168.0.1:56324; without the header the connection is closed.
+ *         bun tcp_proxy/009-allow-deny-lists.ts --port 6000 --upstream 127.0.0.1:5000 --deny 127.0.0.0/8
+ *         printf 'hello' | nc -N 127.0.0.1 6000   -> nothing: closed, "denied 127.0.0.1 by 127.0.0.0/8"
+ *         bun tcp_proxy/009-allow-deny-lists.ts --port 6001 --upstream 127.0.0.1:5000 --accept-proxy \
+ *             --allow 192.168.0.0/16
+ *         printf 'PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\nhello' | nc -N 127.0.0.1 6001   -> HELLO
+ *         printf 'PROXY TCP4 10.1.2.3 192.168.0.11 56324 443\r\nhello' | nc -N 127.0.0.1 6001   -> nothing:
+ *         "denied 10.1.2.3: not in the allow list" (the socket's peer, 127.0.0.1, is not what is judged)
+ *
+ * Layout: as in 008, except where marked:
+ *         Logger; Address, ProxyConfig; EARLY_BYTES_LIMIT, Side, Link, Queue
+ *         Addresses, CIDR lists and the PROXY protocol
+ *                                            new: Cidr, parseCidr(), cidrContains()
+ *         Metrics, Timeouts
+ *         Edges                              new: allow, deny
+ *         Limits, Closer, Connection, seconds, Upstream, BALANCES, PoolConfig, Pool, connectionOf
+ *         Proxy                              new: admitted(), on open or once the PROXY header is read
+ *         describeError, formatAddress
+ *         HELP, parse*(), main               new: --allow, --deny
  */
 
 import type { Socket, TCPSocketListener } from "bun";
