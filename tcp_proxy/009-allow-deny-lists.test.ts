@@ -194,54 +194,11 @@ describe("009 allow and deny lists", () => {
   });
 });
 
-describe("009 metrics", () => {
-  test("Prometheus text on --metrics-port: connections, bytes, durations, upstreams, refusals", async () => {
-    await using upstream = startEchoUpstream();
-    await using proxy = await startStage(STAGE, [
-      "--port",
-      "0",
-      "--upstream",
-      upstream.address,
-      "--metrics-port",
-      "0",
-      "--max-clients",
-      "1",
-    ]);
-    const [, url] = (await proxy.waitForLog(/metrics on (http:\/\/\S+)/))!;
-    const client = await TestClient.connect(proxy.port);
-    client.write("hello");
-    await client.readAtLeast(5);
-    const refused = await TestClient.connect(proxy.port); // over --max-clients
-    expect(await refused.endsWithin(1000)).toBe(true);
-    let text = await (await fetch(url!)).text();
-    expect(text).toContain("proxy_connections_active 1\n");
-    await client.shutdown();
-    await client.readToEnd();
-    await proxy.waitForLog(/closed_by=client reason="fin"/);
-    text = await (await fetch(url!)).text();
-    for (const line of [
-      "# TYPE proxy_connections_accepted_total counter",
-      "proxy_connections_accepted_total 2",
-      'proxy_connections_refused_total{reason="max-clients"} 1',
-      "proxy_connections_active 0",
-      'proxy_bytes_total{direction="up"} 5',
-      'proxy_bytes_total{direction="down"} 5',
-      'proxy_connection_duration_seconds_bucket{le="+Inf"} 2',
-      "proxy_connection_duration_seconds_count 2",
-      `proxy_upstream_up{upstream="${upstream.address}"} 1`,
-      `proxy_upstream_connects_total{upstream="${upstream.address}"} 1`,
-      `proxy_upstream_connect_failures_total{upstream="${upstream.address}"} 0`,
-    ]) {
-      expect(text).toContain(`${line}\n`);
-    }
-    expect((await fetch(url!.replace("/metrics", "/other"))).status).toBe(404);
-  });
-
+describe("009 command line", () => {
   test.each([
     [["--send-proxy", "--send-proxy-v2"], /exclude each other/],
     [["--allow", "10.0.0.0/33"], /--allow must be an IPv4 or IPv6 network/],
     [["--deny", "fe80::1::2"], /--deny must be an IPv4 or IPv6 network/],
-    [["--metrics-port", "http"], /--metrics-port must be an integer/],
   ])("usage error %p", async (args, message) => {
     const { code, stderr } = await runToExit(STAGE, args);
     expect(code).toBe(2);
