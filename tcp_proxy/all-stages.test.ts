@@ -1,7 +1,7 @@
 // Every proxy stage against a real echo stage (tcp_echo_server/005, in its own process) as the upstream: what each
 // stage claims keeps working in the stages after it (test/support/proxy-contract.ts). Heavier or stage-specific
 // checks live beside each stage.
-import { describe } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { stageFiles } from "../lib/stages.ts";
 import { proxyContractTests } from "../test/support/proxy-contract.ts";
 
@@ -16,6 +16,11 @@ const HALF_CLOSE_FROM = 4;
 
 /** The proxy stages, found as the menu and the benchmarks find them: every tcp_proxy/NNN-*.ts, in order. */
 const STAGES = stageFiles("tcp_proxy").map((name) => [`tcp_proxy/${name}`, Number(name.slice(0, 3))] as const);
+
+test("the stages are found, numbered 001 on without a gap", () => {
+  expect(STAGES.length).toBeGreaterThanOrEqual(10);
+  expect(STAGES.map(([, number]) => number)).toEqual(STAGES.map((_, index) => index + 1));
+});
 
 describe.each(STAGES)("%s", (file, number) => {
   proxyContractTests({
