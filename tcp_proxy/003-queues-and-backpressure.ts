@@ -16,11 +16,14 @@
  *         limits, graceful shutdown, a log line per connection (005); several upstreams (006).
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
- *         bun tcp_proxy/003-queues-and-backpressure.ts --port 6000 --upstream 127.0.0.1:5000 --log-level debug
+ *         bun tcp_proxy/003-queues-and-backpressure.ts --port 6000 --upstream 127.0.0.1:5000
  *         (printf 'hello\n'; sleep 1) | nc -q 0 127.0.0.1 6000   -> HELLO: the early bytes were held, then
  *                                                               delivered (002 usually prints nothing)
- *         (head -c 20000000 /dev/zero; sleep 5) | nc -q 0 127.0.0.1 6000 | wc -c   -> 20000000, and the log
- *                                                               says "is slow, N bytes queued" (002: fewer bytes)
+ *         nc -d -l 127.0.0.1 5003 | (sleep 2; wc -c)           (an upstream that reads nothing for 2 s, then
+ *                                                               counts what it got)
+ *         bun tcp_proxy/003-queues-and-backpressure.ts --port 6001 --upstream 127.0.0.1:5003 --log-level debug
+ *         head -c 20000000 /dev/zero | nc -N 127.0.0.1 6001    -> the upstream counts 20000000, and the log says
+ *                                                               "upstream is slow, N bytes queued" (002: ~4 MB)
  *
  * Layout: as in 002, except where marked:
  *         Logger; Address, ProxyConfig
