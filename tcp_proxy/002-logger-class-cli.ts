@@ -25,8 +25,8 @@
  *         (printf 'hello\n'; sleep 1) | nc -q 0 127.0.0.1 6000   -> usually nothing: sent before the upstream
  *                                                               connection was open, dropped (003 prints HELLO)
  *         bun tcp_proxy/002-logger-class-cli.ts --port 6001 --upstream 127.0.0.1:1
- *         nc 127.0.0.1 6001     (closed at once; the proxy logs "cannot connect to upstream 127.0.0.1:1:
- *                               connection refused")
+ *         printf 'hi' | nc -N 127.0.0.1 6001     -> nothing, at once; the proxy logs "cannot connect to
+ *                                                 upstream 127.0.0.1:1: connection refused"
  */
 
 import type { Socket, TCPSocketListener } from "bun";
