@@ -6,8 +6,7 @@
  *         a connection to --upstream HOST:PORT and copies bytes both ways: what the client sends goes to the
  *         upstream, what the upstream sends goes back to the client. When either side closes, so does the other.
  * Lacks:  it is naive on purpose, and this is exactly what breaks (002 to 005 fix each one):
- *         - an upstream that refuses the connection just closes the client, without a word; no logs, and one
- *           client that resets at the wrong moment could take the proxy down (002);
+ *         - an upstream that refuses the connection just closes the client, without a word; no logs (002);
  *         - bytes the client sends before the upstream connection is open are dropped: connecting takes at least
  *           one turn of the event loop, and a client that speaks first (most do) loses its first message (003);
  *         - write() in Bun does not buffer: it returns how many bytes the kernel took, and the rest is silently

@@ -9,10 +9,11 @@
  *         - the command line: --host, --port, --upstream, --log-level, -h/--help; usage errors are one line and
  *           exit 2, a port in use one line and exit 1;
  *         - an upstream that refuses or cannot be reached: the client is closed at once and the reason logged;
- *         - no client can take the proxy down: one that resets before the accept completes (a port scanner, a
- *           health check) reaches `open` with no address and is let go; `socket.data` is unset until `open` sets
- *           it, so every handler asks `connectionOf(socket)`; and an exception in one connection's handler (Bun
- *           hands it to `error`) closes that connection with a log line while every other client carries on.
+ *         - no client can take the proxy down. 001 never looked at its client; a Connection names it (for the
+ *           logs), and a client that resets before the accept completes (a port scanner, a health check) reaches
+ *           `open` with no address: it is let go. `socket.data` is unset until `open` sets it, so every handler
+ *           asks `connectionOf(socket)`; and an exception in one connection's handler (Bun hands it to `error`)
+ *           closes that connection with a log line while every other client carries on.
  * Lacks:  bytes still get lost, as in 001 (003 fixes both): what the client sends before the upstream connection
  *         is open is dropped, and write() keeps only what the kernel takes, so a big transfer to a slower reader
  *         is truncated. Half-close: a client's FIN (`nc -N`) closes both connections and the reply is lost (004);
