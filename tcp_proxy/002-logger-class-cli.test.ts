@@ -149,7 +149,7 @@ describe("002 no client can take it down", () => {
   });
   afterAll(() => rmSync(preloadDir, { recursive: true, force: true }));
 
-  test("an exception in one connection's handler closes that connection, with a log line; others carry on", async () => {
+  test("an exception in a handler closes only that connection, with a log line; others carry on", async () => {
     await using upstream = startEchoUpstream();
     await using proxy = await startStage(
       process.execPath,
