@@ -5,23 +5,23 @@
  * Adds:   the smallest TCP proxy. It listens on --host:--port (default 127.0.0.1:6000); for every client it opens
  *         a connection to --upstream HOST:PORT and copies bytes both ways: what the client sends goes to the
  *         upstream, what the upstream sends goes back to the client. When either side closes, so does the other.
- * Lacks:  it is naive on purpose, and this is exactly what breaks (002 and 003 fix each one):
+ * Lacks:  it is naive on purpose, and this is exactly what breaks (002 to 005 fix each one):
+ *         - an upstream that refuses the connection just closes the client, without a word; no logs (002);
  *         - bytes the client sends before the upstream connection is open are dropped: connecting takes at least
- *           one turn of the event loop, and a client that speaks first (most do) loses its first message (002);
+ *           one turn of the event loop, and a client that speaks first (most do) loses its first message (003);
  *         - write() in Bun does not buffer: it returns how many bytes the kernel took, and the rest is silently
  *           lost. Small messages fit; a big transfer is truncated and corrupted the moment one side reads more
- *           slowly than the other writes (002 queues the rest, waits for `drain`, pauses the sender);
+ *           slowly than the other writes (003 queues the rest, waits for `drain`, pauses the sender);
  *         - half-close: when the client has finished sending (FIN, `nc -N`), the proxy closes both connections at
- *           once, so the upstream's reply never reaches it (003 forwards the FIN and keeps the other way open);
- *         - an upstream that refuses the connection just closes the client, without a word (002 logs why);
+ *           once, so the upstream's reply never reaches it (004 forwards the FIN and keeps the other way open);
  *         - an exception in any handler (a bug) ends the process, and every client's connection with it: there is
  *           no `error` handler to contain it to one connection (002);
- *         - no logs, no timeouts, no limits (002, 003, 004).
+ *         - no timeouts (004), no limits (005).
  *
- * Try it: bun tcp_echo_server/003-loop.ts --port 5000
+ * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
  *         bun tcp_proxy/001-naive-pipe.ts --port 6000 --upstream 127.0.0.1:5000
- *         telnet 127.0.0.1 6000     (type a line: it comes back uppercased, through the proxy)
- *         echo hello | nc -N 127.0.0.1 6000     -> nothing: the early bytes and the half-close both break here
+ *         nc 127.0.0.1 6000     (type a line: it comes back uppercased, through the proxy; Ctrl-C to quit)
+ *         printf 'hello' | nc -N 127.0.0.1 6000     -> nothing: the early bytes and the half-close both break here
  */
 
 import type { Socket, SocketHandler, TCPSocketListener } from "bun";

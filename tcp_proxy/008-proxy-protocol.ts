@@ -1,28 +1,45 @@
 #!/usr/bin/env bun
 /*
- * 005 - several upstreams: balancing, retries, health checks
+ * 008 - the PROXY protocol: who the client really is, across proxies
  *
- * Adds:   --upstream may be repeated, and each client goes to one upstream picked by --balance:
- *           roundrobin  each in turn, in the order given;
- *           leastconn   the one with the fewest connections now (ties in turn): right when connections last
- *                       long or unevenly;
- *           random2     two picked at random, the one with fewer connections wins ("power of two choices"):
- *                       almost as even as leastconn, and several proxies sharing upstreams do not all pile
- *                       onto the same least-loaded one at the same moment.
- *         A connect that fails (refused, unreachable, or no answer within --connect-timeout, now a timer per
- *         try) is retried on another upstream, up to --retries more (so a client does not pay for one upstream
- *         being down), and the failed one is skipped for --fail-timeout seconds: passive health, learnt from real
- *         traffic. Active health: every --health-interval seconds the proxy opens and closes a TCP connection to
- *         each upstream; --fall failures in a row mark it DOWN (no traffic), --rise successes bring it back UP;
- *         each change is logged. When no upstream is left, the client is closed at once, never left waiting.
- *         The connection's log line says which upstream served it and after how many tries.
- * Lacks:  metrics, PROXY protocol, access lists (006); fault injection (007).
+ * Adds:   the PROXY protocol (HAProxy's, spoken by nginx, HAProxy, AWS/GCP load balancers, Postfix, ...). A
+ *         proxy hides the client: the upstream's peer is the proxy. With --send-proxy (v1, one text line) or
+ *         --send-proxy-v2 (binary) the first bytes the upstream gets say who the client is and which address it
+ *         reached, e.g. "PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n", queued before the client's early
+ *         bytes. With --accept-proxy the proxy is the one behind a load balancer and reads that header (v1 or
+ *         v2) before anything else: the addresses it carries are the client's, for the log line (source=) and a
+ *         --send-proxy further on. Opt-in, and strict: a connection whose header is missing, malformed (counted
+ *         as refused: proxy-header) or late (--connect-timeout) is closed before any upstream connection, since
+ *         a client allowed to write its own header could claim any address.
+ *         (--max-per-ip still counts the socket's peer: behind a balancer, that is the balancer.)
+ * Lacks:  access lists (009); fault injection (010).
  *
- * Try it: bun tcp_echo_server/003-loop.ts --port 5001 &  bun tcp_echo_server/003-loop.ts --port 5002 &
- *         bun tcp_proxy/005-upstream-pool.ts --port 6000 --upstream 127.0.0.1:5001 --upstream 127.0.0.1:5002 \
- *             --health-interval 1
- *         printf 'one' | nc -N 127.0.0.1 6000; printf 'two' | nc -N 127.0.0.1 6000   (one each: 003 then exits,
- *         and the proxy logs both upstreams DOWN; a third client is closed at once: no upstream available)
+ * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
+ *         bun tcp_proxy/008-proxy-protocol.ts --port 6001 --upstream 127.0.0.1:5000 --accept-proxy
+ *         printf 'PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\nhello' | nc -N 127.0.0.1 6001   -> HELLO,
+ *         and the log line says source=192.168.0.1:56324
+ *         printf 'hello' | nc -N 127.0.0.1 6001    -> nothing: closed, "bad PROXY header: no PROXY header"
+ *         nc -l 127.0.0.1 5003 &      (an upstream that shows what it receives)
+ *         bun tcp_proxy/008-proxy-protocol.ts --port 6002 --upstream 127.0.0.1:5003 --send-proxy \
+ *             --health-interval 0
+ *         printf 'hi' | nc -N 127.0.0.1 6002       (the listening nc prints "PROXY TCP4 127.0.0.1 127.0.0.1
+ *                                                  CLIENT-PORT 6002", then hi)
+ *
+ * Layout: as in 007, except where marked:
+ *         Logger; Address, ProxyConfig; EARLY_BYTES_LIMIT, Side, Link
+ *         Queue                              new: pushFront(), for the header
+ *         Addresses and the PROXY protocol   new: Ip, Endpoint, parseIp, formatIp, proxyHeader(),
+ *                                            parseProxyHeader()
+ *         Metrics, Timeouts
+ *         Edges                              new: sendProxy, acceptProxy
+ *         Limits, Closer
+ *         Connection                         new: source and destination; awaitHeader(), headerDone();
+ *                                            upstreamOpened() queues the header first; source= in its log line
+ *         seconds, Upstream, BALANCES, PoolConfig, Pool, connectionOf
+ *         Proxy                              new: the client's `data` goes to readProxyHeader() until the
+ *                                            header is whole; a header sent on each upstream connect
+ *         describeError, formatAddress
+ *         HELP, parse*(), main               new: --send-proxy, --send-proxy-v2, --accept-proxy
  */
 
 import type { Socket, TCPSocketListener } from "bun";
@@ -85,6 +102,7 @@ interface ProxyConfig {
   pool: PoolConfig;
   timeouts: Timeouts;
   limits: Limits;
+  edges: Edges;
   logLevel: Level;
 }
 
@@ -117,6 +135,12 @@ class Queue {
     this.bytes += chunk.length;
   }
 
+  /** Puts `chunk` before everything queued (a PROXY header goes before the client's early bytes). */
+  pushFront(chunk: Uint8Array): void {
+    this.chunks.unshift(chunk);
+    this.bytes += chunk.length;
+  }
+
   /** Writes as much as `socket` takes; true when everything went out. */
   flushTo(socket: Socket<Link>): boolean {
     while (this.chunks.length > 0) {
@@ -134,6 +158,251 @@ class Queue {
   }
 }
 
+// ---- Addresses and the PROXY protocol -------------------------------------------------------------------------
+
+/** An IP address as bytes: 4 for IPv4, 16 for IPv6. IPv4-mapped IPv6 (::ffff:1.2.3.4) is read as IPv4. */
+type Ip = Uint8Array;
+
+interface Endpoint {
+  ip: Ip;
+  port: number;
+}
+
+function parseIp(text: string): Ip | undefined {
+  if (/^\d{1,3}(\.\d{1,3}){3}$/.test(text)) {
+    const parts = text.split(".");
+    if (parts.some((part) => Number(part) > 255 || (part.length > 1 && part.startsWith("0")))) return undefined;
+    return new Uint8Array(parts.map(Number));
+  }
+  if (!text.includes(":")) return undefined;
+  let hex = text;
+  let ipv4Tail: Ip | undefined;
+  const lastColon = text.lastIndexOf(":");
+  if (text.includes(".", lastColon)) {
+    // ::ffff:192.0.2.1 and friends: the last 32 bits written as IPv4
+    ipv4Tail = parseIp(text.slice(lastColon + 1));
+    if (ipv4Tail?.length !== 4) return undefined;
+    hex = `${text.slice(0, lastColon + 1)}0:0`;
+  }
+  const halves = hex.split("::");
+  if (halves.length > 2) return undefined;
+  const groups = (part: string): number[] | undefined => {
+    if (part === "") return [];
+    const values = part.split(":").map((group) => (/^[0-9a-fA-F]{1,4}$/.test(group) ? parseInt(group, 16) : NaN));
+    return values.some(Number.isNaN) ? undefined : values;
+  };
+  const left = groups(halves[0]!);
+  const right = halves.length === 2 ? groups(halves[1]!) : [];
+  if (left === undefined || right === undefined) return undefined;
+  const missing = 8 - left.length - right.length;
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return undefined;
+  const all = [...left, ...new Array<number>(halves.length === 2 ? missing : 0).fill(0), ...right];
+  const bytes = new Uint8Array(16);
+  all.forEach((group, i) => {
+    bytes[2 * i] = group >> 8;
+    bytes[2 * i + 1] = group & 0xff;
+  });
+  if (ipv4Tail) bytes.set(ipv4Tail, 12);
+  const mapped = bytes.subarray(0, 10).every((byte) => byte === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
+  return mapped ? bytes.slice(12) : bytes;
+}
+
+/** Text form: dotted IPv4, or IPv6 with the longest run of zero groups written "::" (RFC 5952). */
+function formatIp(ip: Ip): string {
+  if (ip.length === 4) return ip.join(".");
+  const groups = Array.from({ length: 8 }, (_, i) => (ip[2 * i]! << 8) | ip[2 * i + 1]!);
+  let [bestStart, bestLength] = [-1, 1];
+  for (let start = 0; start < 8; start++) {
+    let length = 0;
+    while (start + length < 8 && groups[start + length] === 0) length++;
+    if (length > bestLength) [bestStart, bestLength] = [start, length];
+  }
+  const hex = groups.map((group) => group.toString(16));
+  if (bestStart < 0) return hex.join(":");
+  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
+}
+
+const PROXY_V2_SIGNATURE = new Uint8Array([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+const PROXY_V1_PREFIX = new TextEncoder().encode("PROXY ");
+/** A v1 line is at most 107 bytes with its CRLF (the spec's worst case, TCP6 with the longest addresses). */
+const PROXY_V1_MAX = 107;
+/** v2 allows 64 KiB of TLVs after the addresses; more than this from a load balancer is not worth buffering. */
+const PROXY_V2_MAX_LENGTH = 2048;
+
+/** The PROXY header that tells the upstream who the client really is (its own peer is the proxy). */
+function proxyHeader(version: 1 | 2, source: Endpoint | undefined, destination: Endpoint | undefined): Uint8Array {
+  const known = source !== undefined && destination !== undefined && source.ip.length === destination.ip.length;
+  if (version === 1) {
+    if (!known) return new TextEncoder().encode("PROXY UNKNOWN\r\n");
+    const family = source.ip.length === 4 ? "TCP4" : "TCP6";
+    const addresses = `${formatIp(source.ip)} ${formatIp(destination.ip)}`;
+    return new TextEncoder().encode(`PROXY ${family} ${addresses} ${source.port} ${destination.port}\r\n`);
+  }
+  if (!known) return new Uint8Array([...PROXY_V2_SIGNATURE, 0x21, 0x00, 0x00, 0x00]); // PROXY, AF_UNSPEC
+  const size = source.ip.length;
+  const header = new Uint8Array(16 + 2 * size + 4);
+  header.set(PROXY_V2_SIGNATURE);
+  header[12] = 0x21; // version 2, command PROXY
+  header[13] = size === 4 ? 0x11 : 0x21; // TCP over IPv4 / IPv6
+  new DataView(header.buffer).setUint16(14, 2 * size + 4);
+  header.set(source.ip, 16);
+  header.set(destination.ip, 16 + size);
+  new DataView(header.buffer).setUint16(16 + 2 * size, source.port);
+  new DataView(header.buffer).setUint16(18 + 2 * size, destination.port);
+  return header;
+}
+
+type HeaderParse =
+  | { status: "incomplete" }
+  | { status: "invalid"; reason: string }
+  | { status: "ok"; version: 1 | 2; length: number; source?: Endpoint; destination?: Endpoint };
+
+function startsLike(bytes: Uint8Array, prefix: Uint8Array): boolean {
+  const length = Math.min(bytes.length, prefix.length);
+  for (let i = 0; i < length; i++) if (bytes[i] !== prefix[i]) return false;
+  return true;
+}
+
+/** Reads a PROXY header, v1 or v2, at the start of `bytes`: done, invalid, or more bytes needed. */
+function parseProxyHeader(bytes: Uint8Array): HeaderParse {
+  const invalid = (reason: string): HeaderParse => ({ status: "invalid", reason });
+  if (bytes.length === 0) return { status: "incomplete" };
+  if (startsLike(bytes, PROXY_V1_PREFIX)) {
+    let end = -1;
+    for (let i = 1; i < Math.min(bytes.length, PROXY_V1_MAX); i++) {
+      if (bytes[i - 1] === 0x0d && bytes[i] === 0x0a) {
+        end = i + 1;
+        break;
+      }
+    }
+    if (end < 0)
+      return bytes.length >= PROXY_V1_MAX ? invalid("v1 line longer than 107 bytes") : { status: "incomplete" };
+    const fields = new TextDecoder().decode(bytes.subarray(0, end - 2)).split(" ");
+    if (fields[1] === "UNKNOWN") return { status: "ok", version: 1, length: end };
+    if (fields.length !== 6 || (fields[1] !== "TCP4" && fields[1] !== "TCP6")) return invalid("malformed v1 line");
+    const [source, destination] = [parseIp(fields[2]!), parseIp(fields[3]!)];
+    const ports = [fields[4]!, fields[5]!].map((port) => (/^(0|[1-9]\d{0,4})$/.test(port) ? Number(port) : NaN));
+    const ipv4 = fields[1] === "TCP4";
+    const familyOk = (text: string) => (ipv4 ? !text.includes(":") : text.includes(":"));
+    if (!source || !destination || !familyOk(fields[2]!) || !familyOk(fields[3]!)) return invalid("bad v1 address");
+    if (ports.some((port) => !(port <= 65535))) return invalid("bad v1 port");
+    return {
+      status: "ok",
+      version: 1,
+      length: end,
+      source: { ip: source, port: ports[0]! },
+      destination: { ip: destination, port: ports[1]! },
+    };
+  }
+  if (startsLike(bytes, PROXY_V2_SIGNATURE)) {
+    if (bytes.length < 16) return { status: "incomplete" };
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const [versionCommand, family, length] = [bytes[12]!, bytes[13]!, view.getUint16(14)];
+    if (versionCommand >> 4 !== 2) return invalid(`v2 version ${versionCommand >> 4}`);
+    const command = versionCommand & 0x0f;
+    if (command > 1) return invalid(`v2 command ${command}`);
+    if (length > PROXY_V2_MAX_LENGTH) return invalid(`v2 header of ${length} bytes`);
+    if (bytes.length < 16 + length) return { status: "incomplete" };
+    // LOCAL (the balancer's own health check) or a family that is not TCP: keep the real connection's endpoints.
+    if (command === 0 || (family !== 0x11 && family !== 0x21)) return { status: "ok", version: 2, length: 16 + length };
+    const size = family === 0x11 ? 4 : 16;
+    if (length < 2 * size + 4) return invalid("v2 address block too short");
+    return {
+      status: "ok",
+      version: 2,
+      length: 16 + length,
+      source: { ip: bytes.slice(16, 16 + size), port: view.getUint16(16 + 2 * size) },
+      destination: { ip: bytes.slice(16 + size, 16 + 2 * size), port: view.getUint16(18 + 2 * size) },
+    };
+  }
+  return invalid("no PROXY header");
+}
+
+// ---- Metrics ---------------------------------------------------------------------------------------------------
+
+/** Counters and gauges in the Prometheus text format, for --metrics-port. */
+class Metrics {
+  accepted = 0;
+  readonly refused = new Map<string, number>();
+  readonly bytes: Record<Side, number> = { client: 0, upstream: 0 };
+  readonly upstreamConnects = new Map<string, number>();
+  readonly upstreamFailures = new Map<string, number>();
+  private static readonly BUCKETS = [0.01, 0.1, 1, 10, 60, 600];
+  private readonly durationBuckets = new Array<number>(Metrics.BUCKETS.length).fill(0);
+  private durationSum = 0;
+  private durationCount = 0;
+
+  count(map: Map<string, number>, key: string): void {
+    map.set(key, (map.get(key) ?? 0) + 1);
+  }
+
+  observeDuration(seconds: number): void {
+    this.durationSum += seconds;
+    this.durationCount++;
+    Metrics.BUCKETS.forEach((bound, i) => {
+      if (seconds <= bound) this.durationBuckets[i]!++;
+    });
+  }
+
+  render(active: number, upstreams: readonly Upstream[]): string {
+    const lines: string[] = [];
+    const metric = (name: string, type: string, help: string, samples: [labels: string, value: number][]): void => {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+      for (const [labels, value] of samples) lines.push(`${name}${labels} ${value}`);
+    };
+    const byUpstream = (value: (upstream: Upstream) => number): [string, number][] =>
+      upstreams.map((upstream) => [`{upstream="${upstream.name}"}`, value(upstream)]);
+    metric("proxy_connections_accepted_total", "counter", "Client connections accepted.", [["", this.accepted]]);
+    metric(
+      "proxy_connections_refused_total",
+      "counter",
+      "Client connections closed at once, by reason.",
+      [...this.refused].map(([reason, value]) => [`{reason="${reason}"}`, value]),
+    );
+    metric("proxy_connections_active", "gauge", "Client connections being served now.", [["", active]]);
+    metric("proxy_bytes_total", "counter", "Bytes forwarded: up = client to upstream, down = upstream to client.", [
+      ['{direction="up"}', this.bytes.client],
+      ['{direction="down"}', this.bytes.upstream],
+    ]);
+    const buckets: [string, number][] = Metrics.BUCKETS.map((bound, i) => [
+      `{le="${bound}"}`,
+      this.durationBuckets[i]!,
+    ]);
+    lines.push("# HELP proxy_connection_duration_seconds How long client connections lasted.");
+    lines.push("# TYPE proxy_connection_duration_seconds histogram");
+    for (const [labels, value] of [...buckets, ['{le="+Inf"}', this.durationCount] as [string, number]]) {
+      lines.push(`proxy_connection_duration_seconds_bucket${labels} ${value}`);
+    }
+    lines.push(`proxy_connection_duration_seconds_sum ${this.durationSum}`);
+    lines.push(`proxy_connection_duration_seconds_count ${this.durationCount}`);
+    metric(
+      "proxy_upstream_up",
+      "gauge",
+      "1 if the upstream takes new connections (health checks and failures).",
+      byUpstream((upstream) => (upstream.available ? 1 : 0)),
+    );
+    metric(
+      "proxy_upstream_connections_active",
+      "gauge",
+      "Connections on each upstream now, connecting ones too.",
+      byUpstream((upstream) => upstream.active),
+    );
+    metric(
+      "proxy_upstream_connects_total",
+      "counter",
+      "Connections opened to each upstream.",
+      byUpstream((upstream) => this.upstreamConnects.get(upstream.name) ?? 0),
+    );
+    metric(
+      "proxy_upstream_connect_failures_total",
+      "counter",
+      "Failed connects to each upstream.",
+      byUpstream((upstream) => this.upstreamFailures.get(upstream.name) ?? 0),
+    );
+    return `${lines.join("\n")}\n`;
+  }
+}
+
 let nextConnectionId = 1;
 
 interface Timeouts {
@@ -141,6 +410,15 @@ interface Timeouts {
   connectMs: number;
   /** Milliseconds without a byte in either direction before the connection is closed; 0 = never. */
   idleMs: number;
+}
+
+interface Edges {
+  /** Port for Prometheus metrics over HTTP on --metrics-host; undefined = no metrics endpoint. */
+  metrics: Address | undefined;
+  /** Send a PROXY header of this version to the upstream first; 0 = none. */
+  sendProxy: 0 | 1 | 2;
+  /** Expect a PROXY header (v1 or v2) from every client before anything else. */
+  acceptProxy: boolean;
 }
 
 interface Limits {
@@ -167,6 +445,13 @@ class Connection {
   /** For the logs: `#id client-address:port` (read once: a closed socket no longer knows its peer). */
   readonly name: string;
   readonly clientAddress: string;
+  /** Who the client really is and which address it reached: from its socket, or from its PROXY header. */
+  source: Endpoint | undefined;
+  destination: Endpoint | undefined;
+  /** With --accept-proxy: the header's bytes so far, until it is complete. */
+  headerBytes: Uint8Array | undefined;
+  private fromHeader = false;
+  private headerTimer: Timer | undefined;
   closed = false;
   /** Set once one side has closed: the other is closed as soon as what is queued for it has been written. */
   private closing = false;
@@ -191,11 +476,29 @@ class Connection {
     client: Socket<Link>,
     private readonly log: Logger,
     private readonly timeouts: Timeouts,
+    private readonly metrics: Metrics,
     private readonly onReleased: (connection: Connection) => void,
   ) {
     this.client = client;
     this.clientAddress = client.remoteAddress;
     this.name = `#${this.id} ${formatAddress(client.remoteAddress, client.remotePort)}`;
+    const [remote, local] = [parseIp(client.remoteAddress), parseIp(client.localAddress)];
+    if (remote) this.source = { ip: remote, port: client.remotePort };
+    if (local) this.destination = { ip: local, port: client.localPort };
+  }
+
+  /** --accept-proxy: nothing is forwarded until the PROXY header has arrived, and it must arrive in time. */
+  awaitHeader(timeoutMs: number): void {
+    this.headerBytes = new Uint8Array(0);
+    this.headerTimer = setTimeout(() => {
+      this.close("proxy", `bad PROXY header: none within ${seconds(timeoutMs)}`, "warn");
+    }, timeoutMs);
+  }
+
+  headerDone(source: Endpoint | undefined, destination: Endpoint | undefined): void {
+    clearTimeout(this.headerTimer);
+    this.headerBytes = undefined;
+    if (source && destination) [this.source, this.destination, this.fromHeader] = [source, destination, true];
   }
 
   /** The upstream being tried, then used; "-" until the first try. */
@@ -229,9 +532,10 @@ class Connection {
   }
 
   /** The upstream connection is open: deliver what the client said meanwhile, then let it speak again. */
-  upstreamOpened(upstream: Socket<Link>): void {
+  upstreamOpened(upstream: Socket<Link>, preamble?: Uint8Array): void {
     if (this.closed) return void upstream.end(); // the client left (or we gave up) while we were connecting
     this.upstream = upstream;
+    if (preamble) this.toUpstream.pushFront(preamble); // the PROXY header: first, before any byte of the client
     this.openSockets++;
     this.connectedAt = performance.now();
     this.log.debug(`${this.name} upstream connected from local port ${upstream.localPort}`);
@@ -244,6 +548,7 @@ class Connection {
     if (this.closed) return; // the other side has closed: nothing can reach it any more
     this.lastActivity = performance.now();
     this.bytesFrom[from] += chunk.length;
+    this.metrics.bytes[from] += chunk.length;
     const queue = this.queueTo(other(from));
     const source = this.socket(from)!;
     const destination = this.socket(other(from));
@@ -353,6 +658,7 @@ class Connection {
 
   private clearTimers(): void {
     clearTimeout(this.idleTimer);
+    clearTimeout(this.headerTimer);
   }
 
   /**
@@ -362,8 +668,12 @@ class Connection {
   private logSummary(): void {
     const now = performance.now();
     const connect = this.connectedAt === undefined ? "-" : `${(this.connectedAt - this.startedAt).toFixed(1)}ms`;
+    this.metrics.observeDuration((now - this.startedAt) / 1000);
+    // Behind a load balancer (--accept-proxy) the socket's peer is the balancer: say who the client really is.
+    const via =
+      this.fromHeader && this.source ? `source=${formatAddress(formatIp(this.source.ip), this.source.port)} ` : "";
     this.log.info(
-      `${this.name} -> ${this.target} tries=${this.tried.length} ` +
+      `${this.name} ${via}-> ${this.target} tries=${this.tried.length} ` +
         `duration=${((now - this.startedAt) / 1000).toFixed(3)}s ` +
         `connect=${connect} bytes_up=${this.bytesFrom.client} bytes_down=${this.bytesFrom.upstream} ` +
         `closed_by=${this.closedBy} reason="${this.reason}"`,
@@ -527,6 +837,8 @@ class Proxy {
   readonly pool: Pool;
   readonly timeouts: Timeouts;
   readonly limits: Limits;
+  readonly edges: Edges;
+  readonly metrics = new Metrics();
   private readonly log: Logger;
   private listener: TCPSocketListener<Link> | undefined;
   /** The connections being served (refused ones are not counted). */
@@ -539,6 +851,7 @@ class Proxy {
     this.port = config.port;
     this.timeouts = config.timeouts;
     this.limits = config.limits;
+    this.edges = config.edges;
     this.log = new Logger(config.logLevel);
     this.pool = new Pool(
       config.upstreams.map((address) => new Upstream(address)),
@@ -555,7 +868,12 @@ class Proxy {
       allowHalfOpen: true, // a client's FIN must not close its socket: the reply may still be on its way
       socket: {
         open: (socket) => this.onClientOpen(socket),
-        data: (socket, data) => connectionOf(socket)?.forward("client", data),
+        data: (socket, data) => {
+          const connection = connectionOf(socket);
+          if (connection === undefined) return;
+          if (connection.headerBytes) this.readProxyHeader(connection, data);
+          else connection.forward("client", data);
+        },
         drain: (socket) => connectionOf(socket)?.flush("client"),
         end: (socket) => connectionOf(socket)?.sideEnded("client"),
         close: (socket, error) => connectionOf(socket)?.sideClosed("client", error),
@@ -563,6 +881,7 @@ class Proxy {
       },
     });
     this.listener = listener;
+    if (this.edges.metrics) this.serveMetrics(this.edges.metrics);
     const upstreams = this.pool.upstreams.map((upstream) => upstream.name).join(", ");
     this.pool.startChecks(this.timeouts.connectMs);
     this.log.info(
@@ -576,23 +895,64 @@ class Proxy {
   private onClientOpen(client: Socket<Link>): void {
     // A client that resets before the accept completes reaches `open` with no address: it is gone already.
     if (!client.remoteAddress) return void client.terminate();
-    const connection = new Connection(client, this.log, this.timeouts, (done) => this.release(done));
+    const connection = new Connection(client, this.log, this.timeouts, this.metrics, (done) => this.release(done));
     client.data = { connection, side: "client" }; // a fresh object: the listen-level `data` is shared by all
+    this.metrics.accepted++;
     // Over a limit: close at once, before any upstream connection is made. (Bun cannot stop accepting for a
     // while, so a refused client sees its connection open and close; the alternative, not accepting, would
     // leave it waiting in the kernel's backlog instead.)
     const fromThisIp = this.perIp.get(connection.clientAddress) ?? 0;
     if (this.connections.size >= this.limits.maxClients) {
-      return connection.close("proxy", `max-clients ${this.limits.maxClients}`, "warn");
+      return this.refuse(connection, "max-clients", `max-clients ${this.limits.maxClients}`);
     }
     if (this.limits.maxPerIp > 0 && fromThisIp >= this.limits.maxPerIp) {
-      return connection.close("proxy", `max-per-ip ${this.limits.maxPerIp}`, "warn");
+      return this.refuse(connection, "max-per-ip", `max-per-ip ${this.limits.maxPerIp}`);
     }
     this.connections.add(connection);
     this.perIp.set(connection.clientAddress, fromThisIp + 1);
     this.log.debug(`${connection.name} connected (${this.connections.size} clients)`);
+    if (this.edges.acceptProxy) return connection.awaitHeader(this.timeouts.connectMs);
     connection.startTimers();
     this.connectUpstream(connection);
+  }
+
+  private refuse(connection: Connection, metric: string, reason: string): void {
+    this.metrics.count(this.metrics.refused, metric);
+    connection.close("proxy", reason, "warn");
+  }
+
+  /**
+   * --accept-proxy: collect the client's first bytes until they hold a whole PROXY header. A malformed or
+   * missing header closes the connection (a client that could forge its address must not get through); what
+   * follows the header is the client's own data, held until the upstream is connected.
+   */
+  private readProxyHeader(connection: Connection, chunk: Uint8Array): void {
+    const bytes = new Uint8Array(connection.headerBytes!.length + chunk.length);
+    bytes.set(connection.headerBytes!);
+    bytes.set(chunk, connection.headerBytes!.length);
+    connection.headerBytes = bytes;
+    const header = parseProxyHeader(bytes);
+    if (header.status === "incomplete") return;
+    if (header.status === "invalid")
+      return this.refuse(connection, "proxy-header", `bad PROXY header: ${header.reason}`);
+    connection.headerDone(header.source, header.destination);
+    connection.startTimers();
+    this.connectUpstream(connection);
+    const rest = bytes.subarray(header.length);
+    if (rest.length > 0) connection.forward("client", rest);
+  }
+
+  private serveMetrics(address: Address): void {
+    const server = Bun.serve({
+      hostname: address.host,
+      port: address.port,
+      fetch: (request) => {
+        if (new URL(request.url).pathname !== "/metrics") return new Response("not found\n", { status: 404 });
+        const body = this.metrics.render(this.connections.size, this.pool.upstreams);
+        return new Response(body, { headers: { "content-type": "text/plain; version=0.0.4" } });
+      },
+    });
+    this.log.info(`metrics on http://${formatAddress(address.host, server.port ?? address.port)}/metrics`);
   }
 
   private release(connection: Connection): void {
@@ -641,6 +1001,7 @@ class Proxy {
       clearTimeout(timer);
       uncount();
       this.pool.failed(upstream, reason);
+      this.metrics.count(this.metrics.upstreamFailures, upstream.name);
       if (connection.closed) return;
       if (connection.tried.length <= this.pool.config.retries) {
         this.log.debug(`${connection.name} ${upstream.name} failed (${reason}), trying another upstream`);
@@ -663,7 +1024,10 @@ class Proxy {
           if (settled) return void socket.end(); // this try timed out and another upstream took over
           settled = true;
           clearTimeout(timer);
-          connection.upstreamOpened(socket);
+          this.metrics.count(this.metrics.upstreamConnects, upstream.name);
+          const { sendProxy } = this.edges;
+          const header = sendProxy ? proxyHeader(sendProxy, connection.source, connection.destination) : undefined;
+          connection.upstreamOpened(socket, header);
         },
         data: (_socket, data) => connection.forward("upstream", data),
         drain: () => connection.flush("upstream"),
@@ -748,6 +1112,12 @@ Options:
   --max-clients N       clients served at once; more are closed at once (default 1000)
   --max-per-ip N        clients served at once from one IP address, 0 = no limit (default 0)
   --drain-timeout S     on SIGINT/SIGTERM, seconds to let open connections finish (default 10)
+  --metrics-port PORT   serve Prometheus metrics at http://METRICS-HOST:PORT/metrics (default: none)
+  --metrics-host HOST   address for the metrics endpoint (default 127.0.0.1)
+  --send-proxy          send a PROXY protocol v1 header (text) to the upstream before the client's bytes
+  --send-proxy-v2       send a PROXY protocol v2 header (binary) instead
+  --accept-proxy        require a PROXY header (v1 or v2) from every client, as sent by a load balancer in
+                        front; a missing or malformed one closes the connection
   --log-level LEVEL     debug, info, warn or error (default info)
   -h, --help            show this help
 `;
@@ -808,6 +1178,11 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
         "max-clients": { type: "string", default: "1000" },
         "max-per-ip": { type: "string", default: "0" },
         "drain-timeout": { type: "string", default: "10" },
+        "metrics-port": { type: "string" },
+        "metrics-host": { type: "string", default: "127.0.0.1" },
+        "send-proxy": { type: "boolean", default: false },
+        "send-proxy-v2": { type: "boolean", default: false },
+        "accept-proxy": { type: "boolean", default: false },
         "log-level": { type: "string", default: "info" },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -849,7 +1224,19 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
     maxPerIp: parseCount(values["max-per-ip"], "--max-per-ip", true),
     drainMs: parseSeconds(values["drain-timeout"], "--drain-timeout", true),
   };
-  return { host: values.host, port, upstreams, pool, timeouts, limits, logLevel: logLevel as Level };
+  if (values["send-proxy"] && values["send-proxy-v2"]) {
+    throw new UsageError("--send-proxy and --send-proxy-v2 exclude each other: pick one version");
+  }
+  const metricsPort = values["metrics-port"];
+  const edges: Edges = {
+    metrics:
+      metricsPort === undefined
+        ? undefined
+        : { host: values["metrics-host"], port: parsePort(metricsPort, "--metrics-port") },
+    sendProxy: values["send-proxy-v2"] ? 2 : values["send-proxy"] ? 1 : 0,
+    acceptProxy: values["accept-proxy"],
+  };
+  return { host: values.host, port, upstreams, pool, timeouts, limits, edges, logLevel: logLevel as Level };
 }
 
 function main(): void {

@@ -4,8 +4,8 @@ import { Blackhole, decode, echoTransfer, randomBytes, startEchoUpstream, TestCl
 import { runToExit, startStage } from "../test/support/process.ts";
 import { hostileContractTests } from "../test/support/hostile-contract.ts";
 
-const STAGE = "tcp_proxy/003-half-close-and-timeouts.ts";
-const PREVIOUS = "tcp_proxy/002-queues-and-backpressure.ts";
+const STAGE = "tcp_proxy/004-half-close-and-timeouts.ts";
+const PREVIOUS = "tcp_proxy/003-queues-and-backpressure.ts";
 const MiB = 1024 * 1024;
 
 /** `printf 'hello' | nc -N 127.0.0.1 PORT`: send, FIN, read until the server closes. */
@@ -48,8 +48,8 @@ function startBannerUpstream() {
   return { port: listener.port, state, [Symbol.dispose]: () => listener.stop(true) };
 }
 
-describe("003 half-close", () => {
-  test("printf 'hello' | nc -N through the proxy gets HELLO (002 loses it)", async () => {
+describe("004 half-close", () => {
+  test("printf 'hello' | nc -N through the proxy gets HELLO (003 loses it)", async () => {
     await using upstream = startEchoUpstream();
     await using proxy = await startStage(STAGE, [
       "--port",
@@ -72,7 +72,7 @@ describe("003 half-close", () => {
     const data = randomBytes(64 * MiB);
     const result = await echoTransfer(proxy.port, data, { halfClose: true });
     expect(result).toMatchObject({ intact: true, ended: true, received: data.length });
-    console.log(`003: 64 MiB + FIN echoed through the proxy in ${result.seconds.toFixed(2)} s`);
+    console.log(`004: 64 MiB + FIN echoed through the proxy in ${result.seconds.toFixed(2)} s`);
   });
 
   test("the upstream's FIN reaches the client while the client keeps sending", async () => {
@@ -104,8 +104,8 @@ describe("003 half-close", () => {
   });
 });
 
-describe("003 timeouts", () => {
-  test("an upstream that never answers the SYN: the client is closed after --connect-timeout (002 waits)", async () => {
+describe("004 timeouts", () => {
+  test("an upstream that never answers the SYN: the client is closed after --connect-timeout (003 waits)", async () => {
     await using hole = await Blackhole.open();
     await hole.fill();
     const upstream = `127.0.0.1:${hole.port}`;

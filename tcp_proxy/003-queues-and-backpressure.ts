@@ -1,27 +1,41 @@
 #!/usr/bin/env bun
 /*
- * 003 - half-close, and timeouts
+ * 003 - queues and backpressure: every byte gets through, in order
  *
- * Adds:   half-close. TCP lets each side say "I have finished sending" (FIN) while it keeps reading: `nc -N`,
- *         `shutdown(SHUT_WR)`, an HTTP/1.0 client, `printf 'hello' | nc -N proxy 6000`. Both sockets are opened with
- *         allowHalfOpen, so a FIN no longer closes anything: it is passed on to the other side with shutdown(),
- *         but only once everything queued for that side has been written (a FIN overtaking the last bytes would
- *         truncate them), and the other direction keeps flowing until its own FIN. When both FINs have been passed
- *         on, the proxy closes both sockets. A reset or error on one side still closes the other at once, after
- *         what is queued for it; a peer that does not take that within --idle-timeout is cut (RST), so a client
- *         that floods, stops reading and resets cannot leave its upstream connection behind for good.
- *         Two timers: --connect-timeout (the upstream must open within it, or the client is closed and the reason
- *         logged: a host that drops SYNs would otherwise leave the client hanging for minutes) and --idle-timeout
- *         (no byte either way for that long closes both sides). JS timers, not socket.timeout(), which Bun checks
- *         on a ~4 s sweep and which traffic does not reset.
- * Lacks:  limits on clients, graceful shutdown on SIGINT/SIGTERM, a log line per connection (004); several
- *         upstreams (005).
+ * Adds:   a Queue per direction, so that no byte is lost whatever the speed of either side (002 wrote each chunk
+ *         once and dropped what did not fit):
+ *         - bytes the client sends before the upstream connection is open are held in that direction's queue and
+ *           delivered first once it opens; the queue is bounded (256 KiB): past that the proxy stops reading the
+ *           client until the upstream is there, so a fast client cannot fill the proxy's memory;
+ *         - a partial write keeps the rest in the queue, the proxy stops reading the sending side (pause) and
+ *           flushes the queue on `drain`, then reads again (resume): backpressure, in both directions, so a slow
+ *           reader slows the writer down instead of growing the proxy's memory or losing bytes;
+ *         - when one side closes, what it sent last still goes to the other, which is read meanwhile (what it says
+ *           is dropped: nobody is left to hear it) so that neither waits for the other forever.
+ * Lacks:  half-close: when the client finishes sending (FIN, `nc -N`), Bun closes that socket and the proxy closes
+ *         the upstream once its queue is flushed, so the reply is lost (004); connect and idle timeouts (004);
+ *         limits, graceful shutdown, a log line per connection (005); several upstreams (006).
  *
- * Try it: bun tcp_echo_server/003-loop.ts --port 5000
- *         bun tcp_proxy/003-half-close-and-timeouts.ts --port 6000 --upstream 127.0.0.1:5000 --log-level debug
- *         printf 'hello' | nc -N 127.0.0.1 6000      ->  HELLO   (002 prints nothing: the reply lost with the FIN)
- *         bun tcp_proxy/003-half-close-and-timeouts.ts --port 6001 --upstream 127.0.0.1:5000 --idle-timeout 3
- *         telnet 127.0.0.1 6001     (say nothing for 3 s: the proxy closes the connection)
+ * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
+ *         bun tcp_proxy/003-queues-and-backpressure.ts --port 6000 --upstream 127.0.0.1:5000
+ *         (printf 'hello\n'; sleep 1) | nc -q 0 127.0.0.1 6000   -> HELLO: the early bytes were held, then
+ *                                                               delivered (002 usually prints nothing)
+ *         nc -d -l 127.0.0.1 5003 | (sleep 2; wc -c)           (an upstream that reads nothing for 2 s, then
+ *                                                               counts what it got)
+ *         bun tcp_proxy/003-queues-and-backpressure.ts --port 6001 --upstream 127.0.0.1:5003 --log-level debug
+ *         head -c 20000000 /dev/zero | nc -N 127.0.0.1 6001    -> the upstream counts 20000000, and the log says
+ *                                                               "upstream is slow, N bytes queued" (002: ~4 MB)
+ *
+ * Layout: as in 002, except where marked:
+ *         Logger; Address, ProxyConfig
+ *         EARLY_BYTES_LIMIT                  new: how much the client may say before the upstream is there
+ *         Side, Link
+ *         Queue                              new: bytes a socket has not taken yet, and flushTo()
+ *         Connection                         new: a queue each way; forward() queues and pauses, flush() on
+ *                                            drain resumes; sideClosed() waits for the queue
+ *         connectionOf
+ *         Proxy                              new: `drain` handlers
+ *         describeError, formatAddress; HELP, parse*(), main
  */
 
 import type { Socket, TCPSocketListener } from "bun";
@@ -81,7 +95,6 @@ interface ProxyConfig {
   host: string;
   port: number;
   upstream: Address;
-  timeouts: Timeouts;
   logLevel: Level;
 }
 
@@ -133,13 +146,6 @@ class Queue {
 
 let nextConnectionId = 1;
 
-interface Timeouts {
-  /** Milliseconds to wait for the upstream connection to open. */
-  connectMs: number;
-  /** Milliseconds without a byte in either direction before the connection is closed; 0 = never. */
-  idleMs: number;
-}
-
 const other = (side: Side): Side => (side === "client" ? "upstream" : "client");
 
 /** One client, its upstream connection, and a queue for each direction. */
@@ -154,26 +160,13 @@ class Connection {
   closed = false;
   /** Set once one side has closed: the other is closed as soon as what is queued for it has been written. */
   private closing = false;
-  /** FIN received from that side: it will send nothing more, but may still be reading. */
-  private readonly ended: Record<Side, boolean> = { client: false, upstream: false };
-  /** FIN passed on to that side, once everything queued for it had been written. */
-  private readonly finSent: Record<Side, boolean> = { client: false, upstream: false };
-  private connectTimer: Timer | undefined;
-  private idleTimer: Timer | undefined;
-  private lastActivity = performance.now();
 
   constructor(
     client: Socket<Link>,
     private readonly log: Logger,
-    private readonly timeouts: Timeouts,
   ) {
     this.client = client;
     this.name = `#${this.id} ${formatAddress(client.remoteAddress, client.remotePort)}`;
-    // Timers, not socket.timeout(): Bun checks that one on a coarse sweep and traffic does not reset it.
-    this.connectTimer = setTimeout(() => {
-      this.close(`upstream connect timed out after ${seconds(timeouts.connectMs)}`, "warn");
-    }, timeouts.connectMs);
-    if (timeouts.idleMs > 0) this.armIdleTimer(timeouts.idleMs);
   }
 
   private socket(side: Side): Socket<Link> | undefined {
@@ -185,20 +178,9 @@ class Connection {
     return side === "client" ? this.toClient : this.toUpstream;
   }
 
-  // Re-arming one timer per chunk would cost more than the bytes: note the time of the last byte instead, and when
-  // the timer fires, sleep again for whatever is left of the idle period.
-  private armIdleTimer(delayMs: number): void {
-    this.idleTimer = setTimeout(() => {
-      const idleFor = performance.now() - this.lastActivity;
-      if (idleFor >= this.timeouts.idleMs) this.close(`idle for ${seconds(this.timeouts.idleMs)}`, "info");
-      else this.armIdleTimer(this.timeouts.idleMs - idleFor);
-    }, delayMs);
-  }
-
   /** The upstream connection is open: deliver what the client said meanwhile, then let it speak again. */
   upstreamOpened(upstream: Socket<Link>): void {
-    if (this.closed) return void upstream.end(); // the client left (or we gave up) while we were connecting
-    clearTimeout(this.connectTimer);
+    if (this.closed && this.toUpstream.empty) return void upstream.end(); // the client left while we connected
     this.upstream = upstream;
     this.log.debug(`${this.name} upstream connected from local port ${upstream.localPort}`);
     if (!this.toUpstream.empty) this.log.debug(`${this.name} delivering ${this.toUpstream.bytes} early bytes`);
@@ -208,7 +190,6 @@ class Connection {
   /** Bytes arrived on `from`: pass them to the other side, or queue them and stop reading `from` for now. */
   forward(from: Side, chunk: Uint8Array): void {
     if (this.closed) return; // the other side has closed: nothing can reach it any more
-    this.lastActivity = performance.now();
     const queue = this.queueTo(other(from));
     const source = this.socket(from)!;
     const destination = this.socket(other(from));
@@ -229,85 +210,36 @@ class Connection {
     source.pause(); // backpressure: read no more from this side until the other has taken the queue
   }
 
-  /**
-   * `to` can take bytes again (`drain`, or the upstream just opened): write its queue, then read its peer again,
-   * or, if the peer has finished sending, pass its FIN on now that nothing is left in front of it.
-   */
+  /** `to` can take bytes again (`drain`, or the upstream just opened): write its queue, then read its peer again. */
   flush(to: Side): void {
     const socket = this.socket(to);
     if (socket === undefined) return;
     if (!this.queueTo(to).flushTo(socket)) return;
     if (this.closing) return void socket.end();
-    if (this.ended[other(to)]) this.forwardFin(to);
-    else this.socket(other(to))?.resume();
+    this.socket(other(to))?.resume();
   }
 
-  /** `side` sent FIN: it has finished sending. The other direction goes on until its own FIN. */
-  sideEnded(side: Side): void {
-    this.ended[side] = true;
-    this.log.debug(`${this.name} ${side} finished sending (FIN)`);
-    if (this.socket(other(side)) !== undefined && this.queueTo(other(side)).empty) this.forwardFin(other(side));
+  /** Something went wrong in the proxy itself: drop both sides now (RST), queued bytes included. */
+  abort(): void {
+    this.client.terminate();
+    this.upstream?.terminate();
   }
 
-  private forwardFin(to: Side): void {
-    if (this.finSent[to] || this.closed) return;
-    this.finSent[to] = true;
-    this.socket(to)!.shutdown(); // FIN, and keep reading what `to` still has to say
-    this.log.debug(`${this.name} FIN passed on to ${to}`);
-    if (this.finSent.client && this.finSent.upstream) this.close("both sides finished", "info");
-  }
-
-  /**
-   * One side has closed: close the other once what is queued for it is out. Without an error this is a FIN too:
-   * when our FIN to a side has already gone, Bun reports that side's own FIN as `close`, not `end`.
-   */
+  /** One side has closed: close the other once what is queued for it is out. */
   sideClosed(side: Side, error?: Error): void {
-    if (this.closed) return void this.clearTimers(); // the other socket, closed before: nothing left to wait for
+    if (this.closed) return;
     this.closed = true;
-    this.clearTimers();
-    const finished = !error && this.finSent[side];
-    const reason = error
-      ? `${side} connection failed: ${error.message}`
-      : finished
-        ? "both sides finished"
-        : `${side} closed`;
+    const reason = error ? `${side} connection failed: ${error.message}` : `${side} closed`;
     this.log.info(`${this.name} closed (${reason})`);
     const peer = this.socket(other(side));
     if (this.queueTo(other(side)).empty) return void peer?.end();
-    // What `side` sent last is still queued for the peer: `flush` ends the peer once it has taken it. The peer's
-    // answers can go nowhere now, yet a peer may wait for us to read them before it takes the rest (an echo server
-    // does): read it again and drop what it says (`forward`), or both would wait forever, holding both sockets.
-    // A peer that does not take the rest within --idle-timeout is cut.
+    // What `side` sent last is still queued for the peer: `flush` ends the peer once it has taken it (or once it
+    // has connected). The peer's answers can go nowhere now, yet a peer may wait for us to read them before it
+    // takes the rest (an echo server does): read it again and drop what it says (`forward`), or both would wait
+    // forever, holding both sockets.
     this.closing = true;
-    if (peer === undefined) return; // not connected yet: `upstreamOpened` drops it
-    peer.resume();
-    if (this.timeouts.idleMs > 0)
-      this.idleTimer = setTimeout(() => this.cutLeftover(other(side)), this.timeouts.idleMs);
+    peer?.resume();
   }
-
-  private cutLeftover(to: Side): void {
-    this.log.warn(`${this.name} ${to} did not take the last ${this.queueTo(to).bytes} bytes in time: cut`);
-    this.socket(to)?.terminate();
-  }
-
-  /** Closes both sides now (timeouts; both FINs passed on). */
-  close(reason: string, level: "info" | "warn"): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.clearTimers();
-    this.log[level](`${this.name} closed (${reason})`);
-    this.client.end();
-    this.upstream?.end();
-  }
-
-  private clearTimers(): void {
-    clearTimeout(this.connectTimer);
-    clearTimeout(this.idleTimer);
-  }
-}
-
-function seconds(ms: number): string {
-  return `${(ms / 1000).toFixed(ms % 1000 === 0 ? 0 : ms % 100 === 0 ? 1 : 3)}s`;
 }
 
 /**
@@ -323,7 +255,6 @@ class Proxy {
   readonly host: string;
   readonly port: number;
   readonly upstream: Address;
-  readonly timeouts: Timeouts;
   private readonly log: Logger;
   private listener: TCPSocketListener<Link> | undefined;
 
@@ -331,7 +262,6 @@ class Proxy {
     this.host = config.host;
     this.port = config.port;
     this.upstream = config.upstream;
-    this.timeouts = config.timeouts;
     this.log = new Logger(config.logLevel);
   }
 
@@ -340,12 +270,10 @@ class Proxy {
     const listener = Bun.listen<Link>({
       hostname: this.host,
       port: this.port,
-      allowHalfOpen: true, // a client's FIN must not close its socket: the reply may still be on its way
       socket: {
         open: (socket) => this.onClientOpen(socket),
         data: (socket, data) => connectionOf(socket)?.forward("client", data),
         drain: (socket) => connectionOf(socket)?.flush("client"),
-        end: (socket) => connectionOf(socket)?.sideEnded("client"),
         close: (socket, error) => connectionOf(socket)?.sideClosed("client", error),
         error: (socket, error) => this.onHandlerError(socket, error),
       },
@@ -359,20 +287,20 @@ class Proxy {
   private onClientOpen(client: Socket<Link>): void {
     // A client that resets before the accept completes reaches `open` with no address: it is gone already.
     if (!client.remoteAddress) return void client.terminate();
-    const connection = new Connection(client, this.log, this.timeouts);
+    const connection = new Connection(client, this.log);
     client.data = { connection, side: "client" }; // a fresh object: the listen-level `data` is shared by all
     this.log.info(`${connection.name} connected`);
     this.connectUpstream(connection);
   }
 
   /**
-   * A handler threw (Bun passes the exception to `error`). Only that connection pays: it is closed, with a log
-   * line, and every other client carries on. Before `open` has set `socket.data` there is no connection yet.
+   * A handler threw (Bun passes the exception to `error`). Only that connection pays: it is cut, with a log line,
+   * and every other client carries on. Before `open` has set `socket.data` there is no connection yet.
    */
   private onHandlerError(socket: Socket<Link>, error: Error): void {
     const connection = connectionOf(socket);
     this.log.error(`${connection?.name ?? "a client being accepted"}: ${error.message}; closing that connection`);
-    if (connection) connection.close(`${error.message} in a handler`, "warn");
+    if (connection) connection.abort();
     else socket.terminate();
   }
 
@@ -382,19 +310,19 @@ class Proxy {
       hostname: this.upstream.host,
       port: this.upstream.port,
       data: { connection, side: "upstream" },
-      allowHalfOpen: true,
       socket: {
         open: (socket) => connection.upstreamOpened(socket),
         data: (_socket, data) => connection.forward("upstream", data),
         drain: () => connection.flush("upstream"),
-        end: () => connection.sideEnded("upstream"),
         close: (_socket, error) => connection.sideClosed("upstream", error),
         error: (socket, error) => this.onHandlerError(socket, error),
         connectError: () => {}, // the promise rejects too, and is handled below
       },
     }).catch((error: NodeJS.ErrnoException) => {
-      // Nothing to say to the client but goodbye: it must not hang.
-      connection.close(`cannot connect to upstream ${target}: ${describeError(error)}`, "warn");
+      if (connection.closed) return;
+      connection.closed = true;
+      this.log.warn(`${connection.name} cannot connect to upstream ${target}: ${describeError(error)}`);
+      connection.client.end(); // nothing to say to the client but goodbye: it must not hang
     });
   }
 }
@@ -423,8 +351,6 @@ Options:
   --host HOST           address to listen on (default 127.0.0.1)
   --port PORT           port to listen on, 0 for a free one (default 6000)
   --upstream HOST:PORT  where to forward connections (default 127.0.0.1:5000); IPv6 as [::1]:5000
-  --connect-timeout S   seconds to wait for the upstream connection to open (default 5)
-  --idle-timeout S      seconds without traffic either way before closing both sides, 0 = never (default 300)
   --log-level LEVEL     debug, info, warn or error (default info)
   -h, --help            show this help
 `;
@@ -436,17 +362,6 @@ function parsePort(text: string, flag: string): number {
     throw new UsageError(`${flag} must be an integer from 0 to 65535, got "${text}"`);
   }
   return Number(text);
-}
-
-/** Seconds on the command line (fractions allowed: 0.25), milliseconds inside. */
-function parseSeconds(text: string, flag: string, zeroAllowed: boolean): number {
-  const value = Number(text);
-  if (!/^\d+(\.\d+)?$/.test(text) || (value === 0 && !zeroAllowed) || value > 86_400) {
-    throw new UsageError(
-      `${flag} must be a number of seconds ${zeroAllowed ? "from 0" : "above 0"} to 86400, got "${text}"`,
-    );
-  }
-  return Math.round(value * 1000);
 }
 
 function parseAddress(text: string, flag: string): Address {
@@ -466,8 +381,6 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
         host: { type: "string", default: "127.0.0.1" },
         port: { type: "string", default: "6000" },
         upstream: { type: "string", default: "127.0.0.1:5000" },
-        "connect-timeout": { type: "string", default: "5" },
-        "idle-timeout": { type: "string", default: "300" },
         "log-level": { type: "string", default: "info" },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -486,11 +399,7 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
   }
   if (values.host === "") throw new UsageError("--host must not be empty");
   const upstream = parseAddress(values.upstream, "--upstream");
-  const timeouts: Timeouts = {
-    connectMs: parseSeconds(values["connect-timeout"], "--connect-timeout", false),
-    idleMs: parseSeconds(values["idle-timeout"], "--idle-timeout", true),
-  };
-  return { host: values.host, port, upstream, timeouts, logLevel: logLevel as Level };
+  return { host: values.host, port, upstream, logLevel: logLevel as Level };
 }
 
 function main(): void {

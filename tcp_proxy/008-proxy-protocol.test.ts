@@ -3,7 +3,7 @@ import { concatBytes, decode, encode, startEchoUpstream, TestClient } from "../t
 import { runToExit, startStage } from "../test/support/process.ts";
 import { hostileContractTests } from "../test/support/hostile-contract.ts";
 
-const STAGE = "tcp_proxy/006-observability-and-edges.ts";
+const STAGE = "tcp_proxy/008-proxy-protocol.ts";
 
 // The examples of HAProxy's proxy-protocol.txt (sections 2.1 and 2.2).
 const SPEC_V1_TCP4 = "PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n";
@@ -58,7 +58,7 @@ async function throughProxy(args: string[], pieces: (string | Uint8Array)[], exp
   return { head: upstream.heads[0]!, localPort, log: proxy.stderr.text };
 }
 
-describe("006 PROXY protocol, byte-exact against the specification's examples", () => {
+describe("008 PROXY protocol, byte-exact against the specification's examples", () => {
   test("--accept-proxy --send-proxy: the spec's v1 line and request arrive unchanged", async () => {
     const { head, log } = await throughProxy(["--accept-proxy", "--send-proxy"], [SPEC_V1_TCP4 + SPEC_REQUEST], 85);
     expect(decode(head)).toBe(SPEC_V1_TCP4 + SPEC_REQUEST);
@@ -110,7 +110,7 @@ describe("006 PROXY protocol, byte-exact against the specification's examples", 
   });
 });
 
-describe("006 --accept-proxy rejects what is not a valid header", () => {
+describe("008 --accept-proxy rejects what is not a valid header", () => {
   test.each([
     ["no header at all", SPEC_REQUEST, "no PROXY header"],
     ["a v1 line missing a port", "PROXY TCP4 192.168.0.1 192.168.0.11 56324\r\n", "malformed v1 line"],
@@ -139,6 +139,25 @@ describe("006 --accept-proxy rejects what is not a valid header", () => {
     expect(upstream.accepted).toBe(0);
   });
 
+  test("a bad header is counted as a refusal (proxy-header) in the metrics", async () => {
+    await using upstream = startEchoUpstream();
+    await using proxy = await startStage(STAGE, [
+      "--port",
+      "0",
+      "--upstream",
+      upstream.address,
+      "--accept-proxy",
+      "--metrics-port",
+      "0",
+    ]);
+    const [, url] = await proxy.waitForLog(/metrics on (http:\/\/\S+)/);
+    const client = await TestClient.connect(proxy.port);
+    client.write(SPEC_REQUEST);
+    expect(await client.endsWithin(1000)).toBe(true);
+    await proxy.waitForLog(/closed_by=proxy reason="bad PROXY header: no PROXY header"/);
+    expect(await (await fetch(url!)).text()).toContain('proxy_connections_refused_total{reason="proxy-header"} 1\n');
+  });
+
   test("a header that never comes: closed after --connect-timeout", async () => {
     await using upstream = startEchoUpstream();
     await using proxy = await startStage(STAGE, [
@@ -157,96 +176,17 @@ describe("006 --accept-proxy rejects what is not a valid header", () => {
   });
 });
 
-describe("006 allow and deny lists", () => {
-  async function admitted(args: string[], header = ""): Promise<boolean> {
-    await using upstream = startEchoUpstream();
-    await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, ...args]);
-    const client = await TestClient.connect(proxy.port, proxy.host);
-    try {
-      client.write(`${header}ping`);
-      await client.readAtLeast(4, 2000);
-      return true;
-    } catch {
-      await proxy.waitForLog(/closed_by=proxy reason="denied /);
-      return false;
-    } finally {
-      client.close();
-    }
-  }
-
-  test("deny wins, allow admits only its networks", async () => {
-    expect(await admitted(["--deny", "127.0.0.0/8"])).toBe(false);
-    expect(await admitted(["--allow", "10.0.0.0/8"])).toBe(false);
-    expect(await admitted(["--allow", "10.0.0.0/8", "--allow", "127.0.0.1/32"])).toBe(true);
-    expect(await admitted(["--allow", "127.0.0.0/8", "--deny", "127.0.0.1"])).toBe(false);
-    expect(await admitted(["--deny", "::ffff:127.0.0.0/104"])).toBe(false); // IPv4-mapped form of 127.0.0.0/8
-    expect(await admitted(["--deny", "::1/128"])).toBe(true); // an IPv6 network never matches an IPv4 client
+describe("008 command line", () => {
+  test("--help lists the three flags", async () => {
+    const { code, stdout } = await runToExit(STAGE, ["--help"]);
+    expect(code).toBe(0);
+    for (const flag of ["--send-proxy ", "--send-proxy-v2 ", "--accept-proxy "]) expect(stdout).toContain(flag);
   });
 
-  test("IPv6 clients", async () => {
-    expect(await admitted(["--host", "::1", "--deny", "::1"])).toBe(false);
-    expect(await admitted(["--host", "::1", "--allow", "::/0"])).toBe(true);
-  });
-
-  test("behind a load balancer the lists apply to the address in the PROXY header", async () => {
-    const allow = ["--accept-proxy", "--allow", "192.168.0.0/16"];
-    expect(await admitted(allow, SPEC_V1_TCP4)).toBe(true);
-    expect(await admitted(allow, "PROXY TCP4 10.1.2.3 192.168.0.11 56324 443\r\n")).toBe(false);
-  });
-});
-
-describe("006 metrics", () => {
-  test("Prometheus text on --metrics-port: connections, bytes, durations, upstreams, refusals", async () => {
-    await using upstream = startEchoUpstream();
-    await using proxy = await startStage(STAGE, [
-      "--port",
-      "0",
-      "--upstream",
-      upstream.address,
-      "--metrics-port",
-      "0",
-      "--max-clients",
-      "1",
-    ]);
-    const [, url] = (await proxy.waitForLog(/metrics on (http:\/\/\S+)/))!;
-    const client = await TestClient.connect(proxy.port);
-    client.write("hello");
-    await client.readAtLeast(5);
-    const refused = await TestClient.connect(proxy.port); // over --max-clients
-    expect(await refused.endsWithin(1000)).toBe(true);
-    let text = await (await fetch(url!)).text();
-    expect(text).toContain("proxy_connections_active 1\n");
-    await client.shutdown();
-    await client.readToEnd();
-    await proxy.waitForLog(/closed_by=client reason="fin"/);
-    text = await (await fetch(url!)).text();
-    for (const line of [
-      "# TYPE proxy_connections_accepted_total counter",
-      "proxy_connections_accepted_total 2",
-      'proxy_connections_refused_total{reason="max-clients"} 1',
-      "proxy_connections_active 0",
-      'proxy_bytes_total{direction="up"} 5',
-      'proxy_bytes_total{direction="down"} 5',
-      'proxy_connection_duration_seconds_bucket{le="+Inf"} 2',
-      "proxy_connection_duration_seconds_count 2",
-      `proxy_upstream_up{upstream="${upstream.address}"} 1`,
-      `proxy_upstream_connects_total{upstream="${upstream.address}"} 1`,
-      `proxy_upstream_connect_failures_total{upstream="${upstream.address}"} 0`,
-    ]) {
-      expect(text).toContain(`${line}\n`);
-    }
-    expect((await fetch(url!.replace("/metrics", "/other"))).status).toBe(404);
-  });
-
-  test.each([
-    [["--send-proxy", "--send-proxy-v2"], /exclude each other/],
-    [["--allow", "10.0.0.0/33"], /--allow must be an IPv4 or IPv6 network/],
-    [["--deny", "fe80::1::2"], /--deny must be an IPv4 or IPv6 network/],
-    [["--metrics-port", "http"], /--metrics-port must be an integer/],
-  ])("usage error %p", async (args, message) => {
-    const { code, stderr } = await runToExit(STAGE, args);
+  test("--send-proxy and --send-proxy-v2 together: a usage error, exit 2", async () => {
+    const { code, stderr } = await runToExit(STAGE, ["--send-proxy", "--send-proxy-v2"]);
     expect(code).toBe(2);
-    expect(stderr).toMatch(message);
+    expect(stderr).toBe("error: --send-proxy and --send-proxy-v2 exclude each other: pick one version (see --help)\n");
   });
 });
 

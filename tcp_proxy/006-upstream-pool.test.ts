@@ -3,7 +3,7 @@ import { Blackhole, decode, type EchoUpstream, startEchoUpstream, TestClient } f
 import { runToExit, startStage, type Running } from "../test/support/process.ts";
 import { hostileContractTests } from "../test/support/hostile-contract.ts";
 
-const STAGE = "tcp_proxy/005-upstream-pool.ts";
+const STAGE = "tcp_proxy/006-upstream-pool.ts";
 
 function upstreamArgs(upstreams: EchoUpstream[]): string[] {
   return upstreams.flatMap((upstream) => ["--upstream", upstream.address]);
@@ -22,7 +22,7 @@ async function served(proxy: Running, message = "ping"): Promise<boolean> {
   }
 }
 
-describe("005 balancing", () => {
+describe("006 balancing", () => {
   test("roundrobin: each upstream in turn", async () => {
     await using a = startEchoUpstream();
     await using b = startEchoUpstream();
@@ -58,7 +58,7 @@ describe("005 balancing", () => {
   });
 });
 
-describe("005 failures", () => {
+describe("006 failures", () => {
   test("a refused upstream is retried on the next one, then skipped (passive health)", async () => {
     await using a = startEchoUpstream();
     await using b = startEchoUpstream();

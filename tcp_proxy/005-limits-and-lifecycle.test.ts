@@ -3,8 +3,8 @@ import { decode, startEchoUpstream, TestClient } from "../test/support/net.ts";
 import { runToExit, startStage } from "../test/support/process.ts";
 import { hostileContractTests } from "../test/support/hostile-contract.ts";
 
-const STAGE = "tcp_proxy/004-limits-and-lifecycle.ts";
-const PREVIOUS = "tcp_proxy/003-half-close-and-timeouts.ts";
+const STAGE = "tcp_proxy/005-limits-and-lifecycle.ts";
+const PREVIOUS = "tcp_proxy/004-half-close-and-timeouts.ts";
 
 async function echoOnce(client: TestClient, message: string, alreadyReceived = 0): Promise<string> {
   client.write(message);
@@ -15,7 +15,7 @@ async function echoOnce(client: TestClient, message: string, alreadyReceived = 0
 const LOG_LINE =
   /#\d+ 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+ duration=(\d+\.\d{3})s connect=(\S+) bytes_up=(\d+) bytes_down=(\d+) closed_by=(\w+) reason="([^"]*)"/;
 
-describe("004 connection log line", () => {
+describe("005 connection log line", () => {
   test("a finished exchange: bytes each way, who closed first and why", async () => {
     await using upstream = startEchoUpstream();
     await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address]);
@@ -68,7 +68,7 @@ describe("004 connection log line", () => {
   });
 });
 
-describe("004 limits", () => {
+describe("005 limits", () => {
   test("--max-clients: the one too many is closed at once, and served once a slot frees up", async () => {
     await using upstream = startEchoUpstream();
     await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, "--max-clients", "2"]);
@@ -104,8 +104,8 @@ describe("004 limits", () => {
   });
 });
 
-describe("004 graceful shutdown", () => {
-  test("SIGTERM: open connections finish, new ones are refused, exit 0 after the last (003 cuts them)", async () => {
+describe("005 graceful shutdown", () => {
+  test("SIGTERM: open connections finish, new ones are refused, exit 0 after the last (004 cuts them)", async () => {
     await using upstream = startEchoUpstream();
     await using proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address]);
     const client = await TestClient.connect(proxy.port);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bun
 /*
- * 004 - limits, graceful shutdown, one log line per connection
+ * 005 - limits, graceful shutdown, one log line per connection
  *
  * Adds:   limits: --max-clients (default 1000) and --max-per-ip (default none); a client over a limit is closed as
  *         soon as it connects, before any upstream connection is made, and the refusal is logged. A proxy that
@@ -14,13 +14,29 @@
  *              closed_by=client reason="fin"
  *         closed_by is client, upstream or proxy; reason is fin (a FIN first, then both directions finished),
  *         closed, reset, error CODE, cannot connect..., connect-timeout, idle-timeout, max-clients, max-per-ip or
- *         shutdown. The per-event lines of 003 move to debug level.
- * Lacks:  several upstreams, load balancing, health checks (005); metrics, PROXY protocol, access lists (006).
+ *         shutdown. The per-event lines of 004 move to debug level.
+ * Lacks:  several upstreams, load balancing, health checks (006); metrics (007), PROXY protocol (008), access
+ *         lists (009).
  *
- * Try it: bun tcp_echo_server/003-loop.ts --port 5000
- *         bun tcp_proxy/004-limits-and-lifecycle.ts --port 6000 --upstream 127.0.0.1:5000 --max-clients 1
- *         telnet 127.0.0.1 6000      (a second telnet is closed at once: max-clients)
- *         kill -TERM <proxy pid>     (the first telnet keeps working; the proxy exits when it quits)
+ * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
+ *         bun tcp_proxy/005-limits-and-lifecycle.ts --port 6000 --upstream 127.0.0.1:5000 --max-clients 1
+ *         nc 127.0.0.1 6000        (keep it open, and in a second terminal:)
+ *         printf 'hi' | nc -N 127.0.0.1 6000      -> nothing: closed at once, logged as max-clients
+ *         Ctrl-C in the proxy's terminal   (SIGINT: the first nc keeps working, new clients are refused, and the
+ *                                          proxy exits 0 once that nc quits, or after --drain-timeout 10 s)
+ *
+ * Layout: as in 004, except where marked:
+ *         Logger; Address
+ *         ProxyConfig                        new: limits
+ *         EARLY_BYTES_LIMIT, Side, Link, Queue, Timeouts
+ *         Limits, Closer                     new
+ *         Connection                         new: who closed it and why, bytes each way, startTimers(),
+ *                                            socketClosed() counts its sockets, logSummary() writes its line
+ *         seconds, connectionOf
+ *         Proxy                              new: the connections served and per IP; onClientOpen() refuses
+ *                                            over a limit; release(); shutdown(), closeAll(), exit()
+ *         describeError, formatAddress
+ *         HELP, parse*(), main               new: --max-clients, --max-per-ip, --drain-timeout; signals
  */
 
 import type { Socket, TCPSocketListener } from "bun";

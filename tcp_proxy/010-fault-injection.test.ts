@@ -3,7 +3,7 @@ import { decode, echoTransfer, randomBytes, startEchoUpstream, TestClient } from
 import { runToExit, startStage, type Running } from "../test/support/process.ts";
 import { hostileContractTests } from "../test/support/hostile-contract.ts";
 
-const STAGE = "tcp_proxy/007-fault-injection.ts";
+const STAGE = "tcp_proxy/010-fault-injection.ts";
 const MiB = 1024 * 1024;
 
 async function startProxy(args: string[]) {
@@ -32,7 +32,7 @@ async function apiUrl(proxy: Running): Promise<string> {
   return (await proxy.waitForLog(/toxics API on (http:\/\/\S+)/))[1]!;
 }
 
-describe("007 toxics, measured", () => {
+describe("010 toxics, measured", () => {
   test("latency adds at least the configured delay, jitter stays within its bounds", async () => {
     await using setup = await startProxy(["--toxic", "latency:downstream:latency=150,jitter=40"]);
     const client = await TestClient.connect(setup.proxy.port);
@@ -144,7 +144,7 @@ describe("007 toxics, measured", () => {
     const data = randomBytes(64 * MiB);
     const result = await echoTransfer(setup.proxy.port, data, { halfClose: true });
     expect(result).toMatchObject({ intact: true, ended: true });
-    console.log(`007: 64 MiB + FIN echoed through the proxy in ${result.seconds.toFixed(2)} s`);
+    console.log(`010: 64 MiB + FIN echoed through the proxy in ${result.seconds.toFixed(2)} s`);
   });
 
   test("a slow toxic slows the sender instead of filling the proxy's memory", async () => {
@@ -161,7 +161,7 @@ describe("007 toxics, measured", () => {
   });
 });
 
-describe("007 control API", () => {
+describe("010 control API", () => {
   test("add, list, change and remove toxics while connections are open", async () => {
     await using setup = await startProxy(["--api-port", "0"]);
     const api = await apiUrl(setup.proxy);
