@@ -1,6 +1,13 @@
 import { describe, expect, test } from "bun:test";
-import { decode, echoTransfer, randomBytes, startEchoUpstream, TestClient } from "../test/support/net.ts";
-import { runToExit, startStage, type Running } from "../test/support/process.ts";
+import {
+  decode,
+  echoTransfer,
+  randomBytes,
+  startEchoUpstream,
+  startFaultyEchoServer,
+  TestClient,
+} from "../test/support/net.ts";
+import { memoryKiB, runToExit, startStage, type Running } from "../test/support/process.ts";
 
 const STAGE = "tcp_proxy/007-fault-injection.ts";
 const MiB = 1024 * 1024;
@@ -31,6 +38,9 @@ async function apiUrl(proxy: Running): Promise<string> {
   return (await proxy.waitForLog(/toxics API on (http:\/\/\S+)/))[1]!;
 }
 
+// One measurement per toxic on real sockets. The exact arithmetic is checked in-process above; here the bound that
+// matters is tight (a delay is never shorter, a cap never exceeded) and the other one is loose: on a loaded 2-core
+// machine everything can be late.
 describe("007 toxics, measured", () => {
   test("latency adds at least the configured delay, jitter stays within its bounds", async () => {
     await using setup = await startProxy(["--toxic", "latency:downstream:latency=150,jitter=40"]);
@@ -39,7 +49,7 @@ describe("007 toxics, measured", () => {
       for (let i = 0; i < 5; i++) {
         const elapsed = await roundTrip(client);
         expect(elapsed).toBeGreaterThanOrEqual(110 - 1);
-        expect(elapsed).toBeLessThan(190 + 100);
+        expect(elapsed).toBeLessThan(190 + 1000);
       }
     } finally {
       client.close();
@@ -61,15 +71,15 @@ describe("007 toxics, measured", () => {
     }
   });
 
-  test("bandwidth caps throughput within 20%", async () => {
+  test("bandwidth caps throughput (at most 20% over, for the first 10 ms slice)", async () => {
     const rateKiB = 2048; // 2 MiB/s: 1 MiB should take 0.5 s
     await using setup = await startProxy(["--toxic", `bandwidth:downstream:rate=${rateKiB}`]);
     const data = randomBytes(1 * MiB);
     const { intact, seconds } = await echoTransfer(setup.proxy.port, data);
     expect(intact).toBe(true);
     const throughput = data.length / 1024 / seconds;
-    expect(throughput).toBeGreaterThan(rateKiB * 0.8);
     expect(throughput).toBeLessThan(rateKiB * 1.2);
+    expect(throughput).toBeGreaterThan(rateKiB * 0.4); // slower only when the machine is busy
   });
 
   test("slicer delivers the stream in small pieces, intact", async () => {
@@ -117,12 +127,12 @@ describe("007 toxics, measured", () => {
   });
 
   test("toxicity: the share of connections a toxic applies to", async () => {
-    await using never = await startProxy(["--toxic", "latency:downstream:latency=500,toxicity=0"]);
+    await using never = await startProxy(["--toxic", "latency:downstream:latency=2000,toxicity=0"]);
     const fast = await TestClient.connect(never.proxy.port);
-    expect(await roundTrip(fast)).toBeLessThan(250);
+    expect(await roundTrip(fast)).toBeLessThan(1500);
     fast.close();
 
-    await using half = await startProxy(["--toxic", "latency:downstream:latency=100,toxicity=0.5"]);
+    await using half = await startProxy(["--toxic", "latency:downstream:latency=1000,toxicity=0.5"]);
     const times = await Promise.all(
       Array.from({ length: 20 }, async () => {
         const client = await TestClient.connect(half.proxy.port);
@@ -133,7 +143,7 @@ describe("007 toxics, measured", () => {
         }
       }),
     );
-    const slowed = times.filter((ms) => ms >= 99).length;
+    const slowed = times.filter((ms) => ms >= 999).length;
     expect(slowed).toBeGreaterThan(0); // all 20 the same way: 1 chance in 500,000
     expect(slowed).toBeLessThan(20);
   });
@@ -166,10 +176,10 @@ describe("007 control API", () => {
     const api = await apiUrl(setup.proxy);
     const client = await TestClient.connect(setup.proxy.port);
     try {
-      expect(await roundTrip(client)).toBeLessThan(190);
+      expect(await roundTrip(client)).toBeLessThan(1000);
       let response = await fetch(api, {
         method: "POST",
-        body: JSON.stringify({ type: "latency", stream: "downstream", attributes: { latency: 400 } }),
+        body: JSON.stringify({ type: "latency", stream: "downstream", attributes: { latency: 1500 } }),
       });
       expect(response.status).toBe(201);
       expect(await response.json()).toEqual({
@@ -177,22 +187,22 @@ describe("007 control API", () => {
         type: "latency",
         stream: "downstream",
         toxicity: 1,
-        attributes: { latency: 400, jitter: 0 },
+        attributes: { latency: 1500, jitter: 0 },
       });
-      expect(await roundTrip(client)).toBeGreaterThanOrEqual(399); // the open connection feels it at once
+      expect(await roundTrip(client)).toBeGreaterThanOrEqual(1499); // the open connection feels it at once
       expect((await (await fetch(api)).json()) as unknown[]).toHaveLength(1);
 
       response = await fetch(`${api}/latency_downstream`, {
         method: "POST",
-        body: JSON.stringify({ attributes: { latency: 200 } }),
+        body: JSON.stringify({ attributes: { latency: 700 } }),
       });
       expect(response.status).toBe(200);
       const changed = await roundTrip(client);
-      expect(changed).toBeGreaterThanOrEqual(199);
-      expect(changed).toBeLessThan(390);
+      expect(changed).toBeGreaterThanOrEqual(699);
+      expect(changed).toBeLessThan(1499);
 
       expect((await fetch(`${api}/latency_downstream`, { method: "DELETE" })).status).toBe(204);
-      expect(await roundTrip(client)).toBeLessThan(190);
+      expect(await roundTrip(client)).toBeLessThan(700);
       expect(await (await fetch(api)).json()).toEqual([]);
     } finally {
       client.close();
@@ -239,5 +249,128 @@ describe("007 control API", () => {
     const { code, stderr } = await runToExit(STAGE, args);
     expect(code).toBe(2);
     expect(stderr).toMatch(message);
+  });
+});
+
+describe("007 toxics only do what they say", () => {
+  // Each toxic holds the upstream's reply; the client has already half-closed. The reply must still arrive, then EOF.
+  test.each([
+    ["latency:downstream:latency=300"],
+    ["bandwidth:downstream:rate=1"],
+    ["slicer:downstream:average_size=1,delay=20000"],
+    ["latency:upstream:latency=300"],
+    ["slicer:upstream:average_size=1,delay=20000"],
+  ])("printf 'hello' | nc -N through %s prints HELLO", async (toxic) => {
+    await using setup = await startProxy(["--toxic", toxic]);
+    const client = await TestClient.connect(setup.proxy.port);
+    client.write("hello");
+    await client.shutdown();
+    expect(decode(await client.readToEnd(5000))).toBe("HELLO");
+    await setup.proxy.waitForLog(/bytes_up=5 bytes_down=5 closed_by=client reason="fin"/);
+  });
+
+  test("an upstream that answers and closes at once: the delayed answer arrives before the close", async () => {
+    const banner = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: { open: (socket) => void socket.end("bye\n"), data() {} },
+    });
+    try {
+      await using proxy = await startStage(STAGE, [
+        "--port",
+        "0",
+        "--upstream",
+        `127.0.0.1:${banner.port}`,
+        "--toxic",
+        "latency:downstream:latency=200",
+      ]);
+      const client = await TestClient.connect(proxy.port);
+      expect(decode(await client.readToEnd(5000))).toBe("bye\n");
+      client.close();
+      await proxy.waitForLog(/bytes_up=0 bytes_down=4 closed_by=upstream reason="fin"/);
+    } finally {
+      banner.stop(true);
+    }
+  });
+
+  // A toxic that cuts the stream into many pieces must not hold them as many objects: the lane is bounded in bytes
+  // (1 MiB, then the source is paused), and its memory must be too, whatever the toxic does with the bytes.
+  test.each([["slicer:upstream:average_size=1,delay=100"], ["bandwidth:upstream:rate=0.1"]])(
+    "%s toward an upstream that does not read: the proxy's memory stays within the lane bound",
+    async (toxic) => {
+      using deaf = startFaultyEchoServer({ kind: "deaf" });
+      await using proxy = await startStage(STAGE, [
+        "--port",
+        "0",
+        "--upstream",
+        `127.0.0.1:${deaf.port}`,
+        "--toxic",
+        toxic,
+        "--log-level",
+        "debug",
+      ]);
+      const client = await TestClient.connect(proxy.port);
+      try {
+        await proxy.waitForLog(/upstream connected/);
+        const before = memoryKiB(proxy.pid).rss;
+        client.write(randomBytes(32 * MiB));
+        // A measurement window, not a wait for an event: the RSS at its highest over 3 s of pushing.
+        let grownMiB = 0;
+        for (let sample = 0; sample < 12; sample++) {
+          await Bun.sleep(250);
+          grownMiB = Math.max(grownMiB, (memoryKiB(proxy.pid).rss - before) / 1024);
+        }
+        console.log(`007 ${toxic}: RSS grew ${grownMiB.toFixed(1)} MiB with the upstream not reading`);
+        expect(client.unsent).toBeGreaterThan(16 * MiB); // the sender is held back...
+        expect(grownMiB).toBeLessThan(24); // ...and its memory: 1 MiB plus a read and Bun's own buffers, not pieces
+      } finally {
+        client.reset();
+      }
+    },
+  );
+
+  test.each([
+    ["latency:downstream:latency=2147483648", /latency must be a number from 0 to 2147483647/],
+    ["latency:downstream:jitter=1e10", /--toxic jitter must be a number/],
+    ["timeout:upstream:timeout=2147483648", /timeout must be a number from 0 to 2147483647/],
+    ["reset_peer:upstream:timeout=99999999999", /timeout must be a number from 0 to 2147483647/],
+    ["slicer:upstream:delay=2147483648", /delay must be a number from 0 to 2147483647/],
+  ])("--toxic %s: one line, exit 2", async (toxic, message) => {
+    const { code, stderr } = await runToExit(STAGE, ["--toxic", toxic]);
+    expect(code).toBe(2);
+    expect(stderr).toMatch(message);
+    expect(stderr.trim().split("\n")).toHaveLength(1);
+  });
+
+  test("delays that add up past 2^31 ms wait, rather than overflow the timer and fire at once", async () => {
+    const max = "latency=2147483647";
+    await using setup = await startProxy([
+      ...["--toxic", `latency:downstream:${max},name=first`],
+      ...["--toxic", `latency:downstream:${max},name=second`],
+    ]);
+    const client = await TestClient.connect(setup.proxy.port);
+    try {
+      client.write("wait for it");
+      await expect(client.readAtLeast(1, 500)).rejects.toThrow(/timed out/);
+      expect(setup.proxy.stderr.text).not.toMatch(/TimeoutOverflowWarning/);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("the log line counts bytes delivered: limit_data lets 1000 of 5000 through and says 1000", async () => {
+    await using setup = await startProxy(["--toxic", "limit_data:downstream:bytes=1000"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    client.write("x".repeat(5000));
+    expect((await client.readToEnd(3000)).length).toBe(1000);
+    await setup.proxy.waitForLog(/bytes_up=5000 bytes_down=1000 closed_by=proxy reason="toxic limit_data"/);
+  });
+
+  test("the log line counts bytes delivered: a stall that never lets go delivers nothing and says 0", async () => {
+    await using setup = await startProxy(["--toxic", "timeout:upstream:timeout=200"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    client.write("anyone?");
+    expect(await client.endsWithin(3000)).toBe(true);
+    await setup.proxy.waitForLog(/bytes_up=0 bytes_down=0 closed_by=proxy reason="toxic timeout_upstream"/);
   });
 });

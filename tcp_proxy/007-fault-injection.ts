@@ -340,21 +340,27 @@ function parseProxyHeader(bytes: Uint8Array): HeaderParse {
 
 // ---- Toxics: faults to inject, in the spirit of toxiproxy -----------------------------------------------------
 
-/** Each toxic type with its attributes and their defaults (undefined = required). Units as in toxiproxy. */
+/**
+ * The largest value a toxic attribute takes: 2^31-1, the longest a JS timer can wait in milliseconds (about 24.8
+ * days; setTimeout fires at once past it). Durations, sizes and rates share it; only limit_data's bytes go higher.
+ */
+const MAX_ATTRIBUTE = 2 ** 31 - 1;
+
+/** Each toxic type's attributes: [default (undefined = required), largest value]. Units as in toxiproxy. */
 const TOXIC_TYPES = {
   /** Delays every chunk by latency ms, plus or minus up to jitter ms (order is kept). */
-  latency: { latency: 0, jitter: 0 },
+  latency: { latency: [0, MAX_ATTRIBUTE], jitter: [0, MAX_ATTRIBUTE] },
   /** Lets through at most rate KB/s (KiB). */
-  bandwidth: { rate: undefined },
+  bandwidth: { rate: [undefined, MAX_ATTRIBUTE] },
   /** Cuts data into pieces of average_size +- size_variation bytes, delay microseconds apart. */
-  slicer: { average_size: 64, size_variation: 0, delay: 0 },
+  slicer: { average_size: [64, MAX_ATTRIBUTE], size_variation: [0, MAX_ATTRIBUTE], delay: [0, MAX_ATTRIBUTE] },
   /** Lets `bytes` bytes through, then closes the connection. */
-  limit_data: { bytes: undefined },
+  limit_data: { bytes: [undefined, Number.MAX_SAFE_INTEGER] },
   /** Stops the data (nothing read, nothing delivered); closes the connection after timeout ms, 0 = never. */
-  timeout: { timeout: 0 },
+  timeout: { timeout: [0, MAX_ATTRIBUTE] },
   /** Resets (RST) the connection timeout ms after the toxic meets it. */
-  reset_peer: { timeout: 0 },
-} as const satisfies Record<string, Record<string, number | undefined>>;
+  reset_peer: { timeout: [0, MAX_ATTRIBUTE] },
+} as const satisfies Record<string, Record<string, readonly [number | undefined, number]>>;
 
 type ToxicType = keyof typeof TOXIC_TYPES;
 /** toxiproxy's names: "upstream" is the client-to-upstream direction, "downstream" the way back. */
@@ -392,16 +398,17 @@ function makeToxic(input: Record<string, unknown>): Toxic {
   const given = (input.attributes ?? {}) as Record<string, unknown>;
   if (typeof given !== "object" || given === null || Array.isArray(given))
     throw new ToxicError("attributes must be an object");
-  const defaults: Record<string, number | undefined> = TOXIC_TYPES[type as ToxicType];
+  const specs: Record<string, readonly [number | undefined, number]> = TOXIC_TYPES[type as ToxicType];
   const attributes: Record<string, number> = {};
   for (const key of Object.keys(given)) {
-    if (!(key in defaults))
-      throw new ToxicError(`${type} has no attribute ${key} (it has ${Object.keys(defaults).join(", ")})`);
+    if (!(key in specs))
+      throw new ToxicError(`${type} has no attribute ${key} (it has ${Object.keys(specs).join(", ")})`);
   }
-  for (const [key, fallback] of Object.entries(defaults)) {
+  for (const [key, [fallback, max]] of Object.entries(specs)) {
     const value = given[key] ?? fallback;
-    if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
-      throw new ToxicError(`${type} needs ${key} as a number >= 0, got ${JSON.stringify(given[key])}`);
+    if (value === undefined) throw new ToxicError(`${type} needs ${key}`);
+    if (typeof value !== "number" || !(value >= 0 && value <= max)) {
+      throw new ToxicError(`${key} must be a number from 0 to ${max}, got ${JSON.stringify(value)}`);
     }
     attributes[key] = value;
   }
@@ -444,103 +451,166 @@ class ToxicSet {
 /** What activeToxics() returns when no toxic is in force: one shared empty list, never written to. */
 const NO_TOXICS: readonly Toxic[] = [];
 
-/** A piece of data on its way, and when it may be delivered (performance.now() milliseconds). */
+/**
+ * Time as the toxics see it: the real clock and timers in the proxy, a hand-driven clock in the tests, so the
+ * arithmetic of delays and pacing is checked to the millisecond without waiting for it.
+ */
+interface Clock {
+  now(): number;
+  setTimer(callback: () => void, ms: number): unknown;
+  clearTimer(timer: unknown): void;
+}
+
+const REAL_CLOCK: Clock = {
+  now: () => performance.now(),
+  setTimer: (callback, ms) => setTimeout(callback, ms),
+  clearTimer: (timer) => clearTimeout(timer as Timer | undefined),
+};
+
+/** A piece of data on its way, and when it may be delivered (clock milliseconds). */
 interface Piece {
   bytes: Uint8Array;
   at: number;
 }
 
+/** latency: each piece `latency` ms later, plus or minus up to `jitter` ms (never before it came). */
+function* delayed(pieces: Iterable<Piece>, latency: number, jitter: number, random: () => number): Generator<Piece> {
+  for (const { bytes, at } of pieces) yield { bytes, at: at + Math.max(0, latency + jitter * (2 * random() - 1)) };
+}
+
+/** bandwidth: `rate` KB/s (KiB) in pieces of 10 ms worth, each due once the bytes before it have gone through. */
+function* paced(pieces: Iterable<Piece>, rate: number, pace: { at: number }): Generator<Piece> {
+  const bytesPerMs = (rate * 1024) / 1000;
+  const size = Math.max(1, Math.round(bytesPerMs * 10)); // 10 ms worth: smooth, not one burst a second
+  for (const { bytes, at } of pieces) {
+    for (let offset = 0; offset < bytes.length; offset += size) {
+      const slice = bytes.subarray(offset, offset + size);
+      pace.at = Math.max(pace.at, at) + slice.length / bytesPerMs;
+      yield { bytes: slice, at: pace.at };
+    }
+  }
+}
+
+/** slicer: pieces of average_size +- size_variation bytes (at least 1), `delay` microseconds apart. */
+function* sliced(
+  pieces: Iterable<Piece>,
+  averageSize: number,
+  sizeVariation: number,
+  delayUs: number,
+  random: () => number,
+): Generator<Piece> {
+  for (const { bytes, at } of pieces) {
+    for (let offset = 0, step = 0; offset < bytes.length; step++) {
+      const size = Math.max(1, Math.round(averageSize + sizeVariation * (2 * random() - 1)));
+      yield { bytes: bytes.subarray(offset, offset + size), at: at + (step * delayUs) / 1000 };
+      offset += size;
+    }
+  }
+}
+
 /** Most bytes a lane holds before the proxy stops reading its source (delays must not mean unbounded memory). */
 const LANE_LIMIT = 1024 * 1024;
+/** Most pieces a lane delivers in one go before it lets the rest of the proxy run (a slicer makes many). */
+const LANE_BURST = 1024;
+
+/** A chunk as it came from the source, with the toxics in force then; cut into pieces only when its turn comes. */
+interface Arrival {
+  bytes: Uint8Array;
+  at: number;
+  toxics: readonly Toxic[];
+}
 
 /**
  * One direction of one connection, when toxics are about: chunks go through each toxic in turn, which may delay,
- * pace, slice, truncate or stall them, and wait here until their time comes. Order is always kept.
+ * pace, slice, truncate or stall them, and wait here until their time comes. Order is always kept. Chunks are
+ * held as they came and cut into pieces one piece at a time, so the memory a lane holds is its bytes (at most
+ * LANE_LIMIT, plus one read), never a million one-byte pieces; and a piece waits here, not in the destination's
+ * queue, until the destination has taken the one before it.
  */
 class Lane {
-  private readonly held: Piece[] = [];
+  private readonly arrivals: Arrival[] = [];
+  /** The pieces of the arrival being delivered, made one at a time. */
+  private pieces: Iterator<Piece> | undefined;
+  /** The next piece to deliver, waiting for its time; undefined when the lane is empty. */
+  private next: Piece | undefined;
+  /** Bytes held, in arrivals, in the one being cut and in `next`: what LANE_LIMIT bounds. */
   heldBytes = 0;
-  private lastAt = 0;
-  /** Bandwidth toxic: when the bytes sent so far will have gone through at the allowed rate. */
-  private paceAt = 0;
+  private lastAt = -Infinity;
+  /** Bandwidth toxics, by name: when the bytes sent so far will have gone through at the allowed rate. */
+  private readonly paces = new Map<string, { at: number }>();
   /** limit_data toxic: bytes let through so far, and whether the limit has been reached. */
   private passed = 0;
   cut = false;
   stalled = false;
-  private timer: Timer | undefined;
+  /** The destination did not take the last piece whole: nothing more until it has (unblock). */
+  blocked = false;
+  private timer: unknown;
 
   constructor(
-    private readonly deliver: (bytes: Uint8Array) => void,
+    /** Writes a piece on; false when the destination did not take it all (it is queued there). */
+    private readonly deliver: (bytes: Uint8Array) => boolean,
     private readonly progressed: () => void,
+    private readonly clock: Clock = REAL_CLOCK,
+    private readonly random: () => number = Math.random,
   ) {}
 
   get empty(): boolean {
-    return this.held.length === 0;
+    return this.next === undefined;
   }
 
   push(chunk: Uint8Array, toxics: readonly Toxic[]): void {
-    const now = performance.now();
-    let pieces: Piece[] = [{ bytes: chunk, at: now }];
-    for (const toxic of toxics) pieces = this.apply(toxic, pieces, now);
-    for (const piece of pieces) {
-      piece.at = Math.max(piece.at, this.lastAt); // a later chunk never overtakes an earlier one
-      this.lastAt = piece.at;
-      this.held.push(piece);
-      this.heldBytes += piece.bytes.length;
-    }
+    const bytes = this.limit(chunk, toxics);
+    if (bytes.length === 0) return;
+    this.arrivals.push({ bytes, at: this.clock.now(), toxics });
+    this.heldBytes += bytes.length;
+    if (this.next !== undefined) return; // it waits its turn behind what is already held
+    this.advance();
     this.schedule();
   }
 
-  private apply(toxic: Toxic, pieces: Piece[], now: number): Piece[] {
-    const a = toxic.attributes;
-    switch (toxic.type) {
-      case "latency":
-        return pieces.map(({ bytes, at }) => ({
-          bytes,
-          at: Math.max(now, at + a.latency! + a.jitter! * (2 * Math.random() - 1)),
-        }));
-      case "bandwidth": {
-        const bytesPerMs = (a.rate! * 1024) / 1000;
-        const sliceSize = Math.max(1, Math.round(bytesPerMs * 10)); // 10 ms worth: smooth, not one burst a second
-        const out: Piece[] = [];
-        for (const { bytes, at } of pieces) {
-          for (let offset = 0; offset < bytes.length; offset += sliceSize) {
-            const slice = bytes.subarray(offset, offset + sliceSize);
-            this.paceAt = Math.max(this.paceAt, at) + slice.length / bytesPerMs;
-            out.push({ bytes: slice, at: this.paceAt });
-          }
-        }
-        return out;
-      }
-      case "slicer": {
-        const out: Piece[] = [];
-        for (const { bytes, at } of pieces) {
-          let step = 0;
-          for (let offset = 0; offset < bytes.length; step++) {
-            const variation = Math.round(a.size_variation! * (2 * Math.random() - 1));
-            const size = Math.max(1, Math.round(a.average_size!) + variation);
-            out.push({ bytes: bytes.subarray(offset, offset + size), at: at + (step * a.delay!) / 1000 });
-            offset += size;
-          }
-        }
-        return out;
-      }
-      case "limit_data": {
-        const out: Piece[] = [];
-        for (const { bytes, at } of pieces) {
-          const room = a.bytes! - this.passed;
-          if (room <= 0) break;
-          const kept = bytes.subarray(0, room);
-          this.passed += kept.length;
-          out.push({ bytes: kept, at });
-        }
-        if (this.passed >= a.bytes!) this.cut = true;
-        return out;
-      }
-      case "timeout":
-      case "reset_peer":
-        return pieces; // handled by the connection: stalling and resetting are about sockets, not bytes
+  /** limit_data counts bytes as they come: what is past the limit is dropped before it is held. */
+  private limit(chunk: Uint8Array, toxics: readonly Toxic[]): Uint8Array {
+    let room = Infinity;
+    for (const toxic of toxics) {
+      if (toxic.type === "limit_data") room = Math.min(room, toxic.attributes.bytes! - this.passed);
     }
+    if (room === Infinity) return chunk;
+    const kept = chunk.subarray(0, Math.max(0, room));
+    this.passed += kept.length;
+    if (kept.length >= room) this.cut = true;
+    return kept;
+  }
+
+  /** Makes the next piece: from the arrival being cut, or from the next arrival. */
+  private advance(): void {
+    while (this.next === undefined) {
+      const result = this.pieces?.next();
+      if (result !== undefined && !result.done) {
+        const piece = result.value;
+        piece.at = Math.max(piece.at, this.lastAt); // a later piece never overtakes an earlier one
+        this.lastAt = piece.at;
+        this.next = piece;
+        return;
+      }
+      const arrival = this.arrivals.shift();
+      this.pieces = arrival && this.cutUp(arrival)[Symbol.iterator]();
+      if (arrival === undefined) return;
+    }
+  }
+
+  private cutUp({ bytes, at, toxics }: Arrival): Iterable<Piece> {
+    let pieces: Iterable<Piece> = [{ bytes, at }];
+    for (const { type, name, attributes: a } of toxics) {
+      if (type === "latency") pieces = delayed(pieces, a.latency!, a.jitter!, this.random);
+      if (type === "slicer") pieces = sliced(pieces, a.average_size!, a.size_variation!, a.delay!, this.random);
+      if (type === "bandwidth") {
+        const pace = this.paces.get(name) ?? { at: -Infinity };
+        this.paces.set(name, pace);
+        pieces = paced(pieces, a.rate!, pace);
+      }
+      // limit_data acted as the bytes came; timeout and reset_peer are about sockets, not bytes.
+    }
+    return pieces;
   }
 
   /** Stalls (timeout toxic) or lets go again. */
@@ -549,28 +619,41 @@ class Lane {
     this.schedule();
   }
 
+  /** The destination has taken everything queued for it: deliver what is due. */
+  unblock(): void {
+    this.blocked = false;
+    this.release();
+  }
+
   private schedule(): void {
-    clearTimeout(this.timer);
-    const head = this.held[0];
-    if (this.stalled || head === undefined) return;
-    const wait = head.at - performance.now();
-    if (wait <= 0) this.release();
-    else this.timer = setTimeout(() => this.release(), wait);
+    this.clock.clearTimer(this.timer);
+    this.timer = undefined;
+    if (this.next === undefined || this.stalled || this.blocked) return;
+    // Never more than a JS timer can wait: a longer wait (delays that add up) sleeps again when the timer fires.
+    const wait = Math.min(Math.max(0, this.next.at - this.clock.now()), MAX_ATTRIBUTE);
+    this.timer = this.clock.setTimer(() => this.release(), wait);
   }
 
   private release(): void {
-    const now = performance.now();
-    while (this.held.length > 0 && this.held[0]!.at <= now + 0.5 && !this.stalled) {
-      const piece = this.held.shift()!;
+    const now = this.clock.now();
+    for (let burst = 0; burst < LANE_BURST && !this.stalled && !this.blocked; burst++) {
+      const piece = this.next;
+      if (piece === undefined || piece.at > now + 0.5) break;
+      this.next = undefined;
       this.heldBytes -= piece.bytes.length;
-      this.deliver(piece.bytes);
+      this.advance();
+      if (!this.deliver(piece.bytes)) this.blocked = true;
     }
     this.schedule();
     this.progressed();
   }
 
   stop(): void {
-    clearTimeout(this.timer);
+    this.clock.clearTimer(this.timer);
+    this.arrivals.length = 0;
+    this.pieces = this.next = undefined;
+    this.heldBytes = 0;
+    this.blocked = false;
   }
 }
 
@@ -723,13 +806,17 @@ class Connection {
   private readonly ended: Record<Side, boolean> = { client: false, upstream: false };
   /** FIN passed on to that side, once everything queued for it had been written. */
   private readonly finSent: Record<Side, boolean> = { client: false, upstream: false };
+  /** That side has closed while a toxic still held bytes it had sent: they go first, then the close goes on. */
+  private readonly left: Record<Side, boolean> = { client: false, upstream: false };
   private idleTimer: Timer | undefined;
   private lastActivity = performance.now();
   // What the connection's log line reports.
   private readonly startedAt = performance.now();
   private connectedAt: number | undefined;
-  /** Bytes read from each side (and so sent on to the other). */
-  private readonly bytesFrom: Record<Side, number> = { client: 0, upstream: 0 };
+  /** Bytes written to each side (taken by the kernel): what was delivered, not what was read or held. */
+  private readonly delivered: Record<Side, number> = { client: 0, upstream: 0 };
+  /** Bytes of the PROXY header still in the upstream queue: sent, but not the client's bytes. */
+  private preambleLeft = 0;
   private firstFin: Side | undefined;
   private closedBy: Closer = "proxy";
   private reason = "";
@@ -843,11 +930,15 @@ class Connection {
     return this.queueTo(other(from)).empty && !lane.stalled && lane.heldBytes <= LANE_LIMIT;
   }
 
-  /** A lane delivered what was due: read its source again, pass a FIN on, or close once limit_data is reached. */
+  /**
+   * Bytes from `from` were delivered (by its lane, or its destination drained): once nothing from it is held, pass
+   * its FIN or its close on, or close the connection when limit_data was reached; otherwise read it again.
+   */
   private laneProgressed(from: Side): void {
     if (this.closed) return;
     const lane = this.lanes[from];
     if (lane.cut && lane.empty) return this.cutOff(other(from), `toxic limit_data`);
+    if (lane.empty && this.left[from]) return this.sideGone(from);
     if (lane.empty && this.ended[from]) {
       if (this.socket(other(from)) !== undefined && this.queueTo(other(from)).empty) this.forwardFin(other(from));
     } else if (this.mayRead(from)) {
@@ -879,6 +970,7 @@ class Connection {
     if (this.closed) return void upstream.end(); // the client left (or we gave up) while we were connecting
     this.upstream = upstream;
     if (preamble) this.toUpstream.pushFront(preamble); // the PROXY header: first, before any byte of the client
+    this.preambleLeft = preamble?.length ?? 0;
     this.openSockets++;
     this.connectedAt = performance.now();
     this.log.debug(`${this.name} upstream connected from local port ${upstream.localPort}`);
@@ -890,18 +982,19 @@ class Connection {
   forward(from: Side, chunk: Uint8Array): void {
     // The clock only when the idle timer will read it: with --idle-timeout 0, a clock read per chunk is wasted.
     if (this.timeouts.idleMs > 0) this.lastActivity = performance.now();
-    this.bytesFrom[from] += chunk.length;
-    this.metrics.bytes[from] += chunk.length;
     const lane = this.lanes[from];
     const toxics = this.activeToxics(from);
-    if (toxics.length === 0 && lane.empty && !lane.stalled) return this.deliver(from, chunk); // no toxic: no detour
+    if (toxics.length === 0 && lane.empty && !lane.stalled) return void this.deliver(from, chunk); // no detour
     if (lane.cut) return; // limit_data reached: the rest is dropped, the connection is closing
     lane.push(chunk, toxics);
     if (!this.mayRead(from)) this.socket(from)?.pause();
   }
 
-  /** Bytes from `from` whose time has come: write them to the other side, or queue them and pause `from`. */
-  private deliver(from: Side, chunk: Uint8Array): void {
+  /**
+   * Bytes from `from` whose time has come: write them to the other side, or queue them and pause `from`. True
+   * when the other side took them all (or is gone, and they have nowhere to go); a lane waits on false.
+   */
+  private deliver(from: Side, chunk: Uint8Array): boolean {
     const queue = this.queueTo(other(from));
     const source = this.socket(from)!;
     const destination = this.socket(other(from));
@@ -909,17 +1002,31 @@ class Connection {
       // The upstream is not connected yet: keep the bytes, in order, but only so many.
       queue.push(chunk);
       if (queue.bytes >= EARLY_BYTES_LIMIT) source.pause();
-      return;
+      return false;
     }
     if (queue.empty) {
       const written = destination.write(chunk);
-      if (written >= chunk.length || written < 0) return;
+      if (written < 0) return true; // closed: `close` will tidy up
+      this.countDelivered(other(from), written);
+      if (written === chunk.length) return true;
       queue.push(chunk.subarray(written));
     } else {
       queue.push(chunk); // older bytes are still waiting: these go after them
     }
     this.log.debug(`${this.name} ${other(from)} is slow, ${queue.bytes} bytes queued`);
     source.pause(); // backpressure: read no more from this side until the other has taken the queue
+    return false;
+  }
+
+  /** Counts bytes the kernel took for `to`, for the log line and the metrics (a PROXY header is not counted). */
+  private countDelivered(to: Side, bytes: number): void {
+    if (to === "upstream" && this.preambleLeft > 0) {
+      const header = Math.min(bytes, this.preambleLeft);
+      this.preambleLeft -= header;
+      bytes -= header;
+    }
+    this.delivered[to] += bytes;
+    this.metrics.bytes[other(to)] += bytes;
   }
 
   /**
@@ -929,13 +1036,16 @@ class Connection {
   flush(to: Side): void {
     const socket = this.socket(to);
     if (socket === undefined) return;
-    if (!this.queueTo(to).flushTo(socket)) return;
+    const queue = this.queueTo(to);
+    const before = queue.bytes;
+    const flushed = queue.flushTo(socket);
+    this.countDelivered(to, before - queue.bytes);
+    if (!flushed) return;
     if (this.closing) return void socket.end();
-    if (this.ended[other(to)]) {
-      if (this.lanes[other(to)].empty) this.forwardFin(to); // otherwise the lane passes the FIN on once it is empty
-    } else if (this.mayRead(other(to))) {
-      this.socket(other(to))?.resume();
-    }
+    const lane = this.lanes[other(to)];
+    if (lane.blocked)
+      lane.unblock(); // it delivers what is due, then reports its progress
+    else this.laneProgressed(other(to));
   }
 
   /** `side` sent FIN: it has finished sending. The other direction goes on until its own FIN. */
@@ -963,6 +1073,18 @@ class Connection {
   sideClosed(side: Side, error?: Error): void {
     this.socketClosed(side);
     if (this.closed) return;
+    if (!error && !this.lanes[side].empty) {
+      // A toxic still holds bytes it sent before closing: they are delivered first, as the network would have
+      // delivered them, and laneProgressed() passes the close on once the lane is empty.
+      [this.left[side], this.ended[side]] = [true, true];
+      this.firstFin ??= side;
+      return;
+    }
+    this.sideGone(side, error);
+  }
+
+  /** `side` has closed and nothing it sent is held any more: close the other side once its queue is out. */
+  private sideGone(side: Side, error?: Error): void {
     this.closed = true;
     this.clearTimers();
     const finished = !error && this.finSent[side];
@@ -1045,7 +1167,7 @@ class Connection {
     this.log.info(
       `${this.name} ${via}-> ${this.target} tries=${this.tried.length} ` +
         `duration=${((now - this.startedAt) / 1000).toFixed(3)}s ` +
-        `connect=${connect} bytes_up=${this.bytesFrom.client} bytes_down=${this.bytesFrom.upstream} ` +
+        `connect=${connect} bytes_up=${this.delivered.upstream} bytes_down=${this.delivered.client} ` +
         `closed_by=${this.closedBy} reason="${this.reason}"`,
     );
   }
