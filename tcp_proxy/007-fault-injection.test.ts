@@ -374,3 +374,43 @@ describe("007 toxics only do what they say", () => {
     await setup.proxy.waitForLog(/bytes_up=0 bytes_down=0 closed_by=proxy reason="toxic timeout_upstream"/);
   });
 });
+
+describe("007 control API answers every request as an API", () => {
+  test("a bad path is a 4xx with a JSON reason, never a 5xx or a page with source", async () => {
+    await using setup = await startProxy(["--api-port", "0", "--toxic", "latency:downstream:latency=1"]);
+    const api = await apiUrl(setup.proxy);
+    for (const path of ["/%ZZ", "/%", "/latency_downstream%C0", "/a/b"]) {
+      const response = await fetch(`${api}${path}`);
+      expect(response.status).toBeGreaterThanOrEqual(400);
+      expect(response.status).toBeLessThan(500);
+      const text = await response.text();
+      expect(text).not.toMatch(/<html|\.ts|at fetch/i);
+      expect(JSON.parse(text)).toHaveProperty("error");
+    }
+  });
+
+  test.each([
+    [{ type: "latency", attributes: { latency: 2 ** 31 } }, /latency must be a number from 0 to 2147483647/],
+    [{ type: "timeout", attributes: { timeout: 1e12 } }, /timeout must be a number from 0 to 2147483647/],
+    [{ type: "reset_peer", attributes: { timeout: 2 ** 31 } }, /timeout must be a number from 0 to 2147483647/],
+    [{ type: "latency", attributes: { jitter: 2 ** 40 } }, /jitter must be a number from 0 to 2147483647/],
+  ])("POST %j: 400 with the reason", async (body, reason) => {
+    await using setup = await startProxy(["--api-port", "0"]);
+    const api = await apiUrl(setup.proxy);
+    const response = await fetch(api, { method: "POST", body: JSON.stringify(body) });
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { error: string }).error).toMatch(reason);
+    expect(await (await fetch(api)).json()).toEqual([]);
+  });
+
+  test("a browser is refused as toxiproxy refuses it: 403, User agent not allowed", async () => {
+    await using setup = await startProxy(["--api-port", "0"]);
+    const api = await apiUrl(setup.proxy);
+    const browser = { "user-agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0" };
+    const body = JSON.stringify({ type: "latency", attributes: { latency: 100 } });
+    const response = await fetch(api, { method: "POST", headers: browser, body });
+    expect(response.status).toBe(403);
+    expect(await response.text()).toBe("User agent not allowed\n");
+    expect(await (await fetch(api)).json()).toEqual([]); // nothing was added
+  });
+});

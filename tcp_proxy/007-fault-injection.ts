@@ -1484,11 +1484,29 @@ class Proxy {
     const server = Bun.serve({
       hostname: address.host,
       port: address.port,
+      development: false, // never Bun's development error page: it shows source
+      maxRequestBodySize: 64 * 1024,
+      // A request that still makes a handler throw (a bug here) gets a JSON 500 and a log line, never a stack.
+      error: (error) => {
+        this.log.error(`API: ${error.message}`);
+        return json({ error: "internal error" }, 500);
+      },
       fetch: async (request) => {
+        // As toxiproxy does: a web page must not drive the proxy (any site can make a browser POST to localhost).
+        if (request.headers.get("user-agent")?.startsWith("Mozilla/")) {
+          const headers = { "content-type": "text/plain; charset=utf-8" };
+          return new Response("User agent not allowed\n", { status: 403, headers });
+        }
         const path = new URL(request.url).pathname;
-        const name = path.match(/^\/toxics\/([^/]+)$/)?.[1];
-        if (path !== "/toxics" && name === undefined) return json({ error: "not found" }, 404);
-        const existing = name === undefined ? undefined : this.toxics.get(decodeURIComponent(name));
+        const encoded = path.match(/^\/toxics\/([^/]+)$/)?.[1];
+        if (path !== "/toxics" && encoded === undefined) return json({ error: "not found" }, 404);
+        let name: string | undefined;
+        try {
+          name = encoded === undefined ? undefined : decodeURIComponent(encoded);
+        } catch {
+          return json({ error: `bad percent-encoding in ${path}` }, 400);
+        }
+        const existing = name === undefined ? undefined : this.toxics.get(name);
         if (name !== undefined && existing === undefined) return json({ error: `no toxic named ${name}` }, 404);
         try {
           if (request.method === "GET") return json(existing ?? this.toxics.list);
