@@ -8,6 +8,7 @@ import {
   TestClient,
 } from "../test/support/net.ts";
 import { memoryKiB, runToExit, startStage, type Running } from "../test/support/process.ts";
+import { toxicArithmeticTests } from "../test/support/toxic-arithmetic.ts";
 
 const STAGE = "tcp_proxy/007-fault-injection.ts";
 const MiB = 1024 * 1024;
@@ -37,6 +38,8 @@ async function roundTrip(client: TestClient, message = "ping"): Promise<number> 
 async function apiUrl(proxy: Running): Promise<string> {
   return (await proxy.waitForLog(/toxics API on (http:\/\/\S+)/))[1]!;
 }
+
+toxicArithmeticTests(STAGE, () => import("./007-fault-injection.ts"), { bytesPerKB: 1024 });
 
 // One measurement per toxic on real sockets. The exact arithmetic is checked in-process above; here the bound that
 // matters is tight (a delay is never shorter, a cap never exceeded) and the other one is loose: on a loaded 2-core

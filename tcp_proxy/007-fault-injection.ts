@@ -1892,6 +1892,10 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
   return { host: values.host, port, upstreams, pool, timeouts, limits, edges, faults, logLevel: logLevel as Level };
 }
 
+// For the tests: the toxics' arithmetic, checked in-process with a hand-driven clock. Importing this file starts
+// nothing; main() runs only when the file itself is run.
+export { type Clock, delayed, Lane, makeToxic, MAX_ATTRIBUTE, paced, type Piece, sliced, type Toxic };
+
 function main(): void {
   let config: ProxyConfig | "help";
   try {
@@ -1920,4 +1924,4 @@ function main(): void {
   }
 }
 
-main();
+if (import.meta.main) main();
