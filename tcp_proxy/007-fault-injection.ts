@@ -4,30 +4,42 @@
  *
  * Adds:   toxics, in the spirit of toxiproxy, to test how clients and servers cope with a bad network, each acting
  *         on one direction ("upstream" = client to server, "downstream" = back) of a share of the connections
- *         (toxicity, a probability drawn once per connection):
+ *         (toxicity, a probability drawn once per connection), given with --toxic TYPE:STREAM:KEY=VALUE,...:
  *           latency      every chunk delayed by latency ms, +- jitter ms (order kept)
- *           bandwidth    at most rate KB/s, paced in 10 ms slices
+ *           bandwidth    at most rate KB/s (KiB), paced in 10 ms slices
  *           slicer       data cut into average_size +- size_variation byte writes, delay microseconds apart
  *                        (finds the parsers that assume one read = one message)
  *           limit_data   bytes let through, then the connection is closed (a transfer cut in the middle)
- *           timeout      nothing read, nothing delivered: a stalled network; the connection is closed after
- *                        timeout ms, or never with 0 (until the toxic is removed, and then data flows again)
+ *           timeout      nothing read, nothing delivered: a stalled network; closed after timeout ms (0: never)
  *           reset_peer   RST after timeout ms (a crash, a middlebox dropping state)
- *         Given with --toxic TYPE:STREAM:KEY=VALUE,... and changed while the proxy runs through a small JSON
- *         HTTP API (--api-port; GET/POST /toxics, GET/POST/DELETE /toxics/NAME), which applies to open
- *         connections at once. Delayed bytes wait in a per-direction lane; past 1 MiB the source is paused, so
- *         a slow toxic slows the sender down instead of filling the proxy's memory. With no toxic, bytes take
- *         the direct path of 006. Speed: with no toxic in force a chunk allocates nothing on its way (one shared
- *         empty toxic list), and the clock is read per chunk only when --idle-timeout needs it.
- * Lacks:  TLS, UDP, HTTP awareness: this proxy moves bytes, and that is the lesson's boundary.
+ *         The lesson is the lane that holds delayed bytes, one per direction: it keeps their order, holds chunks
+ *         as they came and cuts the next piece only when its turn comes, pauses the source past 1 MiB, and waits
+ *         for a destination that has not taken the last piece; so a slow toxic slows the sender down instead of
+ *         filling the proxy's memory. A FIN or a close is passed on only after the bytes a lane holds for that
+ *         direction are delivered, and the log line counts bytes delivered, not read. Every attribute is range-
+ *         checked (at most 2^31-1: no timer is handed more than it can wait). With no toxic, bytes take the
+ *         direct path of the previous stage and allocate nothing on the way.
+ * Lacks:  changing toxics while the proxy runs (011, a live HTTP API); TLS, UDP, HTTP awareness: this proxy moves
+ *         bytes, and that is the lesson's boundary.
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
- *         bun tcp_proxy/007-fault-injection.ts --port 6000 --upstream 127.0.0.1:5000 --api-port 8474 \
- *             --toxic latency:downstream:latency=300
- *         telnet 127.0.0.1 6000                       (every reply now takes 300 ms)
- *         curl -X POST 127.0.0.1:8474/toxics -d '{"type":"slicer","stream":"downstream","attributes":
- *             {"average_size":1,"delay":50000}}'      (and replies arrive one letter at a time)
- *         curl -X DELETE 127.0.0.1:8474/toxics/latency_downstream
+ *         bun tcp_proxy/007-fault-injection.ts --port 6000 --upstream 127.0.0.1:5000 \
+ *             --toxic latency:downstream:latency=300 --toxic slicer:downstream:average_size=1,delay=50000
+ *         nc 127.0.0.1 6000                       (every reply waits 300 ms, then comes a letter at a time)
+ *         printf 'hello' | nc -N 127.0.0.1 6000   (HELLO, then the end: the FIN waits for the held bytes)
+ */
+/*
+ * Layout (* = new or changed since the previous stage):
+ *   Logger, settings, Queue              logs on stderr, the configuration, a socket's write queue
+ *   Addresses, CIDR lists, PROXY         parseIp, formatIp, cidrContains, proxyHeader, parseProxyHeader
+ * * Toxics                               TOXIC_TYPES, makeToxic, Clock, delayed/paced/sliced, Lane
+ *   Metrics                              the Prometheus text
+ * * Connection                           a lane each way, chooseToxics(), deliver() that says whether the
+ *                                        destination took it all, a close that waits for held bytes
+ *   Upstream, Pool                       the upstreams, balancing, health checks
+ *   Proxy                                the listener, limits, PROXY headers, allow/deny (and the toxics, logged)
+ * * Command line                         HELP, parse*(), --toxic
+ * * main                                 runs only when this file is run (the tests import its toxics)
  */
 
 import type { Socket, TCPSocketListener } from "bun";
@@ -91,7 +103,8 @@ interface ProxyConfig {
   timeouts: Timeouts;
   limits: Limits;
   edges: Edges;
-  faults: Faults;
+  /** The toxics from --toxic, fixed for the life of the process. */
+  toxics: Toxic[];
   logLevel: Level;
 }
 
@@ -422,33 +435,7 @@ function describeToxic(toxic: Toxic): string {
   return `${toxic.name} (${toxic.type} ${toxic.stream} ${attributes.join(" ")} toxicity=${toxic.toxicity})`;
 }
 
-/** The toxics in force, shared by every connection; the HTTP API changes them while the proxy runs. */
-class ToxicSet {
-  list: Toxic[];
-
-  constructor(initial: Toxic[]) {
-    this.list = [...initial];
-  }
-
-  get(name: string): Toxic | undefined {
-    return this.list.find((toxic) => toxic.name === name);
-  }
-
-  /** Replaces or adds `toxic` (a new object, so every connection draws its toxicity again). */
-  set(toxic: Toxic): void {
-    const index = this.list.findIndex((existing) => existing.name === toxic.name);
-    if (index < 0) this.list = [...this.list, toxic];
-    else this.list = this.list.map((existing, i) => (i === index ? toxic : existing));
-  }
-
-  remove(name: string): boolean {
-    const before = this.list.length;
-    this.list = this.list.filter((toxic) => toxic.name !== name);
-    return this.list.length < before;
-  }
-}
-
-/** What activeToxics() returns when no toxic is in force: one shared empty list, never written to. */
+/** The toxics of a connection that meets none: one shared empty list, never written to. */
 const NO_TOXICS: readonly Toxic[] = [];
 
 /**
@@ -824,17 +811,17 @@ class Connection {
   private openSockets = 1;
   /** Where each side's bytes wait while toxics delay, pace or stall them. */
   private readonly lanes: Record<Side, Lane>;
-  /** Whether each toxic applies to this connection, drawn once (toxicity is a probability per connection). */
-  private readonly toxicChoices = new Map<Toxic, boolean>();
-  private readonly resetTimers = new Map<Toxic, Timer>();
-  private stallTimer: Timer | undefined;
+  /** The toxics acting on the bytes each side sends, chosen once per connection by their toxicity. */
+  private readonly toxicsFrom: Record<Side, readonly Toxic[]> = { client: NO_TOXICS, upstream: NO_TOXICS };
+  /** The timers of timeout and reset_peer toxics. */
+  private readonly toxicTimers: Timer[] = [];
 
   constructor(
     client: Socket<Link>,
     private readonly log: Logger,
     private readonly timeouts: Timeouts,
     private readonly metrics: Metrics,
-    private readonly toxics: ToxicSet,
+    private readonly toxics: readonly Toxic[],
     private readonly onReleased: (connection: Connection) => void,
   ) {
     this.client = client;
@@ -878,49 +865,27 @@ class Connection {
   startTimers(): void {
     // Timers, not socket.timeout(): Bun checks that one on a coarse sweep and traffic does not reset it.
     if (this.timeouts.idleMs > 0) this.armIdleTimer(this.timeouts.idleMs);
-    this.refreshToxics();
+    this.chooseToxics();
   }
 
-  private applies(toxic: Toxic): boolean {
-    let choice = this.toxicChoices.get(toxic);
-    if (choice === undefined) this.toxicChoices.set(toxic, (choice = Math.random() < toxic.toxicity));
-    return choice;
-  }
-
-  /** The toxics acting on the bytes that `from` sends. */
-  private activeToxics(from: Side): readonly Toxic[] {
-    // Called for every chunk: with no toxic in force, a shared empty list rather than a new array each time
-    // (that allocation alone cost about 2% of the proxy's CPU in the echo benchmark).
-    if (this.toxics.list.length === 0) return NO_TOXICS;
-    const stream: Stream = from === "client" ? "upstream" : "downstream";
-    return this.toxics.list.filter((toxic) => toxic.stream === stream && this.applies(toxic));
-  }
-
-  /** Applies the toxics that are about sockets rather than bytes (stall, reset); runs again on every change. */
-  refreshToxics(): void {
-    if (this.closed) return;
+  /**
+   * Draws which toxics act on this connection (toxicity is a probability per connection: drawn once, here), and
+   * applies those that are about sockets rather than bytes: a stall (timeout) and a reset (reset_peer).
+   */
+  private chooseToxics(): void {
     for (const side of ["client", "upstream"] as const) {
-      const stall = this.activeToxics(side).find((toxic) => toxic.type === "timeout");
-      const lane = this.lanes[side];
-      if (stall && !lane.stalled) {
-        lane.setStalled(true);
+      const stream: Stream = side === "client" ? "upstream" : "downstream";
+      const chosen = this.toxics.filter((toxic) => toxic.stream === stream && Math.random() < toxic.toxicity);
+      if (chosen.length > 0) this.toxicsFrom[side] = chosen; // otherwise the shared empty list: nothing per chunk
+      if (chosen.some((toxic) => toxic.type === "timeout")) {
+        this.lanes[side].setStalled(true);
         this.socket(side)?.pause(); // nothing read, nothing delivered: to both peers the network has gone quiet
-        if (stall.attributes.timeout! > 0) {
-          this.stallTimer ??= setTimeout(() => this.close("proxy", `toxic ${stall.name}`), stall.attributes.timeout);
-        }
-      } else if (!stall && lane.stalled) {
-        lane.setStalled(false);
-        clearTimeout(this.stallTimer);
-        this.stallTimer = undefined;
-        this.laneProgressed(side);
       }
-    }
-    for (const toxic of this.toxics.list) {
-      if (toxic.type !== "reset_peer" || this.resetTimers.has(toxic) || !this.applies(toxic)) continue;
-      this.resetTimers.set(
-        toxic,
-        setTimeout(() => this.reset(`toxic ${toxic.name}`), toxic.attributes.timeout),
-      );
+      for (const toxic of chosen) {
+        if (toxic.type === "reset_peer" || (toxic.type === "timeout" && toxic.attributes.timeout! > 0)) {
+          this.toxicTimers.push(setTimeout(() => this.toxicTimeUp(toxic), toxic.attributes.timeout));
+        }
+      }
     }
   }
 
@@ -983,7 +948,7 @@ class Connection {
     // The clock only when the idle timer will read it: with --idle-timeout 0, a clock read per chunk is wasted.
     if (this.timeouts.idleMs > 0) this.lastActivity = performance.now();
     const lane = this.lanes[from];
-    const toxics = this.activeToxics(from);
+    const toxics = this.toxicsFrom[from];
     if (toxics.length === 0 && lane.empty && !lane.stalled) return void this.deliver(from, chunk); // no detour
     if (lane.cut) return; // limit_data reached: the rest is dropped, the connection is closing
     lane.push(chunk, toxics);
@@ -1042,9 +1007,9 @@ class Connection {
     this.countDelivered(to, before - queue.bytes);
     if (!flushed) return;
     if (this.closing) return void socket.end();
+    // A lane that waited for this drain delivers what is due, then reports its progress itself.
     const lane = this.lanes[other(to)];
-    if (lane.blocked)
-      lane.unblock(); // it delivers what is due, then reports its progress
+    if (lane.blocked) lane.unblock();
     else this.laneProgressed(other(to));
   }
 
@@ -1134,6 +1099,12 @@ class Connection {
     else this.closing = true;
   }
 
+  /** A timeout toxic's time is up: close; a reset_peer toxic's: reset. */
+  private toxicTimeUp(toxic: Toxic): void {
+    if (toxic.type === "reset_peer") this.reset(`toxic ${toxic.name}`);
+    else this.close("proxy", `toxic ${toxic.name}`);
+  }
+
   /** reset_peer: RST both sides, as a crashed peer or a middlebox would. */
   private reset(reason: string): void {
     if (this.closed) return;
@@ -1147,8 +1118,7 @@ class Connection {
   private clearTimers(): void {
     clearTimeout(this.idleTimer);
     clearTimeout(this.headerTimer);
-    clearTimeout(this.stallTimer);
-    for (const timer of this.resetTimers.values()) clearTimeout(timer);
+    for (const timer of this.toxicTimers.values()) clearTimeout(timer);
     this.lanes.client.stop();
     this.lanes.upstream.stop();
   }
@@ -1331,8 +1301,7 @@ class Proxy {
   readonly limits: Limits;
   readonly edges: Edges;
   readonly metrics = new Metrics();
-  readonly toxics: ToxicSet;
-  private readonly api: Address | undefined;
+  readonly toxics: readonly Toxic[];
   private readonly log: Logger;
   private listener: TCPSocketListener<Link> | undefined;
   /** The connections being served (refused ones are not counted). */
@@ -1346,8 +1315,7 @@ class Proxy {
     this.timeouts = config.timeouts;
     this.limits = config.limits;
     this.edges = config.edges;
-    this.toxics = new ToxicSet(config.faults.toxics);
-    this.api = config.faults.api;
+    this.toxics = config.toxics;
     this.log = new Logger(config.logLevel);
     this.pool = new Pool(
       config.upstreams.map((address) => new Upstream(address)),
@@ -1378,8 +1346,7 @@ class Proxy {
     });
     this.listener = listener;
     if (this.edges.metrics) this.serveMetrics(this.edges.metrics);
-    if (this.api) this.serveApi(this.api);
-    for (const toxic of this.toxics.list) this.log.info(`toxic ${describeToxic(toxic)}`);
+    for (const toxic of this.toxics) this.log.info(`toxic ${describeToxic(toxic)}`);
     const upstreams = this.pool.upstreams.map((upstream) => upstream.name).join(", ");
     this.pool.startChecks(this.timeouts.connectMs);
     this.log.info(
@@ -1463,82 +1430,6 @@ class Proxy {
     this.connectUpstream(connection);
     const rest = bytes.subarray(header.length);
     if (rest.length > 0) connection.forward("client", rest);
-  }
-
-  /**
-   * The control API, toxiproxy-style JSON over HTTP:
-   *   GET /toxics                   the toxics in force
-   *   POST /toxics                  add one: {"type":"latency","stream":"downstream","toxicity":1,
-   *                                 "attributes":{"latency":100,"jitter":10}} (name defaults to TYPE_STREAM)
-   *   GET /toxics/NAME              one toxic
-   *   POST /toxics/NAME             change its toxicity and/or attributes
-   *   DELETE /toxics/NAME           remove it
-   * Every change applies at once to open connections too.
-   */
-  private serveApi(address: Address): void {
-    const json = (body: unknown, status = 200): Response => Response.json(body, { status });
-    const changed = (what: string, toxic: Toxic): void => {
-      this.log.info(`toxic ${what}: ${describeToxic(toxic)}`);
-      for (const connection of this.connections) connection.refreshToxics();
-    };
-    const server = Bun.serve({
-      hostname: address.host,
-      port: address.port,
-      development: false, // never Bun's development error page: it shows source
-      maxRequestBodySize: 64 * 1024,
-      // A request that still makes a handler throw (a bug here) gets a JSON 500 and a log line, never a stack.
-      error: (error) => {
-        this.log.error(`API: ${error.message}`);
-        return json({ error: "internal error" }, 500);
-      },
-      fetch: async (request) => {
-        // As toxiproxy does: a web page must not drive the proxy (any site can make a browser POST to localhost).
-        if (request.headers.get("user-agent")?.startsWith("Mozilla/")) {
-          const headers = { "content-type": "text/plain; charset=utf-8" };
-          return new Response("User agent not allowed\n", { status: 403, headers });
-        }
-        const path = new URL(request.url).pathname;
-        const encoded = path.match(/^\/toxics\/([^/]+)$/)?.[1];
-        if (path !== "/toxics" && encoded === undefined) return json({ error: "not found" }, 404);
-        let name: string | undefined;
-        try {
-          name = encoded === undefined ? undefined : decodeURIComponent(encoded);
-        } catch {
-          return json({ error: `bad percent-encoding in ${path}` }, 400);
-        }
-        const existing = name === undefined ? undefined : this.toxics.get(name);
-        if (name !== undefined && existing === undefined) return json({ error: `no toxic named ${name}` }, 404);
-        try {
-          if (request.method === "GET") return json(existing ?? this.toxics.list);
-          if (request.method === "DELETE" && existing) {
-            this.toxics.remove(existing.name);
-            changed("removed", existing);
-            return new Response(null, { status: 204 });
-          }
-          if (request.method !== "POST") return json({ error: `${request.method} not allowed here` }, 405);
-          const body = (await request.json().catch(() => {
-            throw new ToxicError("the body must be JSON");
-          })) as Record<string, unknown>;
-          if (typeof body !== "object" || body === null) throw new ToxicError("the body must be a JSON object");
-          if (existing) {
-            const attributes = { ...existing.attributes, ...((body.attributes ?? {}) as object) };
-            const toxic = makeToxic({ ...existing, toxicity: body.toxicity ?? existing.toxicity, attributes });
-            this.toxics.set(toxic);
-            changed("changed", toxic);
-            return json(toxic);
-          }
-          const toxic = makeToxic(body);
-          if (this.toxics.get(toxic.name)) return json({ error: `a toxic named ${toxic.name} exists` }, 409);
-          this.toxics.set(toxic);
-          changed("added", toxic);
-          return json(toxic, 201);
-        } catch (error) {
-          if (error instanceof ToxicError) return json({ error: error.message }, 400);
-          throw error;
-        }
-      },
-    });
-    this.log.info(`toxics API on http://${formatAddress(address.host, server.port ?? address.port)}/toxics`);
   }
 
   private serveMetrics(address: Address): void {
@@ -1724,8 +1615,6 @@ Options:
                           limit_data:downstream:bytes=1000               (then the connection is closed)
                           timeout:upstream:timeout=2000                  (stall; close after ms, 0 = never)
                           reset_peer:downstream:timeout=500,toxicity=0.1 (RST after ms)
-  --api-port PORT       HTTP API to list, add, change and remove toxics while running (default: none)
-  --api-host HOST       address for the API (default 127.0.0.1)
   --log-level LEVEL     debug, info, warn or error (default info)
   -h, --help            show this help
 `;
@@ -1817,8 +1706,6 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
         allow: { type: "string", multiple: true, default: [] },
         deny: { type: "string", multiple: true, default: [] },
         toxic: { type: "string", multiple: true, default: [] },
-        "api-port": { type: "string" },
-        "api-host": { type: "string", default: "127.0.0.1" },
         "log-level": { type: "string", default: "info" },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -1884,12 +1771,7 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
   const names = toxics.map((toxic) => toxic.name);
   const twice = names.find((name, i) => names.indexOf(name) !== i);
   if (twice) throw new UsageError(`two toxics named ${twice}: give one of them name=...`);
-  const apiPort = values["api-port"];
-  const faults: Faults = {
-    toxics,
-    api: apiPort === undefined ? undefined : { host: values["api-host"], port: parsePort(apiPort, "--api-port") },
-  };
-  return { host: values.host, port, upstreams, pool, timeouts, limits, edges, faults, logLevel: logLevel as Level };
+  return { host: values.host, port, upstreams, pool, timeouts, limits, edges, toxics, logLevel: logLevel as Level };
 }
 
 // For the tests: the toxics' arithmetic, checked in-process with a hand-driven clock. Importing this file starts

@@ -15,6 +15,7 @@ const STAGES = [
   "tcp_proxy/005-upstream-pool.ts",
   "tcp_proxy/006-observability-and-edges.ts",
   "tcp_proxy/007-fault-injection.ts",
+  "tcp_proxy/011-fault-injection-api.ts",
 ];
 const HALF_CLOSE_FROM = 3;
 
