@@ -28,11 +28,12 @@
  *   Logger, settings, Queue              logs on stderr, the configuration (* the API's address), a write queue
  *   Addresses, CIDR lists, PROXY         parseIp, formatIp, cidrContains, proxyHeader, parseProxyHeader
  * * Toxics                               TOXIC_TYPES, makeToxic, * ToxicSet, Clock, delayed/paced/sliced, Lane
+ * * The HTTP API                         * ApiError, readBody, allow, serveHttpApi (errors, browser guard)
  *   Metrics                              the Prometheus text
  * * Connection                           * refreshToxics() instead of a choice made once: runs on every change
  *   Upstream, Pool                       the upstreams, balancing, health checks
- * * Proxy                                * serveApi(): the routes, errors, the browser guard
- * * Command line                         HELP, parse*(), * --api-port, --api-host
+ * * Proxy                                * handleToxics(): one proxy's toxic routes; serveApi(): the router
+ * * Command line                         HELP, parse*(), * --api-port, --api-host; main() starts the API
  *   main                                 runs only when this file is run (the tests import its toxics)
  */
 
@@ -662,6 +663,74 @@ class Lane {
     this.heldBytes = 0;
     this.blocked = false;
   }
+}
+
+// ---- The HTTP API: errors, bodies, methods, and a server that never answers a bad request with a 5xx ---------
+
+/** A request the API refuses: its HTTP status and the reason, sent as {"error": ..., "status": ...}. */
+class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A request's JSON object body; anything else is a 400. */
+async function readBody(request: Request): Promise<Record<string, unknown>> {
+  const body: unknown = await request.json().catch(() => {
+    throw new ApiError(400, "bad request body: not JSON");
+  });
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new ApiError(400, "bad request body: not a JSON object");
+  }
+  return body as Record<string, unknown>;
+}
+
+/** A 405 unless the request's method is one of `methods`. */
+function allow(request: Request, path: string, ...methods: string[]): void {
+  if (!methods.includes(request.method)) throw new ApiError(405, `${request.method} not allowed on ${path}`);
+}
+
+/**
+ * An HTTP server for a JSON API: `route` answers, or throws an ApiError (or a ToxicError: 400) that becomes
+ * {"error": ..., "status": ...}. A bad request is never a 5xx nor Bun's error page, and a browser gets 403.
+ */
+function serveHttpApi(
+  address: Address,
+  log: Logger,
+  route: (request: Request, path: string) => Promise<Response>,
+): ReturnType<typeof Bun.serve> {
+  const fail = (status: number, error: string): Response => Response.json({ error, status }, { status });
+  return Bun.serve({
+    hostname: address.host,
+    port: address.port,
+    development: false, // never Bun's development error page: it shows source
+    reusePort: false, // development: false turns SO_REUSEPORT on: a second process would share the port
+    maxRequestBodySize: 64 * 1024,
+    // A request that still makes a handler throw (a bug here) gets a JSON 500 and a log line, never a stack.
+    error: (error) => {
+      log.error(`API: ${error.message}`);
+      return fail(500, "internal error");
+    },
+    fetch: async (request) => {
+      // As toxiproxy does: a web page must not drive the proxy (any site can make a browser POST to localhost).
+      if (request.headers.get("user-agent")?.startsWith("Mozilla/")) {
+        const headers = { "content-type": "text/plain; charset=utf-8" };
+        return new Response("User agent not allowed\n", { status: 403, headers });
+      }
+      const path = new URL(request.url).pathname;
+      try {
+        return await route(request, path);
+      } catch (error) {
+        if (error instanceof ApiError) return fail(error.status, error.message);
+        if (error instanceof ToxicError) return fail(400, error.message);
+        if (error instanceof URIError) return fail(400, `bad percent-encoding in ${path}`);
+        throw error;
+      }
+    },
+  });
 }
 
 // ---- Metrics ---------------------------------------------------------------------------------------------------
@@ -1349,7 +1418,6 @@ class Proxy {
   readonly edges: Edges;
   readonly metrics = new Metrics();
   readonly toxics: ToxicSet;
-  private readonly api: Address | undefined;
   private readonly log: Logger;
   private listener: TCPSocketListener<Link> | undefined;
   /** The connections being served (refused ones are not counted). */
@@ -1364,7 +1432,6 @@ class Proxy {
     this.limits = config.limits;
     this.edges = config.edges;
     this.toxics = new ToxicSet(config.toxics);
-    this.api = config.api;
     this.log = new Logger(config.logLevel);
     this.pool = new Pool(
       config.upstreams.map((address) => new Upstream(address)),
@@ -1395,7 +1462,6 @@ class Proxy {
     });
     this.listener = listener;
     if (this.edges.metrics) this.serveMetrics(this.edges.metrics);
-    if (this.api) this.serveApi(this.api);
     for (const toxic of this.toxics.list) this.log.info(`toxic ${describeToxic(toxic)}`);
     const upstreams = this.pool.upstreams.map((upstream) => upstream.name).join(", ");
     this.pool.startChecks(this.timeouts.connectMs);
@@ -1480,100 +1546,6 @@ class Proxy {
     this.connectUpstream(connection);
     const rest = bytes.subarray(header.length);
     if (rest.length > 0) connection.forward("client", rest);
-  }
-
-  /**
-   * The control API: toxiproxy's toxic routes for this one proxy, with its JSON shapes, status codes and error
-   * bodies ({"error": ..., "status": ...}). Every change applies at once to the open connections too.
-   */
-  private serveApi(address: Address): void {
-    const json = (body: unknown, status = 200): Response => Response.json(body, { status });
-    const fail = (status: number, error: string): Response => json({ error, status }, status);
-    const changed = (what: string): void => {
-      this.log.info(what);
-      for (const connection of this.connections) connection.refreshToxics();
-    };
-    const readBody = async (request: Request): Promise<Record<string, unknown>> => {
-      const body: unknown = await request.json().catch(() => {
-        throw new ToxicError("bad request body: not JSON");
-      });
-      if (typeof body !== "object" || body === null || Array.isArray(body)) {
-        throw new ToxicError("bad request body: not a JSON object");
-      }
-      return body as Record<string, unknown>;
-    };
-    const route = async (request: Request, path: string): Promise<Response> => {
-      const { method } = request;
-      const allow = (...methods: string[]): Response | undefined =>
-        methods.includes(method) ? undefined : fail(405, `${method} not allowed on ${path}`);
-      if (path === "/reset") {
-        const refused = allow("POST");
-        if (refused) return refused;
-        this.toxics.list = [];
-        changed("every toxic removed (reset)");
-        return new Response(null, { status: 204 });
-      }
-      if (path === "/toxics") {
-        const refused = allow("GET", "POST");
-        if (refused) return refused;
-        if (method === "GET") return json(this.toxics.list);
-        const toxic = makeToxic(await readBody(request));
-        if (this.toxics.get(toxic.name)) return fail(409, "toxic already exists");
-        this.toxics.set(toxic);
-        changed(`toxic added: ${describeToxic(toxic)}`);
-        return json(toxic); // 200, not 201: toxiproxy answers 200, and its Go client checks for exactly that
-      }
-      const name = /^\/toxics\/([^/]+)$/.exec(path)?.[1];
-      if (name === undefined) return fail(404, `no route ${path}`);
-      const refused = allow("GET", "PATCH", "POST", "DELETE"); // POST: toxiproxy's older clients update with it
-      if (refused) return refused;
-      const existing = this.toxics.get(decodeURIComponent(name));
-      if (existing === undefined) return fail(404, "toxic not found");
-      if (method === "GET") return json(existing);
-      if (method === "DELETE") {
-        this.toxics.remove(existing.name);
-        changed(`toxic removed: ${describeToxic(existing)}`);
-        return new Response(null, { status: 204 });
-      }
-      // A change: toxicity and attributes over the existing ones; name, type and stream stay.
-      const body = await readBody(request);
-      const given = body.attributes ?? {};
-      if (typeof given !== "object" || given === null || Array.isArray(given)) {
-        throw new ToxicError("attributes must be an object");
-      }
-      const attributes = { ...existing.attributes, ...given };
-      const toxic = makeToxic({ ...existing, toxicity: body.toxicity ?? existing.toxicity, attributes });
-      this.toxics.set(toxic);
-      changed(`toxic changed: ${describeToxic(toxic)}`);
-      return json(toxic);
-    };
-    const server = Bun.serve({
-      hostname: address.host,
-      port: address.port,
-      development: false, // never Bun's development error page: it shows source
-      maxRequestBodySize: 64 * 1024,
-      // A request that still makes a handler throw (a bug here) gets a JSON 500 and a log line, never a stack.
-      error: (error) => {
-        this.log.error(`API: ${error.message}`);
-        return fail(500, "internal error");
-      },
-      fetch: async (request) => {
-        // As toxiproxy does: a web page must not drive the proxy (any site can make a browser POST to localhost).
-        if (request.headers.get("user-agent")?.startsWith("Mozilla/")) {
-          const headers = { "content-type": "text/plain; charset=utf-8" };
-          return new Response("User agent not allowed\n", { status: 403, headers });
-        }
-        const path = new URL(request.url).pathname;
-        try {
-          return await route(request, path);
-        } catch (error) {
-          if (error instanceof ToxicError) return fail(400, error.message);
-          if (error instanceof URIError) return fail(400, `bad percent-encoding in ${path}`);
-          throw error;
-        }
-      },
-    });
-    this.log.info(`API on http://${formatAddress(address.host, server.port ?? address.port)} (toxics at /toxics)`);
   }
 
   private serveMetrics(address: Address): void {
@@ -1674,6 +1646,70 @@ class Proxy {
         connectError: () => {}, // the promise rejects too, and is handled below
       },
     }).catch((error: NodeJS.ErrnoException) => fail(describeError(error)));
+  }
+
+  /**
+   * This proxy's toxic routes, with toxiproxy's JSON shapes and status codes: with no `name`, the list (GET) or a
+   * new toxic (POST); with one, that toxic (GET; PATCH or POST to change it; DELETE).
+   */
+  async handleToxics(request: Request, name: string | undefined): Promise<Response> {
+    if (name === undefined) {
+      if (request.method === "GET") return Response.json(this.toxics.list);
+      const toxic = makeToxic(await readBody(request));
+      if (this.toxics.get(toxic.name)) throw new ApiError(409, "toxic already exists");
+      this.toxics.set(toxic);
+      this.toxicsChanged(`toxic added: ${describeToxic(toxic)}`);
+      return Response.json(toxic); // 200, not 201: toxiproxy answers 200, and its Go client checks for exactly that
+    }
+    const existing = this.toxics.get(name);
+    if (existing === undefined) throw new ApiError(404, "toxic not found");
+    if (request.method === "GET") return Response.json(existing);
+    if (request.method === "DELETE") {
+      this.toxics.remove(existing.name);
+      this.toxicsChanged(`toxic removed: ${describeToxic(existing)}`);
+      return new Response(null, { status: 204 });
+    }
+    // A change: toxicity and attributes over the existing ones; name, type and stream stay.
+    const body = await readBody(request);
+    const given = body.attributes ?? {};
+    if (typeof given !== "object" || given === null || Array.isArray(given)) {
+      throw new ToxicError("attributes must be an object");
+    }
+    const attributes = { ...existing.attributes, ...given };
+    const toxic = makeToxic({ ...existing, toxicity: body.toxicity ?? existing.toxicity, attributes });
+    this.toxics.set(toxic);
+    this.toxicsChanged(`toxic changed: ${describeToxic(toxic)}`);
+    return Response.json(toxic);
+  }
+
+  /** The toxics changed: every open connection feels it at once. */
+  toxicsChanged(what: string): void {
+    this.log.info(what);
+    for (const connection of this.connections) connection.refreshToxics();
+  }
+
+  /**
+   * The control API: toxiproxy's toxic routes, for this one proxy (toxiproxy has them under /proxies/NAME):
+   *   GET /toxics             the toxics in force          POST /toxics          add one (200, the toxic)
+   *   GET /toxics/NAME        one toxic                    PATCH /toxics/NAME    change toxicity and attributes
+   *   DELETE /toxics/NAME     remove it (204)              POST /reset           remove every toxic (204)
+   */
+  serveApi(address: Address): number {
+    const server = serveHttpApi(address, this.log, async (request, path) => {
+      const [top, name, ...more] = path.slice(1).split("/").map(decodeURIComponent);
+      if (top === "reset" && name === undefined) {
+        allow(request, path, "POST");
+        this.toxics.list = [];
+        this.toxicsChanged("every toxic removed (reset)");
+        return new Response(null, { status: 204 });
+      }
+      if (top !== "toxics" || more.length > 0) throw new ApiError(404, `no route ${path}`);
+      allow(request, path, ...(name === undefined ? ["GET", "POST"] : ["GET", "PATCH", "POST", "DELETE"]));
+      return this.handleToxics(request, name);
+    });
+    const port = server.port ?? address.port;
+    this.log.info(`API on http://${formatAddress(address.host, port)}`);
+    return port;
   }
 
   /**
@@ -1953,18 +1989,23 @@ function main(): void {
     return;
   }
   const proxy = new Proxy(config);
-  try {
-    const port = proxy.start();
-    // Before the listening line: whoever reads that line may signal at once.
-    process.on("SIGINT", () => proxy.shutdown("SIGINT"));
-    process.on("SIGTERM", () => proxy.shutdown("SIGTERM"));
-    console.log(`listening on ${formatAddress(config.host, port)}`);
-  } catch (error) {
-    const { code, message } = error as NodeJS.ErrnoException;
-    const reason = code === "EADDRINUSE" ? "address already in use" : (code ?? message);
-    process.stderr.write(`error: cannot listen on ${formatAddress(config.host, config.port)}: ${reason}\n`);
-    process.exit(1);
-  }
+  const listen = (what: string, address: Address, start: () => number): number => {
+    try {
+      return start();
+    } catch (error) {
+      const { code, message } = error as NodeJS.ErrnoException;
+      const reason = code === "EADDRINUSE" ? "address already in use" : (code ?? message);
+      process.stderr.write(`error: cannot listen ${what}on ${formatAddress(address.host, address.port)}: ${reason}\n`);
+      process.exit(1);
+    }
+  };
+  const { api } = config;
+  if (api) listen("for the API ", api, () => proxy.serveApi(api));
+  const port = listen("", config, () => proxy.start());
+  // Before the listening line: whoever reads that line may signal at once.
+  process.on("SIGINT", () => proxy.shutdown("SIGINT"));
+  process.on("SIGTERM", () => proxy.shutdown("SIGTERM"));
+  console.log(`listening on ${formatAddress(config.host, port)}`);
 }
 
 if (import.meta.main) main();
