@@ -16,6 +16,7 @@ const STAGES = [
   "tcp_proxy/006-observability-and-edges.ts",
   "tcp_proxy/007-fault-injection.ts",
   "tcp_proxy/011-fault-injection-api.ts",
+  "tcp_proxy/012-proxies-at-run-time.ts",
 ];
 const HALF_CLOSE_FROM = 3;
 

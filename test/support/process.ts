@@ -15,6 +15,9 @@ export const ROOT = resolve(import.meta.dir, "..", "..");
 /** The line every server stage prints when it is listening. */
 export const LISTENING_LINE = /^listening on \[?([^\]\s]+?)\]?:(\d+)$/m;
 
+/** The line a proxy stage with a control API (012 on) prints once the API answers; alone with --api-port. */
+export const API_LINE = /^api on \[?([^\]\s]+?)\]?:(\d+)$/m;
+
 type Stream = "stdout" | "stderr";
 
 /** Collects a child's output as text and lets a test wait for a pattern to appear in it. */
@@ -96,6 +99,8 @@ export interface RunOptions {
   /** Milliseconds to wait for the listening line. */
   readyTimeoutMs?: number;
   stdin?: "pipe" | "ignore";
+  /** The stdout line that says the stage is ready, HOST and PORT in its groups (default: LISTENING_LINE). */
+  line?: RegExp;
   /**
    * A command to run bun under, e.g. `["prlimit", "--nofile=64:64"]` for a lower open-files limit (set both soft
    * and hard: Bun raises its soft limit to the hard one at start), or a namespace wrapper.
@@ -205,7 +210,8 @@ export function run(file: string, args: string[] = [], options: RunOptions = {})
 export async function startStage(file: string, args: string[] = [], options: RunOptions = {}): Promise<Running> {
   const server = run(file, args, options);
   try {
-    const match = await server.stdout.waitFor(LISTENING_LINE, options.readyTimeoutMs ?? 10_000, 0, `stdout of ${file}`);
+    const line = options.line ?? LISTENING_LINE;
+    const match = await server.stdout.waitFor(line, options.readyTimeoutMs ?? 10_000, 0, `stdout of ${file}`);
     server.host = match[1]!;
     server.port = Number(match[2]);
   } catch (error) {
