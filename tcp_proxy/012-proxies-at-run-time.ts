@@ -578,7 +578,7 @@ class Lane {
 
   push(chunk: Uint8Array, toxics: readonly Toxic[]): void {
     const bytes = this.limit(chunk, toxics);
-    if (bytes.length === 0) return;
+    if (bytes.length === 0) return void (this.cut && this.empty && this.progressed()); // limit_data reached
     this.arrivals.push({ bytes, at: this.clock.now(), toxics });
     this.heldBytes += bytes.length;
     if (this.next !== undefined) return; // it waits its turn behind what is already held

@@ -113,6 +113,14 @@ export function toxicContractTests({ file, args: extra = [] }: ToxicStage): void
       await setup.proxy.waitForLog(/closed_by=proxy reason="toxic limit_data"/);
     });
 
+    test("limit_data of 0 bytes closes the connection when the first byte comes, and lets nothing through", async () => {
+      await using setup = await startProxy(["--toxic", "limit_data:downstream:bytes=0"]);
+      const client = await TestClient.connect(setup.proxy.port);
+      client.write("x");
+      expect((await client.readToEnd(3000)).length).toBe(0);
+      await setup.proxy.waitForLog(/bytes_up=1 bytes_down=0 closed_by=proxy reason="toxic limit_data"/);
+    });
+
     test("timeout stalls the data, then closes after its timeout", async () => {
       await using setup = await startProxy(["--toxic", "timeout:upstream:timeout=300"]);
       const client = await TestClient.connect(setup.proxy.port);
