@@ -12,6 +12,11 @@ export interface ToxicApiStage {
   file: string;
   /** Where the command line's proxy's toxics are, below the API's root: "/toxics" or "/proxies/NAME/toxics". */
   toxicsPath: string;
+  /**
+   * "toxiproxy" (013): a timeout toxic drops data and closes its connections when removed; attributes are read
+   * as toxiproxy reads them (negative and defaulted ones accepted); unknown routes answer as toxiproxy's router.
+   */
+  semantics?: "lab" | "toxiproxy";
 }
 
 export interface Answer {
@@ -51,7 +56,8 @@ export async function startWithApi(file: string, args: string[] = []) {
   };
 }
 
-export function toxicApiTests({ file, toxicsPath }: ToxicApiStage): void {
+export function toxicApiTests({ file, toxicsPath, semantics = "lab" }: ToxicApiStage): void {
+  const lab = semantics === "lab";
   const label = file.replace(/^.*\//, "").slice(0, 3);
   const start = async (args: string[] = []) => {
     const setup = await startWithApi(file, args);
@@ -108,7 +114,7 @@ export function toxicApiTests({ file, toxicsPath }: ToxicApiStage): void {
       });
     });
 
-    test("a stall added and removed live: the data waits, then flows", async () => {
+    test.if(lab)("a stall added and removed live: the data waits, then flows", async () => {
       await using setup = await start();
       const client = await TestClient.connect(setup.proxy.port);
       try {
@@ -118,6 +124,22 @@ export function toxicApiTests({ file, toxicsPath }: ToxicApiStage): void {
         await expect(client.readAtLeast(8, 300)).rejects.toThrow(/timed out/);
         expect((await call(`${setup.toxics}/timeout_upstream`, "DELETE")).status).toBe(204);
         expect(decode(await client.readAtLeast(8, 2000))).toBe("PINGHELD");
+      } finally {
+        client.close();
+      }
+    });
+
+    test.if(!lab)("a timeout added live drops the data; removed, it closes the connection (as toxiproxy)", async () => {
+      await using setup = await start();
+      const client = await TestClient.connect(setup.proxy.port);
+      try {
+        await roundTrip(client);
+        expect((await call(setup.toxics, "POST", { type: "timeout", stream: "upstream" })).status).toBe(200);
+        client.write("lost");
+        await expect(client.readAtLeast(8, 300)).rejects.toThrow(/timed out/);
+        expect((await call(`${setup.toxics}/timeout_upstream`, "DELETE")).status).toBe(204);
+        expect(await client.endsWithin(2000)).toBe(true); // bytes were dropped: the stream cannot go on
+        expect(client.receivedLength).toBe(4);
       } finally {
         client.close();
       }
@@ -154,45 +176,95 @@ export function toxicApiTests({ file, toxicsPath }: ToxicApiStage): void {
   });
 
   describe(`${label} toxic routes answer every request as an API`, () => {
-    test.each([
+    const refusals: [string, string, unknown, number, RegExp][] = [
       ["POST", "", "{not json", 400, /^bad request body/],
       ["POST", "", "[1, 2]", 400, /^bad request body/],
       ["POST", "", { type: "gremlins" }, 400, /invalid toxic type|type must be one of latency/],
       ["POST", "", { type: "latency", stream: "sideways" }, 400, /stream (was invalid|must be upstream)/],
-      ["POST", "", { type: "latency", attributes: { latency: -5 } }, 400, /latency must be a number from 0/],
-      ["POST", "", { type: "latency", attributes: { latency: 2 ** 31 } }, 400, /from 0 to 2147483647/],
-      ["POST", "", { type: "timeout", attributes: { timeout: 1e12 } }, 400, /from 0 to 2147483647/],
-      ["POST", "", { type: "reset_peer", attributes: { timeout: 2 ** 31 } }, 400, /from 0 to 2147483647/],
-      ["POST", "", { type: "latency", attributes: { jitter: 2 ** 40 } }, 400, /jitter must be a number/],
-      ["POST", "", { type: "bandwidth" }, 400, /bandwidth needs rate/],
-      ["POST", "", { type: "latency", toxicity: 2 }, 400, /toxicity must be a number from 0 to 1/],
+      ["POST", "", { type: "latency", attributes: { latency: 2 ** 31 } }, 400, /to 2147483647/],
+      ["POST", "", { type: "timeout", attributes: { timeout: 1e12 } }, 400, /to 2147483647/],
+      ["POST", "", { type: "reset_peer", attributes: { timeout: 2 ** 31 } }, 400, /to 2147483647/],
+      ["POST", "", { type: "latency", attributes: { jitter: 2 ** 40 } }, 400, /jitter must be an? (number|integer)/],
       ["POST", "", { type: "latency" }, 409, /^toxic already exists$/],
       ["PATCH", "/latency_downstream", { attributes: "fast" }, 400, /attributes must be an object/],
-      ["PATCH", "/latency_downstream", { attributes: { latency: "5" } }, 400, /latency must be a number/],
+      ["PATCH", "/latency_downstream", { attributes: { latency: "5" } }, 400, /latency must be an? (number|int)/],
       ["GET", "/nothing", undefined, 404, /^toxic not found$/],
       ["DELETE", "/nothing", undefined, 404, /^toxic not found$/],
       ["PATCH", "/nothing", {}, 404, /^toxic not found$/],
       ["GET", "/%ZZ", undefined, 400, /bad percent-encoding/],
       ["GET", "/%", undefined, 400, /bad percent-encoding/],
       ["GET", "/latency_downstream%C0", undefined, 400, /bad percent-encoding/],
-      ["GET", "/a/b", undefined, 404, /no route/],
-      ["PUT", "", "{}", 405, /PUT not allowed/],
-      ["PUT", "/latency_downstream", "{}", 405, /PUT not allowed/],
-    ])("%s TOXICS%s %j: %d, {error, status}, nothing changed", async (method, path, body, status, reason) => {
-      await using setup = await start(["--toxic", "latency:downstream:latency=1"]);
-      const before = (await call(setup.toxics)).json;
-      const answer = await call(`${setup.toxics}${path}`, method, body);
-      expect(answer.status).toBe(status);
-      expect(answer.type).toMatch(/^application\/json/);
-      expect(answer.json).toMatchObject({ status });
-      expect((answer.json as { error: string }).error).toMatch(reason);
-      expect(answer.text).not.toMatch(/<html|\.ts\b|at fetch/i); // never Bun's error page or a stack
-      expect((await call(setup.toxics)).json).toEqual(before);
-    });
+    ];
+    if (lab) {
+      refusals.push(
+        ["POST", "", { type: "latency", attributes: { latency: -5 } }, 400, /latency must be a number from 0/],
+        ["POST", "", { type: "latency", attributes: { delay: 5 } }, 400, /latency has no attribute delay/],
+        ["POST", "", { type: "bandwidth" }, 400, /bandwidth needs rate/],
+        ["POST", "", { type: "latency", toxicity: 2 }, 400, /toxicity must be a number from 0 to 1/],
+        ["GET", "/a/b", undefined, 404, /no route/],
+        ["PUT", "", "{}", 405, /PUT not allowed/],
+        ["PUT", "/latency_downstream", "{}", 405, /PUT not allowed/],
+      );
+    } else {
+      refusals.push(
+        ["POST", "", { type: "bandwidth", attributes: { rate: -1 } }, 400, /rate must be an integer from 0/],
+        ["POST", "", { type: "latency", attributes: { latency: 1.5 } }, 400, /latency must be an integer/],
+        ["POST", "", { type: "down" }, 400, /^invalid toxic type$/],
+        ["POST", "", { type: "latency", stream: "" }, 400, /^stream was invalid/],
+        ["POST", "", { type: "latency", toxicity: "all" }, 400, /toxicity must be a number/],
+        ["PATCH", "/latency_downstream", { attributes: { latency: 7, jitter: "x" } }, 400, /jitter must be/],
+      );
+    }
+    test.each(refusals)(
+      "%s TOXICS%s %j: %d, {error, status}, nothing changed",
+      async (method, path, body, status, reason) => {
+        await using setup = await start(["--toxic", "latency:downstream:latency=1"]);
+        const before = (await call(setup.toxics)).json;
+        const answer = await call(`${setup.toxics}${path}`, method, body);
+        expect(answer.status).toBe(status);
+        expect(answer.type).toMatch(/^application\/json/);
+        expect(answer.json).toMatchObject({ status });
+        expect((answer.json as { error: string }).error).toMatch(reason);
+        expect(answer.text).not.toMatch(/<html|\.ts\b|at fetch/i); // never Bun's error page or a stack
+        expect((await call(setup.toxics)).json).toEqual(before);
+      },
+    );
 
-    test("GET /reset is a 405 in JSON", async () => {
+    test.if(lab)("GET /reset is a 405 in JSON", async () => {
       await using setup = await start();
       expect(await call(`${setup.api}/reset`)).toMatchObject({ status: 405, json: { status: 405 } });
+    });
+
+    test.if(!lab)(
+      "unknown routes and methods answer as toxiproxy's router: 404 page not found, an empty 405",
+      async () => {
+        await using setup = await start();
+        const notFound = { status: 404, text: "404 page not found\n" };
+        expect(await call(`${setup.toxics}/a/b`)).toMatchObject(notFound);
+        expect(await call(`${setup.toxics}/`)).toMatchObject(notFound);
+        expect(await call(`${setup.api}/toxics`)).toMatchObject(notFound);
+        for (const [method, path] of [
+          ["PUT", setup.toxics],
+          ["PUT", `${setup.toxics}/x`],
+          ["GET", `${setup.api}/reset`],
+        ]) {
+          expect(await call(path!, method)).toMatchObject({ status: 405, text: "" });
+        }
+      },
+    );
+
+    test.if(!lab)("accepted as toxiproxy accepts them: negative and defaulted attributes, any toxicity", async () => {
+      await using setup = await start();
+      const toxic = { type: "latency", name: "odd", toxicity: 7, attributes: { latency: -5, bogus: 1 } };
+      expect((await call(setup.toxics, "POST", toxic)).json).toEqual({
+        attributes: { latency: -5, jitter: 0 }, // unknown attributes dropped, the rest defaulted to 0
+        name: "odd",
+        type: "latency",
+        stream: "downstream",
+        toxicity: 7,
+      });
+      const answer = await call(setup.toxics, "POST", { type: "bandwidth" });
+      expect(answer.json).toMatchObject({ name: "bandwidth_downstream", attributes: { rate: 0 } });
     });
 
     test("a browser is refused as toxiproxy refuses it: 403, User agent not allowed", async () => {

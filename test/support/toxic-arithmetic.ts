@@ -55,7 +55,10 @@ export interface ToxicSeam<T extends ToxicDescription> {
 
 /** How many bytes make a KB in the stage's bandwidth toxic (1024 in 007's KiB, 1000 as toxiproxy counts). */
 export interface ArithmeticOptions {
+  /** How many bytes make a KB in the stage's bandwidth toxic: 1024 (the lab's KiB) or 1000 as toxiproxy counts. */
   bytesPerKB: number;
+  /** "toxiproxy" (013): integer attributes, negative ones accepted (meaning 0), as toxiproxy reads them. */
+  semantics?: "lab" | "toxiproxy";
 }
 
 const bytes = (count: number, fill = 0x61): Uint8Array => new Uint8Array(count).fill(fill);
@@ -219,6 +222,20 @@ export function toxicArithmeticTests<T extends ToxicDescription>(
     test("every timer attribute is range-checked with the reason", async () => {
       const { seam } = await setup();
       const attempt = (type: string, attributes: Record<string, unknown>) => () => seam.makeToxic({ type, attributes });
+      if (options.semantics === "toxiproxy") {
+        const range = (key: string) => new RegExp(`${key} must be an integer from -2147483647 to 2147483647`);
+        expect(attempt("latency", { latency: 2 ** 31 })).toThrow(range("latency"));
+        expect(attempt("latency", { latency: -(2 ** 31) })).toThrow(range("latency"));
+        expect(attempt("latency", { jitter: -1 })).not.toThrow(); // toxiproxy takes it, and it means none
+        expect(attempt("timeout", { timeout: 1e12 })).toThrow(range("timeout"));
+        expect(attempt("reset_peer", { timeout: Infinity })).toThrow(/timeout must be an integer/);
+        expect(attempt("slicer", { delay: 2 ** 31 })).toThrow(range("delay"));
+        expect(attempt("latency", { latency: "100" })).toThrow(/latency must be an integer/);
+        expect(attempt("latency", { latency: 1.5 })).toThrow(/latency must be an integer/);
+        expect(attempt("bandwidth", { rate: -1 })).toThrow(/rate must be an integer from 0/); // toxiproxy panics
+        expect(attempt("latency", { latency: 2 ** 31 - 1 })).not.toThrow();
+        return;
+      }
       expect(attempt("latency", { latency: 2 ** 31 })).toThrow(/latency must be a number from 0 to 2147483647/);
       expect(attempt("latency", { jitter: -1 })).toThrow(/jitter must be a number from 0 to 2147483647/);
       expect(attempt("timeout", { timeout: 1e12 })).toThrow(/timeout must be a number from 0 to 2147483647/);

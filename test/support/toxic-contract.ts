@@ -16,6 +16,12 @@ export interface ToxicStage {
   file: string;
   /** Arguments every start needs besides --port, --upstream and the toxics. */
   args?: string[];
+  /**
+   * "lab" (007-012): timeout stalls (holds) the data, reset_peer counts from the connection's start, bandwidth in
+   * KiB, attributes from 0 up. "toxiproxy" (013): as toxiproxy, timeout drops the data, reset_peer starts at the
+   * first data (which it drops), bandwidth in KB of 1000 bytes, integers, negative values accepted.
+   */
+  semantics?: "lab" | "toxiproxy";
 }
 
 /** Milliseconds for one message to go through the proxy and come back. */
@@ -27,8 +33,10 @@ export async function roundTrip(client: TestClient, message = "ping"): Promise<n
   return performance.now() - started;
 }
 
-export function toxicContractTests({ file, args: extra = [] }: ToxicStage): void {
+export function toxicContractTests({ file, args: extra = [], semantics = "lab" }: ToxicStage): void {
   const STAGE = file;
+  const lab = semantics === "lab";
+  const bytesPerKB = lab ? 1024 : 1000;
   const label = file.replace(/^.*\//, "").slice(0, 3);
   async function startProxy(args: string[]) {
     const upstream = startEchoUpstream();
@@ -77,14 +85,14 @@ export function toxicContractTests({ file, args: extra = [] }: ToxicStage): void
     });
 
     test("bandwidth caps throughput (at most 20% over, for the first 10 ms slice)", async () => {
-      const rateKiB = 2048; // 2 MiB/s: 1 MiB should take 0.5 s
-      await using setup = await startProxy(["--toxic", `bandwidth:downstream:rate=${rateKiB}`]);
+      const rate = 2048; // KB/s: 1 MiB should take about 0.5 s
+      await using setup = await startProxy(["--toxic", `bandwidth:downstream:rate=${rate}`]);
       const data = randomBytes(1 * MiB);
       const { intact, seconds } = await echoTransfer(setup.proxy.port, data);
       expect(intact).toBe(true);
-      const throughput = data.length / 1024 / seconds;
-      expect(throughput).toBeLessThan(rateKiB * 1.2);
-      expect(throughput).toBeGreaterThan(rateKiB * 0.4); // slower only when the machine is busy
+      const throughput = data.length / bytesPerKB / seconds;
+      expect(throughput).toBeLessThan(rate * 1.2);
+      expect(throughput).toBeGreaterThan(rate * 0.4); // slower only when the machine is busy
     });
 
     test("slicer delivers the stream in small pieces, intact", async () => {
@@ -113,7 +121,7 @@ export function toxicContractTests({ file, args: extra = [] }: ToxicStage): void
       await setup.proxy.waitForLog(/closed_by=proxy reason="toxic limit_data"/);
     });
 
-    test("limit_data of 0 bytes closes the connection when the first byte comes, and lets nothing through", async () => {
+    test("limit_data of 0 bytes closes the connection at the first byte, and lets nothing through", async () => {
       await using setup = await startProxy(["--toxic", "limit_data:downstream:bytes=0"]);
       const client = await TestClient.connect(setup.proxy.port);
       client.write("x");
@@ -121,7 +129,7 @@ export function toxicContractTests({ file, args: extra = [] }: ToxicStage): void
       await setup.proxy.waitForLog(/bytes_up=1 bytes_down=0 closed_by=proxy reason="toxic limit_data"/);
     });
 
-    test("timeout stalls the data, then closes after its timeout", async () => {
+    test(`timeout ${lab ? "stalls" : "drops"} the data, then closes after its timeout`, async () => {
       await using setup = await startProxy(["--toxic", "timeout:upstream:timeout=300"]);
       const client = await TestClient.connect(setup.proxy.port);
       const started = performance.now();
@@ -132,11 +140,13 @@ export function toxicContractTests({ file, args: extra = [] }: ToxicStage): void
       expect(setup.upstream.heads[0]?.length ?? 0).toBe(0); // the bytes never reached the upstream
     });
 
-    test("reset_peer resets the connection after its timeout", async () => {
+    test(`reset_peer resets the connection ${lab ? "" : "at the first data, then "}after its timeout`, async () => {
       await using setup = await startProxy(["--toxic", "reset_peer:downstream:timeout=150"]);
       const client = await TestClient.connect(setup.proxy.port);
       const started = performance.now();
-      await roundTrip(client); // works until then
+      if (lab)
+        await roundTrip(client); // works until then
+      else client.write("ping"); // the echo is the first data downstream: dropped, and the timer starts
       expect(await client.endsWithin(2000)).toBe(true);
       expect(performance.now() - started).toBeGreaterThanOrEqual(140);
       expect((client.closeError as NodeJS.ErrnoException | undefined)?.code).toBe("ECONNRESET");
@@ -230,7 +240,7 @@ export function toxicContractTests({ file, args: extra = [] }: ToxicStage): void
 
     // A toxic that cuts the stream into many pieces must not hold them as many objects: the lane is bounded in bytes
     // (1 MiB, then the source is paused), and its memory must be too, whatever the toxic does with the bytes.
-    test.each([["slicer:upstream:average_size=1,delay=100"], ["bandwidth:upstream:rate=0.1"]])(
+    test.each([["slicer:upstream:average_size=1,delay=100"], [`bandwidth:upstream:rate=${lab ? "0.1" : "1"}`]])(
       "%s toward an upstream that does not read: the proxy's memory stays within the lane bound",
       async (toxic) => {
         using deaf = startFaultyEchoServer({ kind: "deaf" });
@@ -266,11 +276,11 @@ export function toxicContractTests({ file, args: extra = [] }: ToxicStage): void
     );
 
     test.each([
-      ["latency:downstream:latency=2147483648", /latency must be a number from 0 to 2147483647/],
+      ["latency:downstream:latency=2147483648", /latency must be an? (number|integer) from -?\d+ to 2147483647/],
       ["latency:downstream:jitter=1e10", /--toxic jitter must be a number/],
-      ["timeout:upstream:timeout=2147483648", /timeout must be a number from 0 to 2147483647/],
-      ["reset_peer:upstream:timeout=99999999999", /timeout must be a number from 0 to 2147483647/],
-      ["slicer:upstream:delay=2147483648", /delay must be a number from 0 to 2147483647/],
+      ["timeout:upstream:timeout=2147483648", /timeout must be an? (number|integer) from -?\d+ to 2147483647/],
+      ["reset_peer:upstream:timeout=99999999999", /timeout must be an? (number|integer) from -?\d+ to 2147483647/],
+      ["slicer:upstream:delay=2147483648", /delay must be an? (number|integer) from -?\d+ to 2147483647/],
     ])("--toxic %s: one line, exit 2", async (toxic, message) => {
       const { code, stderr } = await runToExit(STAGE, [...extra, "--toxic", toxic]);
       expect(code).toBe(2);
@@ -314,8 +324,11 @@ export function toxicContractTests({ file, args: extra = [] }: ToxicStage): void
   describe(`${label} --toxic`, () => {
     test.each([
       [["--toxic", "latency"], /--toxic must look like TYPE:STREAM/],
-      [["--toxic", "latency:sideways"], /stream must be upstream or downstream/],
-      [["--toxic", "bandwidth:upstream"], /bandwidth needs rate/],
+      [["--toxic", "latency:sideways"], /stream (must be upstream or downstream|was invalid)/],
+      [
+        ["--toxic", lab ? "bandwidth:upstream" : "gremlins:upstream"],
+        lab ? /bandwidth needs rate/ : /invalid toxic type/,
+      ],
       [["--toxic", "latency:upstream", "--toxic", "latency:upstream:latency=5"], /two toxics named latency_upstream/],
     ])("usage error %p", async (args, message) => {
       const { code, stderr } = await runToExit(STAGE, [...extra, ...args]);
