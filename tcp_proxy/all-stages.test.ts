@@ -17,6 +17,7 @@ const STAGES = [
   "tcp_proxy/007-fault-injection.ts",
   "tcp_proxy/011-fault-injection-api.ts",
   "tcp_proxy/012-proxies-at-run-time.ts",
+  "tcp_proxy/013-toxiproxy-compatible.ts",
 ];
 const HALF_CLOSE_FROM = 3;
 
