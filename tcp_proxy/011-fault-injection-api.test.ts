@@ -1,10 +1,17 @@
-import { expect, test } from "bun:test";
+import { afterAll, expect, test } from "bun:test";
+import { echoContractTests } from "../test/support/echo-contract.ts";
+import { startEchoUpstream } from "../test/support/net.ts";
 import { runToExit } from "../test/support/process.ts";
 import { toxicArithmeticTests } from "../test/support/toxic-arithmetic.ts";
 import { call, startWithApi, toxicApiTests } from "../test/support/toxic-api-contract.ts";
 import { toxicContractTests } from "../test/support/toxic-contract.ts";
 
 const STAGE = "tcp_proxy/011-fault-injection-api.ts";
+
+// A proxy in front of an echo upstream is an echo server to its clients: the echo stages' contract holds.
+const echoUpstream = startEchoUpstream();
+afterAll(() => echoUpstream.stop());
+echoContractTests({ file: STAGE, args: ["--port", "0", "--upstream", echoUpstream.address] });
 
 // What 010 (toxics from --toxic) promises still holds here, with the API in place; then the API's own routes.
 toxicArithmeticTests(STAGE, () => import("./011-fault-injection-api.ts"), { bytesPerKB: 1024 });

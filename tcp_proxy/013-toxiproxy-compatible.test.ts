@@ -1,8 +1,9 @@
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type ICreateToxicBody, Toxiproxy } from "toxiproxy-node-client";
+import { echoContractTests } from "../test/support/echo-contract.ts";
 import { decode, type EchoUpstream, startEchoUpstream, TestClient } from "../test/support/net.ts";
 import { API_LINE, runToExit, startStage } from "../test/support/process.ts";
 import { proxyApiTests } from "../test/support/proxy-api-contract.ts";
@@ -11,6 +12,11 @@ import { call, toxicApiTests } from "../test/support/toxic-api-contract.ts";
 import { roundTrip, toxicContractTests } from "../test/support/toxic-contract.ts";
 
 const STAGE = "tcp_proxy/013-toxiproxy-compatible.ts";
+
+// A proxy in front of an echo upstream is an echo server to its clients: the echo stages' contract holds.
+const echoUpstream = startEchoUpstream();
+afterAll(() => echoUpstream.stop());
+echoContractTests({ file: STAGE, args: ["--port", "0", "--upstream", echoUpstream.address] });
 
 // What 010-012 promise, with toxiproxy's semantics where they differ (docs/toxiproxy.md says where and why).
 toxicArithmeticTests(STAGE, () => import("./013-toxiproxy-compatible.ts"), {
