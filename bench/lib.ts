@@ -8,6 +8,8 @@ import { cpus } from "node:os";
 import { join, resolve } from "node:path";
 import { descendants, LISTENING_LINE } from "../test/support/process.ts";
 
+export { API_LINE } from "../test/support/process.ts";
+
 export { descendants, memoryKiB } from "../test/support/process.ts";
 
 export const ROOT = resolve(import.meta.dir, "..");
@@ -28,6 +30,12 @@ export function lastStage(folder: string, from = 1): string {
   const last = stages.at(-1);
   if (last === undefined) throw new Error(`no stage numbered ${from} or above in ${folder}/`);
   return join(folder, last);
+}
+
+/** The stage file in `folder` whose name ends with `suffix` (e.g. "-fault-injection.ts"), whatever its number. */
+export function stageEndingWith(folder: string, suffix: string): string | undefined {
+  const name = readdirSync(join(ROOT, folder)).find((file) => /^\d{3}-/.test(file) && file.endsWith(suffix));
+  return name === undefined ? undefined : join(folder, name);
 }
 
 export type Child = Subprocess<"ignore" | "pipe", "pipe", "pipe">;
@@ -89,11 +97,15 @@ export async function waitForLine(
   }
 }
 
-/** Spawns a server stage (or reference server) and waits for its `listening on HOST:PORT` line. */
-export async function startListening(command: string[], what: string): Promise<{ child: Child; port: number }> {
+/** Spawns a server stage (or reference server) and waits for its `listening on HOST:PORT` line (or `line`). */
+export async function startListening(
+  command: string[],
+  what: string,
+  line: RegExp = LISTENING_LINE,
+): Promise<{ child: Child; port: number }> {
   const child = spawn(command);
   try {
-    const [, , port] = await waitForLine(child, LISTENING_LINE, what, 10_000);
+    const [, , port] = await waitForLine(child, line, what, 10_000);
     void child.stderr.pipeTo(new WritableStream());
     return { child, port: Number(port) };
   } catch (error) {
