@@ -6,11 +6,12 @@ import type { Subprocess } from "bun";
 import { cpus } from "node:os";
 import * as processes from "../lib/processes.ts";
 import { environment, killTree, OutputCollector, track, WITHOUT_COLOUR } from "../lib/processes.ts";
-import { ROOT } from "../lib/stages.ts";
+import { join } from "node:path";
+import { ROOT, stageFiles } from "../lib/stages.ts";
 
 export { descendants, memoryKiB } from "../lib/processes.ts";
 export { commandLine, numberOption, usageError } from "../lib/cli.ts";
-export { lastStage, ROOT } from "../lib/stages.ts";
+export { API_LINE, lastStage, ROOT } from "../lib/stages.ts";
 
 /** taskset and two cores: the server (or proxy) can have CPU 0 and the load CPU 1, each paying for its own core. */
 export const canPin = Bun.which("taskset") !== null && cpus().length >= 2;
@@ -18,6 +19,13 @@ export const canPin = Bun.which("taskset") !== null && cpus().length >= 2;
 /** `command` run on CPU `cpu` when `pin` (by default: whenever pinning is possible). */
 export function onCpu(cpu: 0 | 1, command: string[], pin = canPin): string[] {
   return pin ? ["taskset", "-c", String(cpu), ...command] : command;
+}
+
+/** The stage file in `folder` whose name ends with `suffix` (e.g. "-fault-injection.ts"), whatever its number. */
+export function stageEndingWith(folder: string, suffix: string): string | undefined {
+  return stageFiles(folder)
+    .filter((name) => name.endsWith(suffix))
+    .map((name) => join(folder, name))[0];
 }
 
 export type Child = Subprocess<"ignore" | "pipe", "pipe", "pipe">;
@@ -41,9 +49,13 @@ export function waitForLine(
   return new OutputCollector(child.stdout).waitFor(pattern, timeoutMs, 0, what);
 }
 
-/** Spawns a server stage (or reference server) and waits for its `listening on HOST:PORT` line. */
-export async function startListening(command: string[], what: string): Promise<{ child: Child; port: number }> {
-  const server = await processes.startListening(command, { name: what });
+/** Spawns a server stage (or reference server) and waits for its `listening on HOST:PORT` line (or `line`). */
+export async function startListening(
+  command: string[],
+  what: string,
+  line?: RegExp,
+): Promise<{ child: Child; port: number }> {
+  const server = await processes.startListening(command, { name: what, line });
   return { child: server.proc, port: server.port };
 }
 

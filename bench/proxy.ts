@@ -1,14 +1,15 @@
 #!/usr/bin/env bun
-// Proxy benchmark (not a test): the last proxy stage against a direct connection to the same servers, in one
-// run, with HAProxy (TCP mode) and socat as peers when they are installed. The help text below says what it
-// measures, how long it takes and where it writes.
+// Proxy benchmark (not a test): the fault-injection stage and the last proxy stage against a direct connection to
+// the same servers, in one run, with HAProxy (TCP mode) and socat as peers when they are installed. The help text
+// below says what it measures, how long it takes and where it writes.
 
 import type { Subprocess } from "bun";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { unusedPort as freePort } from "../lib/sockets.ts";
 import {
+  API_LINE,
   canPin,
   type Child,
   commandLine,
@@ -18,22 +19,26 @@ import {
   onCpu,
   ROOT,
   spawn,
+  stageEndingWith,
   startListening,
   stop,
 } from "./lib.ts";
 
 const HELP = `Usage: bun run bench:proxy [options]        (or: bun bench/proxy.ts, bun run bench proxy)
 
-Proxy benchmark, not a test: the last proxy stage against a direct connection to the same servers, and against
-HAProxy (TCP mode) and socat when they are installed:
-  bulk     iperf3 client -> [proxy] -> iperf3 server: Gbit/s (needs iperf3: apt-get install iperf3)
+Proxy benchmark, not a test: the fault-injection stage (toxics from flags, no toxic in force) and the last proxy
+stage (its control API on) against a direct connection to the same servers, and against HAProxy (TCP mode) and
+socat when they are installed:
+  bulk     iperf3 client -> [proxy] -> iperf3 server: Gbit/s, and the proxy's peak memory
+           (needs iperf3: apt-get install iperf3)
   echo     closed-loop echo (bench/echo-load.ts) at --connections -> [proxy] -> the last echo stage:
            messages/s, p50 and p99 round trip
   memory   the proxy's peak memory per connection under that load, and per idle connection (1,000 held)
+  proxies  in the last stage, when it makes proxies at run time: what one idle proxy and 100 proxies cost
 With taskset and two cores the proxy runs on CPU 0, the load and the servers on CPU 1.
 
-Run time: per path (direct, the stage, each peer found), --seconds of bulk and 1 + --seconds of echo, plus a
-few seconds to start and to measure memory: about 1 minute with the defaults and both peers.
+Run time: per path (direct, each stage, each peer found), --seconds of bulk and 1 + --seconds of echo, plus a
+few seconds to start and to measure memory: about 1-2 minutes with the defaults and both peers.
 
 Writes --out, by default bench/results/proxy.json: that REPLACES the committed results docs/proxy.md quotes.
 To keep them, write elsewhere: --out /tmp/proxy.json.
@@ -57,6 +62,12 @@ const CONNECTIONS = numberOption("--connections", values.connections, { min: 1, 
 numberOption("--size", values.size, { min: 1, integer: true });
 
 const PROXY_STAGE = lastStage("tcp_proxy");
+/** The fault-injection stage, whatever its number: the proxy with every feature before the control plane. */
+const FAULT_STAGE = stageEndingWith("tcp_proxy", "-fault-injection.ts");
+const LAB_STAGES = [...new Set([FAULT_STAGE ?? PROXY_STAGE, PROXY_STAGE])];
+/** Does the stage have a control API (--api-port)? Then it runs with it on, as it would be used. */
+const hasApi = (file: string): boolean => readFileSync(resolve(ROOT, file), "utf8").includes('"api-port"');
+const MiB = 1024 * 1024;
 const ECHO_STAGE = lastStage("tcp_echo_server");
 const which = (tool: string): string | null => Bun.which(tool) ?? Bun.which(tool, { PATH: "/usr/sbin:/sbin:/usr/bin" });
 const pinning = canPin;
@@ -116,28 +127,19 @@ interface Peer {
   start(upstreamPort: number): Promise<{ port: number; child: Subprocess }>;
 }
 
-const peers: Peer[] = [
-  {
-    name: "bun-tcp-lab",
-    start: (upstreamPort) =>
-      startStage(
-        PROXY_STAGE,
-        [
-          "--upstream",
-          `127.0.0.1:${upstreamPort}`,
-          "--log-level",
-          "warn",
-          "--health-interval",
-          "0",
-          "--idle-timeout",
-          "0",
-          "--max-clients",
-          "100000",
-        ],
-        onProxyCore,
-      ),
-  },
-];
+const peers: Peer[] = LAB_STAGES.map((stage) => ({
+  name: `bun-tcp-lab ${basename(stage).slice(0, 3)}`,
+  start: (upstreamPort: number) =>
+    startStage(
+      stage,
+      [
+        ...["--upstream", `127.0.0.1:${upstreamPort}`, "--log-level", "warn", "--health-interval", "0"],
+        ...["--idle-timeout", "0", "--max-clients", "100000"],
+        ...(hasApi(stage) ? ["--api-port", "0"] : []),
+      ],
+      onProxyCore,
+    ),
+}));
 const haproxy = which("haproxy");
 if (haproxy) {
   peers.push({
@@ -246,6 +248,35 @@ interface Row {
   memoryPerConnection?: number;
   /** RSS growth with IDLE_CONNECTIONS open and idle, divided by them: the cost of a connection itself. */
   idleMemoryPerConnection?: number;
+  /** Peak RSS of the proxy process over the bulk (iperf3) run, in bytes. */
+  bulkPeak?: number;
+}
+
+/**
+ * What proxies themselves cost in a stage with a control API: the RSS the process gains when one idle proxy (a
+ * listener and its state) is created through the API, and when 100 are, against the API alone.
+ */
+async function proxyCost(stage: string, upstreamPort: number): Promise<{ one: number; hundred: number }> {
+  const command = [process.execPath, stage, "--api-port", "0", "--log-level", "warn", "--health-interval", "0"];
+  const { child, port } = await startListening(onProxyCore(command), stage, API_LINE);
+  try {
+    const create = async (name: string): Promise<void> => {
+      const body = JSON.stringify({ name, listen: "127.0.0.1:0", upstream: `127.0.0.1:${upstreamPort}` });
+      const response = await fetch(`http://127.0.0.1:${port}/proxies`, { method: "POST", body });
+      if (response.status !== 201) throw new Error(`proxy ${name}: ${response.status} ${await response.text()}`);
+    };
+    const settled = async (): Promise<number> => {
+      await Bun.sleep(300); // a reading after the allocations of the last request have settled, not an event
+      return rss(child.pid).rss;
+    };
+    const base = await settled();
+    await create("p0");
+    const one = (await settled()) - base;
+    for (let i = 1; i < 100; i++) await create(`p${i}`);
+    return { one, hundred: (await settled()) - base };
+  } finally {
+    await stop(child);
+  }
 }
 
 const IDLE_CONNECTIONS = 1000;
@@ -276,20 +307,23 @@ async function idleMemory(pid: number, port: number): Promise<number> {
 
 async function main(): Promise<void> {
   const iperf3 = which("iperf3");
-  console.log(`proxy: ${PROXY_STAGE}; echo server: ${ECHO_STAGE}; ${SECONDS} s per run; ${CONNECTIONS} connections`);
+  console.log(
+    `proxies: ${LAB_STAGES.join(", ")}; echo server: ${ECHO_STAGE}; ${SECONDS} s per run; ${CONNECTIONS} connections`,
+  );
   const loadBefore = loadavg()[0]!;
   console.log(
     `load average before: ${loadBefore.toFixed(2)} (other work on the machine skews every path alike, not evenly)`,
   );
   console.log(
     `cores: ${cpus().length}, ` +
-      (pinning ? "proxy on CPU 0, load and servers on CPU 1" : "no pinning (taskset missing or one core)"),
+      `${pinning ? "proxy on CPU 0, load and servers on CPU 1" : "no pinning (taskset missing or one core)"}`,
   );
   console.log(
     `peers found: ${peers.map((peer) => peer.name).join(", ")}${iperf3 ? "" : " (iperf3 missing: no bulk test)"}`,
   );
 
   const rows: Row[] = [{ name: "direct" }, ...peers.map((peer) => ({ name: peer.name }))];
+  let cost: { one: number; hundred: number } | undefined;
   const echo = await startStage(
     ECHO_STAGE,
     ["--max-clients", String(IDLE_CONNECTIONS * 2), "--idle-timeout", "0", "--log-level", "warn"],
@@ -308,8 +342,10 @@ async function main(): Promise<void> {
       if (iperf3) {
         const proxy = peer ? await peer.start(iperfPort) : undefined;
         row.bulkGbps = await iperf(proxy?.port ?? iperfPort);
+        if (proxy) row.bulkPeak = rss(proxy.child.pid).peak;
         if (proxy) await stop(proxy.child);
-        console.log(`  ${row.name.padEnd(12)} bulk ${row.bulkGbps.toFixed(2)} Gbit/s`);
+        const peak = row.bulkPeak === undefined ? "" : `, peak RSS ${(row.bulkPeak / MiB).toFixed(1)} MiB`;
+        console.log(`  ${row.name.padEnd(16)} bulk ${row.bulkGbps.toFixed(2)} Gbit/s${peak}`);
       }
       const proxy = peer ? await peer.start(echo.port) : undefined;
       const idle = proxy ? rss(proxy.child.pid).rss : NaN;
@@ -317,7 +353,7 @@ async function main(): Promise<void> {
         row.echo = await echoLoad(proxy?.port ?? echo.port);
       } catch (error) {
         // One peer failing (socat has lost a connection here) must not cost the other rows: say so, carry on.
-        console.log(`  ${row.name.padEnd(12)} echo failed: ${(error as Error).message.trim()}`);
+        console.log(`  ${row.name.padEnd(16)} echo failed: ${(error as Error).message.trim()}`);
         if (proxy) await stop(proxy.child);
         continue;
       }
@@ -328,8 +364,16 @@ async function main(): Promise<void> {
       }
       const { msgsPerSec, p50Ms, p99Ms } = row.echo;
       console.log(
-        `  ${row.name.padEnd(12)} echo ${Math.round(msgsPerSec)} msgs/s, ` +
+        `  ${row.name.padEnd(16)} echo ${Math.round(msgsPerSec)} msgs/s, ` +
           `p50 ${p50Ms.toFixed(3)} ms, p99 ${p99Ms.toFixed(3)} ms`,
+      );
+    }
+    if (hasApi(PROXY_STAGE)) {
+      cost = await proxyCost(PROXY_STAGE, echo.port);
+      const kib = (bytes: number) => `${(bytes / 1024).toFixed(0)} KiB`;
+      console.log(
+        `  ${PROXY_STAGE}: one idle proxy ${kib(cost.one)}, 100 proxies ${kib(cost.hundred)} ` +
+          `(${kib(cost.hundred / 100)} each)`,
       );
     }
   } finally {
@@ -341,9 +385,9 @@ async function main(): Promise<void> {
   const ratio = (value: number | undefined, base: number | undefined) => (value && base ? value / base : NaN);
   const fmt = (value: number, digits = 2) => (Number.isFinite(value) ? value.toFixed(digits) : "-");
   const lines = [
-    "| path | bulk Gbit/s | x direct | echo msgs/s | x direct | p50 ms | p99 ms | peak memory per connection " +
-      "| idle memory per connection |",
-    `| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
+    "| path | bulk Gbit/s | x direct | bulk peak RSS | echo msgs/s | x direct | p50 ms | p99 ms " +
+      "| peak memory per connection | idle memory per connection |",
+    `| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
     ...rows.map((row) => {
       const bulk = ratio(row.bulkGbps, direct.bulkGbps);
       const msgs = ratio(row.echo?.msgsPerSec, direct.echo?.msgsPerSec);
@@ -355,10 +399,12 @@ async function main(): Promise<void> {
             : `${(row.memoryPerConnection / 1024).toFixed(1)} KiB`;
       const idle =
         row.idleMemoryPerConnection === undefined ? "-" : `${(row.idleMemoryPerConnection / 1024).toFixed(1)} KiB`;
+      const peak = row.bulkPeak === undefined ? "-" : `${(row.bulkPeak / MiB).toFixed(1)} MiB`;
       const cells = [
         row.name,
         fmt(row.bulkGbps ?? NaN),
         row === direct ? "1" : fmt(bulk),
+        peak,
         Math.round(row.echo?.msgsPerSec ?? 0),
         row === direct ? "1" : fmt(msgs),
         fmt(row.echo?.p50Ms ?? NaN, 3),
@@ -376,8 +422,8 @@ async function main(): Promise<void> {
     ...rows
       .slice(1)
       .flatMap((row) => [
-        `${row.name.padEnd(12)} bulk ${bar(ratio(row.bulkGbps, direct.bulkGbps))}`,
-        `${"".padEnd(12)} echo ${bar(ratio(row.echo?.msgsPerSec, direct.echo?.msgsPerSec))}`,
+        `${row.name.padEnd(16)} bulk ${bar(ratio(row.bulkGbps, direct.bulkGbps))}`,
+        `${"".padEnd(16)} echo ${bar(ratio(row.echo?.msgsPerSec, direct.echo?.msgsPerSec))}`,
       ]),
   ];
   console.log(`\n${lines.join("\n")}\n\n${chart.join("\n")}`);
@@ -389,13 +435,14 @@ async function main(): Promise<void> {
     `${JSON.stringify(
       {
         date: new Date().toISOString(),
-        proxy: PROXY_STAGE,
+        proxies: LAB_STAGES,
         echo: ECHO_STAGE,
         seconds: SECONDS,
         connections: CONNECTIONS,
         pinned: pinning,
         loadBefore,
         loadAfter: loadavg()[0],
+        proxyCost: cost,
         rows,
       },
       null,

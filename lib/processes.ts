@@ -268,10 +268,12 @@ export class Running implements AsyncDisposable {
    * Waits for the `listening on HOST:PORT` line, sets `host` and `port`, and returns them. Rejects, saying so, if
    * the process exits first, after `timeoutMs`, or when `signal` is aborted ("interrupted").
    */
-  async waitForListening(options: { timeoutMs?: number; signal?: AbortSignal; name?: string } = {}): Promise<Address> {
-    const { timeoutMs = 10_000, signal, name = this.command.join(" ") } = options;
+  async waitForListening(
+    options: { timeoutMs?: number; signal?: AbortSignal; name?: string; line?: RegExp } = {},
+  ): Promise<Address> {
+    const { timeoutMs = 10_000, signal, name = this.command.join(" "), line = LISTENING_LINE } = options;
     try {
-      const match = await this.stdout.waitFor(LISTENING_LINE, timeoutMs, 0, `stdout of ${name}`, signal);
+      const match = await this.stdout.waitFor(line, timeoutMs, 0, `stdout of ${name}`, signal);
       this.host = match[1]!;
       this.port = Number(match[2]);
       return { host: this.host, port: this.port };
@@ -279,7 +281,7 @@ export class Running implements AsyncDisposable {
       if (!(error instanceof OutputWaitError)) throw error;
       if (error.reason === "aborted") throw new Error("interrupted");
       if (error.reason === "timeout")
-        throw new Error(`${name} did not print "listening on HOST:PORT" within ${timeoutMs / 1000} s`);
+        throw new Error(`${name} did not print a line matching ${line} within ${timeoutMs / 1000} s`);
       throw new Error(`${name} exited (code ${await this.proc.exited}) before listening`);
     }
   }
@@ -332,7 +334,7 @@ export function spawnProcess(command: string[], options: SpawnOptions = {}): Run
  */
 export async function startListening(
   command: string[],
-  options: SpawnOptions & { timeoutMs?: number; name?: string } = {},
+  options: SpawnOptions & { timeoutMs?: number; name?: string; line?: RegExp } = {},
 ): Promise<Running> {
   const server = spawnProcess(command, options);
   try {

@@ -13,6 +13,9 @@ export const ROOT = resolve(import.meta.dir, "..");
  */
 export const LISTENING_LINE = /^listening on \[?([^\]\s]+?)\]?:(\d+)$/m;
 
+/** The line a proxy stage with a control API (012 on) prints once the API answers; alone with --api-port. */
+export const API_LINE = /^api on \[?([^\]\s]+?)\]?:(\d+)$/m;
+
 export interface Address {
   host: string;
   port: number;

@@ -27,6 +27,16 @@ describe("012 metrics", () => {
     );
   });
 
+  test("a metrics port another copy serves is busy too (development: false would share it silently)", async () => {
+    await using first = await startStage(STAGE, [...BASE, "--workers", "1", "--metrics-port", "0"]);
+    const [, port] = (await first.waitForLog(/metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/))!;
+    const second = await runToExit(STAGE, [...BASE, "--workers", "1", "--metrics-port", port!]);
+    expect(second.code).toBe(1);
+    expect(second.stderr.trimEnd().split("\n").at(-1)).toBe(
+      `error: cannot serve metrics on 127.0.0.1:${port}: address already in use`,
+    );
+  });
+
   echoContractTests({ file: STAGE, args: [...BASE, "--workers", "2"] });
 
   hostileContractTests({ file: STAGE, kind: "echo", args: [...BASE, "--workers", "2"] });

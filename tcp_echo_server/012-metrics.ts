@@ -787,6 +787,7 @@ class Supervisor {
           hostname: host,
           port: metricsPort,
           development: false, // a failure answers 500, never Bun's development page with our source in it
+          reusePort: false, // which `development: false` turns on: a second server would share this port silently
           fetch: (request) => this.serveMetrics(request),
         });
         this.log.info(`metrics on http://${formatAddress(host, this.metricsServer.port ?? metricsPort)}/metrics`);

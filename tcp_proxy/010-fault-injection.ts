@@ -4,30 +4,41 @@
  *
  * Adds:   toxics, in the spirit of toxiproxy, to test how clients and servers cope with a bad network, each acting
  *         on one direction ("upstream" = client to server, "downstream" = back) of a share of the connections
- *         (toxicity, a probability drawn once per connection):
+ *         (toxicity, a probability drawn once per connection), given with --toxic TYPE:STREAM:KEY=VALUE,...:
  *           latency      every chunk delayed by latency ms, +- jitter ms (order kept)
- *           bandwidth    at most rate KB/s, paced in 10 ms slices
+ *           bandwidth    at most rate KB/s (KiB), paced in 10 ms slices
  *           slicer       data cut into average_size +- size_variation byte writes, delay microseconds apart
  *                        (finds the parsers that assume one read = one message)
  *           limit_data   bytes let through, then the connection is closed (a transfer cut in the middle)
- *           timeout      nothing read, nothing delivered: a stalled network; the connection is closed after
- *                        timeout ms, or never with 0 (until the toxic is removed, and then data flows again)
+ *           timeout      nothing read, nothing delivered: a stalled network; closed after timeout ms (0: never)
  *           reset_peer   RST after timeout ms (a crash, a middlebox dropping state)
- *         Given with --toxic TYPE:STREAM:KEY=VALUE,... and changed while the proxy runs through a small JSON
- *         HTTP API (--api-port; GET/POST /toxics, GET/POST/DELETE /toxics/NAME), which applies to open
- *         connections at once. Delayed bytes wait in a per-direction lane; past 1 MiB the source is paused, so
- *         a slow toxic slows the sender down instead of filling the proxy's memory. With no toxic, bytes take
- *         the direct path of 009. Speed: with no toxic in force a chunk allocates nothing on its way (one shared
- *         empty toxic list), and the clock is read per chunk only when --idle-timeout needs it.
- * Lacks:  TLS, UDP, HTTP awareness: this proxy moves bytes, and that is the lesson's boundary.
+ *         The lesson is the lane that holds delayed bytes, one per direction: it keeps their order, holds chunks
+ *         as they came and cuts the next piece only when its turn comes, pauses the source past 1 MiB, and waits
+ *         for a destination that has not taken the last piece; so a slow toxic slows the sender down instead of
+ *         filling the proxy's memory. A FIN or a close is passed on only after the bytes a lane holds for that
+ *         direction are delivered, and the log line counts bytes delivered, not read. Every attribute is range-
+ *         checked (at most 2^31-1: no timer is handed more than it can wait). With no toxic, bytes take the
+ *         direct path of the previous stage and allocate nothing on the way.
+ * Lacks:  changing toxics while the proxy runs (011, a live HTTP API); TLS, UDP, HTTP awareness: this proxy moves
+ *         bytes, and that is the lesson's boundary.
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
- *         bun tcp_proxy/010-fault-injection.ts --port 6000 --upstream 127.0.0.1:5000 --api-port 8474 \
- *             --toxic latency:downstream:latency=300
- *         telnet 127.0.0.1 6000                       (every reply now takes 300 ms)
- *         curl -X POST 127.0.0.1:8474/toxics -d '{"type":"slicer","stream":"downstream","attributes":
- *             {"average_size":1,"delay":50000}}'      (and replies arrive one letter at a time)
- *         curl -X DELETE 127.0.0.1:8474/toxics/latency_downstream
+ *         bun tcp_proxy/010-fault-injection.ts --port 6000 --upstream 127.0.0.1:5000 \
+ *             --toxic latency:downstream:latency=300 --toxic slicer:downstream:average_size=1,delay=50000
+ *         nc 127.0.0.1 6000                       (every reply waits 300 ms, then comes a letter at a time)
+ *         printf 'hello' | nc -N 127.0.0.1 6000   (HELLO, then the end: the FIN waits for the held bytes)
+ *
+ * Layout (* = new or changed since the previous stage):
+ *   Logger, settings, Queue              logs on stderr, the configuration, a socket's write queue
+ *   Addresses, CIDR lists, PROXY         parseIp, formatIp, cidrContains, proxyHeader, parseProxyHeader
+ * * Toxics                               TOXIC_TYPES, makeToxic, Clock, delayed/paced/sliced, Lane
+ *   Metrics                              the Prometheus text
+ * * Connection                           a lane each way, chooseToxics(), deliver() that says whether the
+ *                                        destination took it all, a close that waits for held bytes
+ *   Upstream, Pool                       the upstreams, balancing, health checks
+ *   Proxy                                the listener, limits, PROXY headers, allow/deny (and the toxics, logged)
+ * * Command line                         HELP, parse*(), --toxic
+ * * main                                 runs only when this file is run (the tests import its toxics)
  */
 
 import type { Socket, TCPSocketListener } from "bun";
@@ -91,7 +102,8 @@ interface ProxyConfig {
   timeouts: Timeouts;
   limits: Limits;
   edges: Edges;
-  faults: Faults;
+  /** The toxics from --toxic, fixed for the life of the process. */
+  toxics: Toxic[];
   logLevel: Level;
 }
 
@@ -340,21 +352,27 @@ function parseProxyHeader(bytes: Uint8Array): HeaderParse {
 
 // ---- Toxics: faults to inject, in the spirit of toxiproxy -----------------------------------------------------
 
-/** Each toxic type with its attributes and their defaults (undefined = required). Units as in toxiproxy. */
+/**
+ * The largest value a toxic attribute takes: 2^31-1, the longest a JS timer can wait in milliseconds (about 24.8
+ * days; setTimeout fires at once past it). Durations, sizes and rates share it; only limit_data's bytes go higher.
+ */
+const MAX_ATTRIBUTE = 2 ** 31 - 1;
+
+/** Each toxic type's attributes: [default (undefined = required), largest value]. Units as in toxiproxy. */
 const TOXIC_TYPES = {
   /** Delays every chunk by latency ms, plus or minus up to jitter ms (order is kept). */
-  latency: { latency: 0, jitter: 0 },
+  latency: { latency: [0, MAX_ATTRIBUTE], jitter: [0, MAX_ATTRIBUTE] },
   /** Lets through at most rate KB/s (KiB). */
-  bandwidth: { rate: undefined },
+  bandwidth: { rate: [undefined, MAX_ATTRIBUTE] },
   /** Cuts data into pieces of average_size +- size_variation bytes, delay microseconds apart. */
-  slicer: { average_size: 64, size_variation: 0, delay: 0 },
+  slicer: { average_size: [64, MAX_ATTRIBUTE], size_variation: [0, MAX_ATTRIBUTE], delay: [0, MAX_ATTRIBUTE] },
   /** Lets `bytes` bytes through, then closes the connection. */
-  limit_data: { bytes: undefined },
+  limit_data: { bytes: [undefined, Number.MAX_SAFE_INTEGER] },
   /** Stops the data (nothing read, nothing delivered); closes the connection after timeout ms, 0 = never. */
-  timeout: { timeout: 0 },
+  timeout: { timeout: [0, MAX_ATTRIBUTE] },
   /** Resets (RST) the connection timeout ms after the toxic meets it. */
-  reset_peer: { timeout: 0 },
-} as const satisfies Record<string, Record<string, number | undefined>>;
+  reset_peer: { timeout: [0, MAX_ATTRIBUTE] },
+} as const satisfies Record<string, Record<string, readonly [number | undefined, number]>>;
 
 type ToxicType = keyof typeof TOXIC_TYPES;
 /** toxiproxy's names: "upstream" is the client-to-upstream direction, "downstream" the way back. */
@@ -392,16 +410,17 @@ function makeToxic(input: Record<string, unknown>): Toxic {
   const given = (input.attributes ?? {}) as Record<string, unknown>;
   if (typeof given !== "object" || given === null || Array.isArray(given))
     throw new ToxicError("attributes must be an object");
-  const defaults: Record<string, number | undefined> = TOXIC_TYPES[type as ToxicType];
+  const specs: Record<string, readonly [number | undefined, number]> = TOXIC_TYPES[type as ToxicType];
   const attributes: Record<string, number> = {};
   for (const key of Object.keys(given)) {
-    if (!(key in defaults))
-      throw new ToxicError(`${type} has no attribute ${key} (it has ${Object.keys(defaults).join(", ")})`);
+    if (!(key in specs))
+      throw new ToxicError(`${type} has no attribute ${key} (it has ${Object.keys(specs).join(", ")})`);
   }
-  for (const [key, fallback] of Object.entries(defaults)) {
+  for (const [key, [fallback, max]] of Object.entries(specs)) {
     const value = given[key] ?? fallback;
-    if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
-      throw new ToxicError(`${type} needs ${key} as a number >= 0, got ${JSON.stringify(given[key])}`);
+    if (value === undefined) throw new ToxicError(`${type} needs ${key}`);
+    if (typeof value !== "number" || !(value >= 0 && value <= max)) {
+      throw new ToxicError(`${key} must be a number from 0 to ${max}, got ${JSON.stringify(value)}`);
     }
     attributes[key] = value;
   }
@@ -415,132 +434,169 @@ function describeToxic(toxic: Toxic): string {
   return `${toxic.name} (${toxic.type} ${toxic.stream} ${attributes.join(" ")} toxicity=${toxic.toxicity})`;
 }
 
-/** The toxics in force, shared by every connection; the HTTP API changes them while the proxy runs. */
-class ToxicSet {
-  list: Toxic[];
-
-  constructor(initial: Toxic[]) {
-    this.list = [...initial];
-  }
-
-  get(name: string): Toxic | undefined {
-    return this.list.find((toxic) => toxic.name === name);
-  }
-
-  /** Replaces or adds `toxic` (a new object, so every connection draws its toxicity again). */
-  set(toxic: Toxic): void {
-    const index = this.list.findIndex((existing) => existing.name === toxic.name);
-    if (index < 0) this.list = [...this.list, toxic];
-    else this.list = this.list.map((existing, i) => (i === index ? toxic : existing));
-  }
-
-  remove(name: string): boolean {
-    const before = this.list.length;
-    this.list = this.list.filter((toxic) => toxic.name !== name);
-    return this.list.length < before;
-  }
-}
-
-/** What activeToxics() returns when no toxic is in force: one shared empty list, never written to. */
+/** The toxics of a connection that meets none: one shared empty list, never written to. */
 const NO_TOXICS: readonly Toxic[] = [];
 
-/** A piece of data on its way, and when it may be delivered (performance.now() milliseconds). */
+/**
+ * Time as the toxics see it: the real clock and timers in the proxy, a hand-driven clock in the tests, so the
+ * arithmetic of delays and pacing is checked to the millisecond without waiting for it.
+ */
+interface Clock {
+  now(): number;
+  setTimer(callback: () => void, ms: number): unknown;
+  clearTimer(timer: unknown): void;
+}
+
+const REAL_CLOCK: Clock = {
+  now: () => performance.now(),
+  setTimer: (callback, ms) => setTimeout(callback, ms),
+  clearTimer: (timer) => clearTimeout(timer as Timer | undefined),
+};
+
+/** A piece of data on its way, and when it may be delivered (clock milliseconds). */
 interface Piece {
   bytes: Uint8Array;
   at: number;
 }
 
+/** latency: each piece `latency` ms later, plus or minus up to `jitter` ms (never before it came). */
+function* delayed(pieces: Iterable<Piece>, latency: number, jitter: number, random: () => number): Generator<Piece> {
+  for (const { bytes, at } of pieces) yield { bytes, at: at + Math.max(0, latency + jitter * (2 * random() - 1)) };
+}
+
+/** bandwidth: `rate` KB/s (KiB) in pieces of 10 ms worth, each due once the bytes before it have gone through. */
+function* paced(pieces: Iterable<Piece>, rate: number, pace: { at: number }): Generator<Piece> {
+  const bytesPerMs = (rate * 1024) / 1000;
+  const size = Math.max(1, Math.round(bytesPerMs * 10)); // 10 ms worth: smooth, not one burst a second
+  for (const { bytes, at } of pieces) {
+    for (let offset = 0; offset < bytes.length; offset += size) {
+      const slice = bytes.subarray(offset, offset + size);
+      pace.at = Math.max(pace.at, at) + slice.length / bytesPerMs;
+      yield { bytes: slice, at: pace.at };
+    }
+  }
+}
+
+/** slicer: pieces of average_size +- size_variation bytes (at least 1), `delay` microseconds apart. */
+function* sliced(
+  pieces: Iterable<Piece>,
+  averageSize: number,
+  sizeVariation: number,
+  delayUs: number,
+  random: () => number,
+): Generator<Piece> {
+  for (const { bytes, at } of pieces) {
+    for (let offset = 0, step = 0; offset < bytes.length; step++) {
+      const size = Math.max(1, Math.round(averageSize + sizeVariation * (2 * random() - 1)));
+      yield { bytes: bytes.subarray(offset, offset + size), at: at + (step * delayUs) / 1000 };
+      offset += size;
+    }
+  }
+}
+
 /** Most bytes a lane holds before the proxy stops reading its source (delays must not mean unbounded memory). */
 const LANE_LIMIT = 1024 * 1024;
+/** Most pieces a lane delivers in one go before it lets the rest of the proxy run (a slicer makes many). */
+const LANE_BURST = 1024;
+
+/** A chunk as it came from the source, with the toxics in force then; cut into pieces only when its turn comes. */
+interface Arrival {
+  bytes: Uint8Array;
+  at: number;
+  toxics: readonly Toxic[];
+}
 
 /**
  * One direction of one connection, when toxics are about: chunks go through each toxic in turn, which may delay,
- * pace, slice, truncate or stall them, and wait here until their time comes. Order is always kept.
+ * pace, slice, truncate or stall them, and wait here until their time comes. Order is always kept. Chunks are
+ * held as they came and cut into pieces one piece at a time, so the memory a lane holds is its bytes (at most
+ * LANE_LIMIT, plus one read), never a million one-byte pieces; and a piece waits here, not in the destination's
+ * queue, until the destination has taken the one before it.
  */
 class Lane {
-  private readonly held: Piece[] = [];
+  private readonly arrivals: Arrival[] = [];
+  /** The pieces of the arrival being delivered, made one at a time. */
+  private pieces: Iterator<Piece> | undefined;
+  /** The next piece to deliver, waiting for its time; undefined when the lane is empty. */
+  private next: Piece | undefined;
+  /** Bytes held, in arrivals, in the one being cut and in `next`: what LANE_LIMIT bounds. */
   heldBytes = 0;
-  private lastAt = 0;
-  /** Bandwidth toxic: when the bytes sent so far will have gone through at the allowed rate. */
-  private paceAt = 0;
+  private lastAt = -Infinity;
+  /** Bandwidth toxics, by name: when the bytes sent so far will have gone through at the allowed rate. */
+  private readonly paces = new Map<string, { at: number }>();
   /** limit_data toxic: bytes let through so far, and whether the limit has been reached. */
   private passed = 0;
   cut = false;
   stalled = false;
-  private timer: Timer | undefined;
+  /** The destination did not take the last piece whole: nothing more until it has (unblock). */
+  blocked = false;
+  private timer: unknown;
 
   constructor(
-    private readonly deliver: (bytes: Uint8Array) => void,
+    /** Writes a piece on; false when the destination did not take it all (it is queued there). */
+    private readonly deliver: (bytes: Uint8Array) => boolean,
     private readonly progressed: () => void,
+    private readonly clock: Clock = REAL_CLOCK,
+    private readonly random: () => number = Math.random,
   ) {}
 
   get empty(): boolean {
-    return this.held.length === 0;
+    return this.next === undefined;
   }
 
   push(chunk: Uint8Array, toxics: readonly Toxic[]): void {
-    const now = performance.now();
-    let pieces: Piece[] = [{ bytes: chunk, at: now }];
-    for (const toxic of toxics) pieces = this.apply(toxic, pieces, now);
-    for (const piece of pieces) {
-      piece.at = Math.max(piece.at, this.lastAt); // a later chunk never overtakes an earlier one
-      this.lastAt = piece.at;
-      this.held.push(piece);
-      this.heldBytes += piece.bytes.length;
-    }
+    const bytes = this.limit(chunk, toxics);
+    if (bytes.length === 0) return void (this.cut && this.empty && this.progressed()); // limit_data reached
+    this.arrivals.push({ bytes, at: this.clock.now(), toxics });
+    this.heldBytes += bytes.length;
+    if (this.next !== undefined) return; // it waits its turn behind what is already held
+    this.advance();
     this.schedule();
   }
 
-  private apply(toxic: Toxic, pieces: Piece[], now: number): Piece[] {
-    const a = toxic.attributes;
-    switch (toxic.type) {
-      case "latency":
-        return pieces.map(({ bytes, at }) => ({
-          bytes,
-          at: Math.max(now, at + a.latency! + a.jitter! * (2 * Math.random() - 1)),
-        }));
-      case "bandwidth": {
-        const bytesPerMs = (a.rate! * 1024) / 1000;
-        const sliceSize = Math.max(1, Math.round(bytesPerMs * 10)); // 10 ms worth: smooth, not one burst a second
-        const out: Piece[] = [];
-        for (const { bytes, at } of pieces) {
-          for (let offset = 0; offset < bytes.length; offset += sliceSize) {
-            const slice = bytes.subarray(offset, offset + sliceSize);
-            this.paceAt = Math.max(this.paceAt, at) + slice.length / bytesPerMs;
-            out.push({ bytes: slice, at: this.paceAt });
-          }
-        }
-        return out;
-      }
-      case "slicer": {
-        const out: Piece[] = [];
-        for (const { bytes, at } of pieces) {
-          let step = 0;
-          for (let offset = 0; offset < bytes.length; step++) {
-            const variation = Math.round(a.size_variation! * (2 * Math.random() - 1));
-            const size = Math.max(1, Math.round(a.average_size!) + variation);
-            out.push({ bytes: bytes.subarray(offset, offset + size), at: at + (step * a.delay!) / 1000 });
-            offset += size;
-          }
-        }
-        return out;
-      }
-      case "limit_data": {
-        const out: Piece[] = [];
-        for (const { bytes, at } of pieces) {
-          const room = a.bytes! - this.passed;
-          if (room <= 0) break;
-          const kept = bytes.subarray(0, room);
-          this.passed += kept.length;
-          out.push({ bytes: kept, at });
-        }
-        if (this.passed >= a.bytes!) this.cut = true;
-        return out;
-      }
-      case "timeout":
-      case "reset_peer":
-        return pieces; // handled by the connection: stalling and resetting are about sockets, not bytes
+  /** limit_data counts bytes as they come: what is past the limit is dropped before it is held. */
+  private limit(chunk: Uint8Array, toxics: readonly Toxic[]): Uint8Array {
+    let room = Infinity;
+    for (const toxic of toxics) {
+      if (toxic.type === "limit_data") room = Math.min(room, toxic.attributes.bytes! - this.passed);
     }
+    if (room === Infinity) return chunk;
+    const kept = chunk.subarray(0, Math.max(0, room));
+    this.passed += kept.length;
+    if (kept.length >= room) this.cut = true;
+    return kept;
+  }
+
+  /** Makes the next piece: from the arrival being cut, or from the next arrival. */
+  private advance(): void {
+    while (this.next === undefined) {
+      const result = this.pieces?.next();
+      if (result !== undefined && !result.done) {
+        const piece = result.value;
+        piece.at = Math.max(piece.at, this.lastAt); // a later piece never overtakes an earlier one
+        this.lastAt = piece.at;
+        this.next = piece;
+        return;
+      }
+      const arrival = this.arrivals.shift();
+      this.pieces = arrival && this.cutUp(arrival)[Symbol.iterator]();
+      if (arrival === undefined) return;
+    }
+  }
+
+  private cutUp({ bytes, at, toxics }: Arrival): Iterable<Piece> {
+    let pieces: Iterable<Piece> = [{ bytes, at }];
+    for (const { type, name, attributes: a } of toxics) {
+      if (type === "latency") pieces = delayed(pieces, a.latency!, a.jitter!, this.random);
+      if (type === "slicer") pieces = sliced(pieces, a.average_size!, a.size_variation!, a.delay!, this.random);
+      if (type === "bandwidth") {
+        const pace = this.paces.get(name) ?? { at: -Infinity };
+        this.paces.set(name, pace);
+        pieces = paced(pieces, a.rate!, pace);
+      }
+      // limit_data acted as the bytes came; timeout and reset_peer are about sockets, not bytes.
+    }
+    return pieces;
   }
 
   /** Stalls (timeout toxic) or lets go again. */
@@ -549,28 +605,41 @@ class Lane {
     this.schedule();
   }
 
+  /** The destination has taken everything queued for it: deliver what is due. */
+  unblock(): void {
+    this.blocked = false;
+    this.release();
+  }
+
   private schedule(): void {
-    clearTimeout(this.timer);
-    const head = this.held[0];
-    if (this.stalled || head === undefined) return;
-    const wait = head.at - performance.now();
-    if (wait <= 0) this.release();
-    else this.timer = setTimeout(() => this.release(), wait);
+    this.clock.clearTimer(this.timer);
+    this.timer = undefined;
+    if (this.next === undefined || this.stalled || this.blocked) return;
+    // Never more than a JS timer can wait: a longer wait (delays that add up) sleeps again when the timer fires.
+    const wait = Math.min(Math.max(0, this.next.at - this.clock.now()), MAX_ATTRIBUTE);
+    this.timer = this.clock.setTimer(() => this.release(), wait);
   }
 
   private release(): void {
-    const now = performance.now();
-    while (this.held.length > 0 && this.held[0]!.at <= now + 0.5 && !this.stalled) {
-      const piece = this.held.shift()!;
+    const now = this.clock.now();
+    for (let burst = 0; burst < LANE_BURST && !this.stalled && !this.blocked; burst++) {
+      const piece = this.next;
+      if (piece === undefined || piece.at > now + 0.5) break;
+      this.next = undefined;
       this.heldBytes -= piece.bytes.length;
-      this.deliver(piece.bytes);
+      this.advance();
+      if (!this.deliver(piece.bytes)) this.blocked = true;
     }
     this.schedule();
     this.progressed();
   }
 
   stop(): void {
-    clearTimeout(this.timer);
+    this.clock.clearTimer(this.timer);
+    this.arrivals.length = 0;
+    this.pieces = this.next = undefined;
+    this.heldBytes = 0;
+    this.blocked = false;
   }
 }
 
@@ -723,13 +792,17 @@ class Connection {
   private readonly ended: Record<Side, boolean> = { client: false, upstream: false };
   /** FIN passed on to that side, once everything queued for it had been written. */
   private readonly finSent: Record<Side, boolean> = { client: false, upstream: false };
+  /** That side has closed while a toxic still held bytes it had sent: they go first, then the close goes on. */
+  private readonly left: Record<Side, boolean> = { client: false, upstream: false };
   private idleTimer: Timer | undefined;
   private lastActivity = performance.now();
   // What the connection's log line reports.
   private readonly startedAt = performance.now();
   private connectedAt: number | undefined;
-  /** Bytes read from each side (and so sent on to the other). */
-  private readonly bytesFrom: Record<Side, number> = { client: 0, upstream: 0 };
+  /** Bytes written to each side (taken by the kernel): what was delivered, not what was read or held. */
+  private readonly delivered: Record<Side, number> = { client: 0, upstream: 0 };
+  /** Bytes of the PROXY header still in the upstream queue: sent, but not the client's bytes. */
+  private preambleLeft = 0;
   private firstFin: Side | undefined;
   private closedBy: Closer = "proxy";
   private reason = "";
@@ -737,17 +810,17 @@ class Connection {
   private openSockets = 1;
   /** Where each side's bytes wait while toxics delay, pace or stall them. */
   private readonly lanes: Record<Side, Lane>;
-  /** Whether each toxic applies to this connection, drawn once (toxicity is a probability per connection). */
-  private readonly toxicChoices = new Map<Toxic, boolean>();
-  private readonly resetTimers = new Map<Toxic, Timer>();
-  private stallTimer: Timer | undefined;
+  /** The toxics acting on the bytes each side sends, chosen once per connection by their toxicity. */
+  private readonly toxicsFrom: Record<Side, readonly Toxic[]> = { client: NO_TOXICS, upstream: NO_TOXICS };
+  /** The timers of timeout and reset_peer toxics. */
+  private readonly toxicTimers: Timer[] = [];
 
   constructor(
     client: Socket<Link>,
     private readonly log: Logger,
     private readonly timeouts: Timeouts,
     private readonly metrics: Metrics,
-    private readonly toxics: ToxicSet,
+    private readonly toxics: readonly Toxic[],
     private readonly onReleased: (connection: Connection) => void,
   ) {
     this.client = client;
@@ -791,49 +864,27 @@ class Connection {
   startTimers(): void {
     // Timers, not socket.timeout(): Bun checks that one on a coarse sweep and traffic does not reset it.
     if (this.timeouts.idleMs > 0) this.armIdleTimer(this.timeouts.idleMs);
-    this.refreshToxics();
+    this.chooseToxics();
   }
 
-  private applies(toxic: Toxic): boolean {
-    let choice = this.toxicChoices.get(toxic);
-    if (choice === undefined) this.toxicChoices.set(toxic, (choice = Math.random() < toxic.toxicity));
-    return choice;
-  }
-
-  /** The toxics acting on the bytes that `from` sends. */
-  private activeToxics(from: Side): readonly Toxic[] {
-    // Called for every chunk: with no toxic in force, a shared empty list rather than a new array each time
-    // (that allocation alone cost about 2% of the proxy's CPU in the echo benchmark).
-    if (this.toxics.list.length === 0) return NO_TOXICS;
-    const stream: Stream = from === "client" ? "upstream" : "downstream";
-    return this.toxics.list.filter((toxic) => toxic.stream === stream && this.applies(toxic));
-  }
-
-  /** Applies the toxics that are about sockets rather than bytes (stall, reset); runs again on every change. */
-  refreshToxics(): void {
-    if (this.closed) return;
+  /**
+   * Draws which toxics act on this connection (toxicity is a probability per connection: drawn once, here), and
+   * applies those that are about sockets rather than bytes: a stall (timeout) and a reset (reset_peer).
+   */
+  private chooseToxics(): void {
     for (const side of ["client", "upstream"] as const) {
-      const stall = this.activeToxics(side).find((toxic) => toxic.type === "timeout");
-      const lane = this.lanes[side];
-      if (stall && !lane.stalled) {
-        lane.setStalled(true);
+      const stream: Stream = side === "client" ? "upstream" : "downstream";
+      const chosen = this.toxics.filter((toxic) => toxic.stream === stream && Math.random() < toxic.toxicity);
+      if (chosen.length > 0) this.toxicsFrom[side] = chosen; // otherwise the shared empty list: nothing per chunk
+      if (chosen.some((toxic) => toxic.type === "timeout")) {
+        this.lanes[side].setStalled(true);
         this.socket(side)?.pause(); // nothing read, nothing delivered: to both peers the network has gone quiet
-        if (stall.attributes.timeout! > 0) {
-          this.stallTimer ??= setTimeout(() => this.close("proxy", `toxic ${stall.name}`), stall.attributes.timeout);
-        }
-      } else if (!stall && lane.stalled) {
-        lane.setStalled(false);
-        clearTimeout(this.stallTimer);
-        this.stallTimer = undefined;
-        this.laneProgressed(side);
       }
-    }
-    for (const toxic of this.toxics.list) {
-      if (toxic.type !== "reset_peer" || this.resetTimers.has(toxic) || !this.applies(toxic)) continue;
-      this.resetTimers.set(
-        toxic,
-        setTimeout(() => this.reset(`toxic ${toxic.name}`), toxic.attributes.timeout),
-      );
+      for (const toxic of chosen) {
+        if (toxic.type === "reset_peer" || (toxic.type === "timeout" && toxic.attributes.timeout! > 0)) {
+          this.toxicTimers.push(setTimeout(() => this.toxicTimeUp(toxic), toxic.attributes.timeout));
+        }
+      }
     }
   }
 
@@ -843,11 +894,15 @@ class Connection {
     return this.queueTo(other(from)).empty && !lane.stalled && lane.heldBytes <= LANE_LIMIT;
   }
 
-  /** A lane delivered what was due: read its source again, pass a FIN on, or close once limit_data is reached. */
+  /**
+   * Bytes from `from` were delivered (by its lane, or its destination drained): once nothing from it is held, pass
+   * its FIN or its close on, or close the connection when limit_data was reached; otherwise read it again.
+   */
   private laneProgressed(from: Side): void {
     if (this.closed) return;
     const lane = this.lanes[from];
     if (lane.cut && lane.empty) return this.cutOff(other(from), `toxic limit_data`);
+    if (lane.empty && this.left[from]) return this.sideGone(from);
     if (lane.empty && this.ended[from]) {
       if (this.socket(other(from)) !== undefined && this.queueTo(other(from)).empty) this.forwardFin(other(from));
     } else if (this.mayRead(from)) {
@@ -879,6 +934,7 @@ class Connection {
     if (this.closed) return void upstream.end(); // the client left (or we gave up) while we were connecting
     this.upstream = upstream;
     if (preamble) this.toUpstream.pushFront(preamble); // the PROXY header: first, before any byte of the client
+    this.preambleLeft = preamble?.length ?? 0;
     this.openSockets++;
     this.connectedAt = performance.now();
     this.log.debug(`${this.name} upstream connected from local port ${upstream.localPort}`);
@@ -891,18 +947,19 @@ class Connection {
     if (this.closed) return; // the other side has closed: nothing can reach it any more
     // The clock only when the idle timer will read it: with --idle-timeout 0, a clock read per chunk is wasted.
     if (this.timeouts.idleMs > 0) this.lastActivity = performance.now();
-    this.bytesFrom[from] += chunk.length;
-    this.metrics.bytes[from] += chunk.length;
     const lane = this.lanes[from];
-    const toxics = this.activeToxics(from);
-    if (toxics.length === 0 && lane.empty && !lane.stalled) return this.deliver(from, chunk); // no toxic: no detour
+    const toxics = this.toxicsFrom[from];
+    if (toxics.length === 0 && lane.empty && !lane.stalled) return void this.deliver(from, chunk); // no detour
     if (lane.cut) return; // limit_data reached: the rest is dropped, the connection is closing
     lane.push(chunk, toxics);
     if (!this.mayRead(from)) this.socket(from)?.pause();
   }
 
-  /** Bytes from `from` whose time has come: write them to the other side, or queue them and pause `from`. */
-  private deliver(from: Side, chunk: Uint8Array): void {
+  /**
+   * Bytes from `from` whose time has come: write them to the other side, or queue them and pause `from`. True
+   * when the other side took them all (or is gone, and they have nowhere to go); a lane waits on false.
+   */
+  private deliver(from: Side, chunk: Uint8Array): boolean {
     const queue = this.queueTo(other(from));
     const source = this.socket(from)!;
     const destination = this.socket(other(from));
@@ -910,17 +967,31 @@ class Connection {
       // The upstream is not connected yet: keep the bytes, in order, but only so many.
       queue.push(chunk);
       if (queue.bytes >= EARLY_BYTES_LIMIT) source.pause();
-      return;
+      return false;
     }
     if (queue.empty) {
       const written = destination.write(chunk);
-      if (written >= chunk.length || written < 0) return;
+      if (written < 0) return true; // closed: `close` will tidy up
+      this.countDelivered(other(from), written);
+      if (written === chunk.length) return true;
       queue.push(chunk.subarray(written));
     } else {
       queue.push(chunk); // older bytes are still waiting: these go after them
     }
     this.log.debug(`${this.name} ${other(from)} is slow, ${queue.bytes} bytes queued`);
     source.pause(); // backpressure: read no more from this side until the other has taken the queue
+    return false;
+  }
+
+  /** Counts bytes the kernel took for `to`, for the log line and the metrics (a PROXY header is not counted). */
+  private countDelivered(to: Side, bytes: number): void {
+    if (to === "upstream" && this.preambleLeft > 0) {
+      const header = Math.min(bytes, this.preambleLeft);
+      this.preambleLeft -= header;
+      bytes -= header;
+    }
+    this.delivered[to] += bytes;
+    this.metrics.bytes[other(to)] += bytes;
   }
 
   /**
@@ -930,13 +1001,16 @@ class Connection {
   flush(to: Side): void {
     const socket = this.socket(to);
     if (socket === undefined) return;
-    if (!this.queueTo(to).flushTo(socket)) return;
+    const queue = this.queueTo(to);
+    const before = queue.bytes;
+    const flushed = queue.flushTo(socket);
+    this.countDelivered(to, before - queue.bytes);
+    if (!flushed) return;
     if (this.closing) return void socket.end();
-    if (this.ended[other(to)]) {
-      if (this.lanes[other(to)].empty) this.forwardFin(to); // otherwise the lane passes the FIN on once it is empty
-    } else if (this.mayRead(other(to))) {
-      this.socket(other(to))?.resume();
-    }
+    // A lane that waited for this drain delivers what is due, then reports its progress itself.
+    const lane = this.lanes[other(to)];
+    if (lane.blocked) lane.unblock();
+    else this.laneProgressed(other(to));
   }
 
   /** `side` sent FIN: it has finished sending. The other direction goes on until its own FIN. */
@@ -964,6 +1038,18 @@ class Connection {
   sideClosed(side: Side, error?: Error): void {
     this.socketClosed(side);
     if (this.closed) return;
+    if (!error && !this.lanes[side].empty) {
+      // A toxic still holds bytes it sent before closing: they are delivered first, as the network would have
+      // delivered them, and laneProgressed() passes the close on once the lane is empty.
+      [this.left[side], this.ended[side]] = [true, true];
+      this.firstFin ??= side;
+      return;
+    }
+    this.sideGone(side, error);
+  }
+
+  /** `side` has closed and nothing it sent is held any more: close the other side once its queue is out. */
+  private sideGone(side: Side, error?: Error): void {
     this.closed = true;
     this.clearTimers();
     const finished = !error && this.finSent[side];
@@ -1026,6 +1112,12 @@ class Connection {
     else this.closing = true;
   }
 
+  /** A timeout toxic's time is up: close; a reset_peer toxic's: reset. */
+  private toxicTimeUp(toxic: Toxic): void {
+    if (toxic.type === "reset_peer") this.reset(`toxic ${toxic.name}`);
+    else this.close("proxy", `toxic ${toxic.name}`);
+  }
+
   /** reset_peer: RST both sides, as a crashed peer or a middlebox would. */
   private reset(reason: string): void {
     if (this.closed) return;
@@ -1039,8 +1131,7 @@ class Connection {
   private clearTimers(): void {
     clearTimeout(this.idleTimer);
     clearTimeout(this.headerTimer);
-    clearTimeout(this.stallTimer);
-    for (const timer of this.resetTimers.values()) clearTimeout(timer);
+    for (const timer of this.toxicTimers.values()) clearTimeout(timer);
     this.lanes.client.stop();
     this.lanes.upstream.stop();
   }
@@ -1059,7 +1150,7 @@ class Connection {
     this.log.info(
       `${this.name} ${via}-> ${this.target} tries=${this.tried.length} ` +
         `duration=${((now - this.startedAt) / 1000).toFixed(3)}s ` +
-        `connect=${connect} bytes_up=${this.bytesFrom.client} bytes_down=${this.bytesFrom.upstream} ` +
+        `connect=${connect} bytes_up=${this.delivered.upstream} bytes_down=${this.delivered.client} ` +
         `closed_by=${this.closedBy} reason="${this.reason}"`,
     );
   }
@@ -1223,8 +1314,7 @@ class Proxy {
   readonly limits: Limits;
   readonly edges: Edges;
   readonly metrics = new Metrics();
-  readonly toxics: ToxicSet;
-  private readonly api: Address | undefined;
+  readonly toxics: readonly Toxic[];
   private readonly log: Logger;
   private listener: TCPSocketListener<Link> | undefined;
   /** The connections being served (refused ones are not counted). */
@@ -1238,8 +1328,7 @@ class Proxy {
     this.timeouts = config.timeouts;
     this.limits = config.limits;
     this.edges = config.edges;
-    this.toxics = new ToxicSet(config.faults.toxics);
-    this.api = config.faults.api;
+    this.toxics = config.toxics;
     this.log = new Logger(config.logLevel);
     this.pool = new Pool(
       config.upstreams.map((address) => new Upstream(address)),
@@ -1270,8 +1359,7 @@ class Proxy {
     });
     this.listener = listener;
     if (this.edges.metrics) this.serveMetrics(this.edges.metrics);
-    if (this.api) this.serveApi(this.api);
-    for (const toxic of this.toxics.list) this.log.info(`toxic ${describeToxic(toxic)}`);
+    for (const toxic of this.toxics) this.log.info(`toxic ${describeToxic(toxic)}`);
     const upstreams = this.pool.upstreams.map((upstream) => upstream.name).join(", ");
     this.pool.startChecks(this.timeouts.connectMs);
     this.log.info(
@@ -1355,64 +1443,6 @@ class Proxy {
     this.connectUpstream(connection);
     const rest = bytes.subarray(header.length);
     if (rest.length > 0) connection.forward("client", rest);
-  }
-
-  /**
-   * The control API, toxiproxy-style JSON over HTTP:
-   *   GET /toxics                   the toxics in force
-   *   POST /toxics                  add one: {"type":"latency","stream":"downstream","toxicity":1,
-   *                                 "attributes":{"latency":100,"jitter":10}} (name defaults to TYPE_STREAM)
-   *   GET /toxics/NAME              one toxic
-   *   POST /toxics/NAME             change its toxicity and/or attributes
-   *   DELETE /toxics/NAME           remove it
-   * Every change applies at once to open connections too.
-   */
-  private serveApi(address: Address): void {
-    const json = (body: unknown, status = 200): Response => Response.json(body, { status });
-    const changed = (what: string, toxic: Toxic): void => {
-      this.log.info(`toxic ${what}: ${describeToxic(toxic)}`);
-      for (const connection of this.connections) connection.refreshToxics();
-    };
-    const server = Bun.serve({
-      hostname: address.host,
-      port: address.port,
-      fetch: async (request) => {
-        const path = new URL(request.url).pathname;
-        const name = path.match(/^\/toxics\/([^/]+)$/)?.[1];
-        if (path !== "/toxics" && name === undefined) return json({ error: "not found" }, 404);
-        const existing = name === undefined ? undefined : this.toxics.get(decodeURIComponent(name));
-        if (name !== undefined && existing === undefined) return json({ error: `no toxic named ${name}` }, 404);
-        try {
-          if (request.method === "GET") return json(existing ?? this.toxics.list);
-          if (request.method === "DELETE" && existing) {
-            this.toxics.remove(existing.name);
-            changed("removed", existing);
-            return new Response(null, { status: 204 });
-          }
-          if (request.method !== "POST") return json({ error: `${request.method} not allowed here` }, 405);
-          const body = (await request.json().catch(() => {
-            throw new ToxicError("the body must be JSON");
-          })) as Record<string, unknown>;
-          if (typeof body !== "object" || body === null) throw new ToxicError("the body must be a JSON object");
-          if (existing) {
-            const attributes = { ...existing.attributes, ...((body.attributes ?? {}) as object) };
-            const toxic = makeToxic({ ...existing, toxicity: body.toxicity ?? existing.toxicity, attributes });
-            this.toxics.set(toxic);
-            changed("changed", toxic);
-            return json(toxic);
-          }
-          const toxic = makeToxic(body);
-          if (this.toxics.get(toxic.name)) return json({ error: `a toxic named ${toxic.name} exists` }, 409);
-          this.toxics.set(toxic);
-          changed("added", toxic);
-          return json(toxic, 201);
-        } catch (error) {
-          if (error instanceof ToxicError) return json({ error: error.message }, 400);
-          throw error;
-        }
-      },
-    });
-    this.log.info(`toxics API on http://${formatAddress(address.host, server.port ?? address.port)}/toxics`);
   }
 
   private serveMetrics(address: Address): void {
@@ -1601,8 +1631,6 @@ Options:
                           limit_data:downstream:bytes=1000               (then the connection is closed)
                           timeout:upstream:timeout=2000                  (stall; close after ms, 0 = never)
                           reset_peer:downstream:timeout=500,toxicity=0.1 (RST after ms)
-  --api-port PORT       HTTP API to list, add, change and remove toxics while running (default: none)
-  --api-host HOST       address for the API (default 127.0.0.1)
   --log-level LEVEL     debug, info, warn or error (default info)
   -h, --help            show this help
 `;
@@ -1694,8 +1722,6 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
         allow: { type: "string", multiple: true, default: [] },
         deny: { type: "string", multiple: true, default: [] },
         toxic: { type: "string", multiple: true, default: [] },
-        "api-port": { type: "string" },
-        "api-host": { type: "string", default: "127.0.0.1" },
         "log-level": { type: "string", default: "info" },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -1761,13 +1787,12 @@ function parseConfig(argv: string[]): ProxyConfig | "help" {
   const names = toxics.map((toxic) => toxic.name);
   const twice = names.find((name, i) => names.indexOf(name) !== i);
   if (twice) throw new UsageError(`two toxics named ${twice}: give one of them name=...`);
-  const apiPort = values["api-port"];
-  const faults: Faults = {
-    toxics,
-    api: apiPort === undefined ? undefined : { host: values["api-host"], port: parsePort(apiPort, "--api-port") },
-  };
-  return { host: values.host, port, upstreams, pool, timeouts, limits, edges, faults, logLevel: logLevel as Level };
+  return { host: values.host, port, upstreams, pool, timeouts, limits, edges, toxics, logLevel: logLevel as Level };
 }
+
+// For the tests: the toxics' arithmetic, checked in-process with a hand-driven clock. Importing this file starts
+// nothing; main() runs only when the file itself is run.
+export { type Clock, delayed, Lane, makeToxic, MAX_ATTRIBUTE, paced, type Piece, sliced, type Toxic };
 
 function main(): void {
   let config: ProxyConfig | "help";
@@ -1797,4 +1822,4 @@ function main(): void {
   }
 }
 
-main();
+if (import.meta.main) main();

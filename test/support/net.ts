@@ -329,6 +329,8 @@ export type Fault =
   | { kind: "close"; afterBytes: number }
   /** Accepts and reads, never replies. */
   | { kind: "silent" }
+  /** Accepts and never reads: its receive buffer fills, then the sender's writes stall (a hung upstream). */
+  | { kind: "deaf" }
   /** Holds every reply until `connections` clients are connected at the same time, then echoes normally. */
   | { kind: "barrier"; connections: number }
   /** Answers every chunk, on any connection, with the uppercase of the first chunk it ever received (a stale cache). */
@@ -371,6 +373,7 @@ export function startFaultyEchoServer(fault: Fault, onlyConnection?: number): Fa
       open(socket) {
         socket.data = { number: ++accepted, answered: 0, pending: [], held: [] };
         connected.add(socket);
+        if (fault.kind === "deaf" && (onlyConnection === undefined || onlyConnection === accepted)) socket.pause();
         if (fault.kind === "barrier" && !released && connected.size >= fault.connections) {
           released = true;
           for (const waiting of connected) {

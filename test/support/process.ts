@@ -34,12 +34,14 @@ export {
   waitGone,
 } from "../../lib/processes.ts";
 export { portIsFree } from "../../lib/sockets.ts";
-export { LISTENING_LINE, ROOT } from "../../lib/stages.ts";
+export { API_LINE, LISTENING_LINE, ROOT } from "../../lib/stages.ts";
 
 export interface RunOptions {
   env?: Record<string, string>;
   /** Milliseconds to wait for the listening line. */
   readyTimeoutMs?: number;
+  /** The stdout line that says the stage is ready, HOST and PORT in its groups (default: LISTENING_LINE). */
+  line?: RegExp;
   stdin?: "pipe" | "ignore";
   /**
    * A command to run bun under, e.g. `["prlimit", "--nofile=64:64"]` for a lower open-files limit (set both soft
@@ -72,7 +74,8 @@ export function run(file: string, args: string[] = [], options: RunOptions = {})
 /** Spawns a server stage and waits for its `listening on HOST:PORT` line; `host` and `port` are then set. */
 export async function startStage(file: string, args: string[] = [], options: RunOptions = {}): Promise<Running> {
   const { command, spawn } = bunCommand(file, args, options);
-  return startListening(command, { ...spawn, timeoutMs: options.readyTimeoutMs ?? 10_000, name: file });
+  const ready = { timeoutMs: options.readyTimeoutMs ?? 10_000, name: file, line: options.line };
+  return startListening(command, { ...spawn, ...ready });
 }
 
 /** Runs a command to completion and returns its exit code and output (for CLI usage tests). */

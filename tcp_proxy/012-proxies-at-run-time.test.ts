@@ -1,0 +1,23 @@
+import { afterAll } from "bun:test";
+import { echoContractTests } from "../test/support/echo-contract.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
+import { startEchoUpstream } from "../test/support/net.ts";
+import { proxyApiTests } from "../test/support/proxy-api-contract.ts";
+import { toxicArithmeticTests } from "../test/support/toxic-arithmetic.ts";
+import { toxicApiTests } from "../test/support/toxic-api-contract.ts";
+import { toxicContractTests } from "../test/support/toxic-contract.ts";
+
+const STAGE = "tcp_proxy/012-proxies-at-run-time.ts";
+
+// A proxy in front of an echo upstream is an echo server to its clients: the echo stages' contract holds.
+const echoUpstream = startEchoUpstream();
+afterAll(() => echoUpstream.stop());
+echoContractTests({ file: STAGE, args: ["--port", "0", "--upstream", echoUpstream.address] });
+
+// 011's promises hold, the command line's proxy ("default") now one of many: its toxics at /proxies/default/toxics.
+toxicArithmeticTests(STAGE, () => import("./012-proxies-at-run-time.ts"), { bytesPerKB: 1024 });
+toxicContractTests({ file: STAGE, args: ["--api-port", "0"] });
+toxicApiTests({ file: STAGE, toxicsPath: "/proxies/default/toxics" });
+proxyApiTests({ file: STAGE });
+
+hostileContractTests({ file: STAGE, kind: "proxy", args: ["--port", "0"], acceptProxy: true });

@@ -1,0 +1,544 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type ICreateToxicBody, Toxiproxy } from "toxiproxy-node-client";
+import { echoContractTests } from "../test/support/echo-contract.ts";
+import { hostileContractTests } from "../test/support/hostile-contract.ts";
+import { decode, type EchoUpstream, startEchoUpstream, TestClient } from "../test/support/net.ts";
+import { API_LINE, runToExit, startStage } from "../test/support/process.ts";
+import { proxyApiTests } from "../test/support/proxy-api-contract.ts";
+import { toxicArithmeticTests } from "../test/support/toxic-arithmetic.ts";
+import { call, toxicApiTests } from "../test/support/toxic-api-contract.ts";
+import { roundTrip, toxicContractTests } from "../test/support/toxic-contract.ts";
+
+const STAGE = "tcp_proxy/013-toxiproxy-compatible.ts";
+
+// A proxy in front of an echo upstream is an echo server to its clients: the echo stages' contract holds.
+const echoUpstream = startEchoUpstream();
+afterAll(() => echoUpstream.stop());
+echoContractTests({ file: STAGE, args: ["--port", "0", "--upstream", echoUpstream.address] });
+
+// What 010-012 promise, with toxiproxy's semantics where they differ (docs/toxiproxy.md says where and why).
+toxicArithmeticTests(STAGE, () => import("./013-toxiproxy-compatible.ts"), {
+  bytesPerKB: 1000,
+  semantics: "toxiproxy",
+});
+toxicContractTests({ file: STAGE, args: ["--api-port", "0"], semantics: "toxiproxy" });
+toxicApiTests({ file: STAGE, toxicsPath: "/proxies/default/toxics", semantics: "toxiproxy" });
+proxyApiTests({ file: STAGE, semantics: "toxiproxy" });
+
+/** The stage with only its API, as toxiproxy-server runs, and echo upstreams to point proxies at. */
+async function startServer(args: string[] = []) {
+  const upstreams = [startEchoUpstream(), startEchoUpstream()];
+  const server = await startStage(STAGE, ["--api-port", "0", ...args], { line: API_LINE });
+  const api = `http://127.0.0.1:${server.port}`;
+  return {
+    server,
+    api,
+    upstreams: upstreams as [EchoUpstream, EchoUpstream],
+    client: new Toxiproxy(api),
+    async [Symbol.asyncDispose]() {
+      await server[Symbol.asyncDispose]();
+      for (const upstream of upstreams) upstream.stop();
+    },
+  };
+}
+
+const portOf = (listen: string): number => Number(listen.split(":").at(-1));
+
+async function echoes(port: number, text = "ping"): Promise<boolean> {
+  const client = await TestClient.connect(port);
+  try {
+    client.write(text);
+    return decode(await client.readAtLeast(text.length, 3000)) === text.toUpperCase();
+  } finally {
+    client.close();
+  }
+}
+
+/** A toxic body as the client's types want it, from what a user writes. */
+const toxic = <T>(body: Partial<ICreateToxicBody<T>>) => body as ICreateToxicBody<T>;
+
+describe("013 conformance: toxiproxy-node-client 4.1.0 drives it unchanged", () => {
+  test("version, create, list, get, update, remove a proxy", async () => {
+    await using setup = await startServer();
+    const { client, upstreams } = setup;
+    expect(await client.getVersion()).toBe('{"version": "2.12.0"}\n');
+    const proxy = await client.createProxy({ name: "echo", listen: "localhost:0", upstream: upstreams[0].address });
+    expect(proxy).toMatchObject({ name: "echo", upstream: upstreams[0].address, enabled: true });
+    expect(proxy.listen).toMatch(/^localhost:\d+$/);
+    expect(await echoes(portOf(proxy.listen))).toBe(true);
+    expect(Object.keys(await client.getAll())).toEqual(["echo"]);
+    expect((await client.get("echo")).toJson()).toEqual(proxy.toJson());
+
+    const down = await proxy.update({ enabled: false, listen: proxy.listen, upstream: proxy.upstream });
+    expect(down.enabled).toBe(false);
+    await expect(TestClient.connect(portOf(proxy.listen))).rejects.toThrow();
+    const up = await down.update({ enabled: true, listen: proxy.listen, upstream: upstreams[1].address });
+    expect(up).toMatchObject({ enabled: true, listen: proxy.listen, upstream: upstreams[1].address });
+    const before = upstreams[1].accepted;
+    expect(await echoes(portOf(up.listen))).toBe(true);
+    expect(upstreams[1].accepted).toBe(before + 1);
+    // the client's own test: an upstream that does not resolve is stored, as toxiproxy stores it
+    expect((await up.update({ enabled: true, listen: up.listen, upstream: "somehost:12345" })).upstream).toBe(
+      "somehost:12345",
+    );
+
+    await up.remove();
+    expect(await client.getAll()).toEqual({});
+    await expect(client.get("echo")).rejects.toThrow("Request failed with status code 404");
+  });
+
+  test("a duplicate proxy or toxic is an error with status 409, as the client's tests expect", async () => {
+    await using setup = await startServer();
+    const body = { name: "echo", listen: "127.0.0.1:0", upstream: setup.upstreams[0].address };
+    const proxy = await setup.client.createProxy(body);
+    await expect(setup.client.createProxy(body)).rejects.toThrow("Request failed with status code 409");
+    await proxy.addToxic(toxic({ type: "latency", attributes: { latency: 1, jitter: 0 } }));
+    await expect(proxy.addToxic(toxic({ type: "latency", attributes: {} }))).rejects.toThrow("status code 409");
+  });
+
+  test("add, read, update and remove a toxic; its effect on real traffic follows", async () => {
+    await using setup = await startServer();
+    const proxy = await setup.client.createProxy({
+      name: "echo",
+      listen: "127.0.0.1:0",
+      upstream: setup.upstreams[0].address,
+    });
+    const added = await proxy.addToxic(toxic({ type: "latency", attributes: { latency: 800, jitter: 0 } }));
+    expect(added).toMatchObject({ name: "latency_downstream", stream: "downstream", toxicity: 1 });
+    expect(added.attributes).toEqual({ latency: 800, jitter: 0 });
+    expect((await proxy.getToxic("latency_downstream")).toJson()).toEqual(added.toJson());
+    const tcp = await TestClient.connect(portOf(proxy.listen));
+    try {
+      expect(await roundTrip(tcp)).toBeGreaterThanOrEqual(799);
+      const changed = await added.update(toxic({ attributes: { latency: 300, jitter: 0 } }));
+      expect(changed.attributes).toEqual({ latency: 300, jitter: 0 });
+      const after = await roundTrip(tcp);
+      expect(after).toBeGreaterThanOrEqual(299);
+      expect(after).toBeLessThan(799);
+      await changed.remove();
+      await expect(proxy.getToxic("latency_downstream")).rejects.toThrow("status code 404");
+      expect(await roundTrip(tcp)).toBeLessThan(300);
+    } finally {
+      tcp.close();
+    }
+  });
+
+  test("populate creates (and keeps) proxies; reset enables them all and removes every toxic", async () => {
+    await using setup = await startServer();
+    const list = [
+      { name: "one", listen: "127.0.0.1:0", upstream: setup.upstreams[0].address },
+      { name: "two", listen: "127.0.0.1:0", upstream: setup.upstreams[1].address, enabled: false },
+    ];
+    const made = await setup.client.populate(list);
+    expect(Object.keys(made)).toEqual(["one", "two"]);
+    expect(made.two!.enabled).toBe(false);
+    await made.one!.addToxic(toxic({ type: "timeout", attributes: { timeout: 0 } }));
+    // an empty list gives {} (toxiproxy answers {"proxies": null}, on which this client throws)
+    expect(await setup.client.populate([])).toEqual({});
+    await setup.client.reset();
+    const all = await setup.client.getAll();
+    expect(all.two!.enabled).toBe(true);
+    expect((await call(`${setup.api}/proxies/one/toxics`)).json).toEqual([]);
+    expect(await echoes(portOf(all.two!.listen))).toBe(true);
+  });
+
+  test.each([
+    ["latency", { latency: 400, jitter: 0 }, "a reply 400 ms late"],
+    ["bandwidth", { rate: 100 }, "20 kB at 100 KB/s (1000-byte KB): at least 0.15 s"],
+    ["slicer", { average_size: 10, size_variation: 0, delay: 1000 }, "500 bytes in pieces"],
+    ["limit_data", { bytes: 100 }, "100 bytes, then the end"],
+    ["timeout", { timeout: 300 }, "nothing, then the end after 300 ms"],
+    ["reset_peer", { timeout: 200 }, "a reset 200 ms after the reply"],
+    ["slow_close", { delay: 400 }, "the end 400 ms after the upstream's"],
+    ["noop", {}, "nothing changes"],
+  ])("%s %j through the client: %s", async (type, attributes, _what) => {
+    await using setup = await startServer();
+    const proxy = await setup.client.createProxy({
+      name: "echo",
+      listen: "127.0.0.1:0",
+      upstream: setup.upstreams[0].address,
+    });
+    await proxy.addToxic(toxic({ type: type as "latency", attributes }));
+    const tcp = await TestClient.connect(portOf(proxy.listen));
+    const started = performance.now();
+    const elapsed = () => performance.now() - started;
+    try {
+      if (type === "latency" || type === "noop") {
+        const ms = await roundTrip(tcp);
+        if (type === "latency") expect(ms).toBeGreaterThanOrEqual(399);
+        else expect(ms).toBeLessThan(399);
+      } else if (type === "bandwidth") {
+        tcp.write("x".repeat(20_000));
+        expect((await tcp.readAtLeast(20_000, 5000)).length).toBe(20_000);
+        expect(elapsed()).toBeGreaterThanOrEqual(150); // 0.2 s at the rate, less the first 10 ms slice and slack
+      } else if (type === "slicer") {
+        tcp.write("y".repeat(500));
+        await tcp.readAtLeast(500);
+        expect(tcp.reads).toBeGreaterThanOrEqual(20);
+      } else if (type === "limit_data") {
+        tcp.write("z".repeat(1000));
+        expect((await tcp.readToEnd(3000)).length).toBe(100);
+      } else if (type === "timeout") {
+        tcp.write("lost");
+        expect(await tcp.endsWithin(3000)).toBe(true);
+        expect(elapsed()).toBeGreaterThanOrEqual(290);
+        expect(tcp.receivedLength).toBe(0);
+      } else if (type === "reset_peer") {
+        tcp.write("ping");
+        expect(await tcp.endsWithin(3000)).toBe(true);
+        expect(elapsed()).toBeGreaterThanOrEqual(190);
+        expect((tcp.closeError as NodeJS.ErrnoException | undefined)?.code).toBe("ECONNRESET");
+      } else if (type === "slow_close") {
+        tcp.write("bye");
+        await tcp.shutdown(); // the echo upstream answers, then ends: that end is held 400 ms
+        expect(decode(await tcp.readToEnd(3000))).toBe("BYE");
+        expect(elapsed()).toBeGreaterThanOrEqual(390);
+      }
+    } finally {
+      tcp.close();
+    }
+  });
+});
+
+describe("013 raw HTTP: toxiproxy's responses, byte for byte where clients read them", () => {
+  test("GET /version: exactly toxiproxy's body and content type", async () => {
+    await using setup = await startServer();
+    const response = await fetch(`${setup.api}/version`);
+    expect(response.headers.get("content-type")).toBe("application/json;charset=utf-8");
+    expect(await response.text()).toBe('{"version": "2.12.0"}\n');
+    expect(await runToExit(STAGE, ["--version"])).toMatchObject({ code: 0, stdout: expect.stringMatching(/2\.12\.0/) });
+  });
+
+  test("create 201, toxic 200, lists, errors: toxiproxy's shapes and key order", async () => {
+    await using setup = await startServer();
+    const upstream = setup.upstreams[0].address;
+    const created = await call(
+      `${setup.api}/proxies`,
+      "POST",
+      `{"name":"redis","listen":"127.0.0.1:0","upstream":"${upstream}"}`,
+    );
+    expect(created.status).toBe(201);
+    const listen = (created.json as { listen: string }).listen;
+    expect(created.text).toBe(
+      `{"name":"redis","listen":"${listen}","upstream":"${upstream}","enabled":true,"toxics":[]}`,
+    );
+    const again = await call(
+      `${setup.api}/proxies`,
+      "POST",
+      `{"name":"redis","listen":"127.0.0.1:0","upstream":"x:1"}`,
+    );
+    expect(again).toMatchObject({ status: 409, text: '{"error":"proxy already exists","status":409}\n' });
+    const latency = await call(
+      `${setup.api}/proxies/redis/toxics`,
+      "POST",
+      '{"type":"latency","attributes":{"latency":100}}',
+    );
+    const toxicText =
+      '{"attributes":{"latency":100,"jitter":0},"name":"latency_downstream",' +
+      '"type":"latency","stream":"downstream","toxicity":1}';
+    expect(latency).toMatchObject({ status: 200, text: toxicText });
+    const all = await call(`${setup.api}/proxies`);
+    expect(all.text).toBe(
+      `{"redis":{"name":"redis","listen":"${listen}","upstream":"${upstream}","enabled":true,"toxics":[${toxicText}]}}`,
+    );
+    const disabled = await call(`${setup.api}/proxies/redis`, "PATCH", '{"enabled":false}');
+    expect(disabled.json).toMatchObject({ enabled: false, listen });
+    const removed = await call(`${setup.api}/proxies/redis/toxics/latency_downstream`, "DELETE");
+    expect(removed).toMatchObject({ status: 204, text: "" });
+    expect(await call(`${setup.api}/reset`, "POST", "anything at all")).toMatchObject({ status: 204, text: "" });
+    expect(await call(`${setup.api}/proxies/nope`)).toMatchObject({
+      status: 404,
+      text: '{"error":"proxy not found","status":404}\n',
+    });
+    const browser = await call(`${setup.api}/proxies`, "GET", undefined, { "user-agent": "Mozilla/5.0" });
+    expect(browser).toMatchObject({ status: 403, text: "User agent not allowed\n" });
+    expect(await call(`${setup.api}/proxies/`)).toMatchObject({ status: 404, text: "404 page not found\n" });
+    expect(await call(`${setup.api}/proxies`, "PUT")).toMatchObject({ status: 405, text: "" });
+  });
+
+  test("JSON read as Go reads it: keys in any case, unknown keys ignored, null as not given", async () => {
+    await using setup = await startServer();
+    await call(`${setup.api}/proxies`, "POST", { NAME: "p", Upstream: setup.upstreams[0].address, extra: [1] });
+    const added = await call(`${setup.api}/proxies/p/toxics`, "POST", {
+      Type: "bandwidth",
+      Stream: "UPSTREAM",
+      Attributes: { RATE: 5, bogus: 1 },
+      name: null,
+    });
+    expect(added.json).toEqual({
+      attributes: { rate: 5 },
+      name: "bandwidth_UPSTREAM", // the default name with the stream as given, as toxiproxy makes it
+      type: "bandwidth",
+      stream: "UPSTREAM",
+      toxicity: 1,
+    });
+    const kept = await call(`${setup.api}/proxies/p/toxics/bandwidth_UPSTREAM`, "PATCH", {
+      toxicity: null,
+      attributes: null,
+      name: "renamed",
+      type: "latency",
+    });
+    expect(kept.json).toEqual(added.json); // nothing given, nothing changed; name and type cannot change
+    expect((await call(`${setup.api}/proxies/p`, "PATCH", { Enabled: false })).json).toMatchObject({ enabled: false });
+  });
+
+  test("a change is checked whole: a bad attribute changes nothing (toxiproxy applies those before it)", async () => {
+    await using setup = await startServer([
+      "--port",
+      "0",
+      "--upstream",
+      "127.0.0.1:1",
+      "--toxic",
+      "latency:downstream:latency=5",
+    ]);
+    const path = `${setup.api}/proxies/default/toxics/latency_downstream`;
+    const refused = await call(path, "POST", { attributes: { latency: 7, jitter: "x" } });
+    expect(refused.status).toBe(400);
+    expect((await call(path)).json).toMatchObject({ attributes: { latency: 5, jitter: 0 } });
+  });
+
+  test("populate: create, keep the same, replace the changed; errors name the item; toxics too", async () => {
+    await using setup = await startServer();
+    const [a, b] = setup.upstreams;
+    const populate = (list: unknown) => call(`${setup.api}/populate`, "POST", list);
+    const first = await populate([{ name: "kept", listen: "127.0.0.1:0", upstream: a.address }]);
+    expect(first.status).toBe(201);
+    const kept = (first.json as { proxies: { listen: string }[] }).proxies[0]!;
+    await call(`${setup.api}/proxies/kept/toxics`, "POST", { type: "latency", attributes: { latency: 1 } });
+    const second = await populate([
+      { name: "kept", listen: "127.0.0.1:0", upstream: a.address }, // port 0 again: the same proxy, kept
+      { name: "new", upstream: b.address, toxics: [{ type: "latency", attributes: { latency: 600 } }] },
+    ]);
+    expect(second.status).toBe(201);
+    const [same, made] = (second.json as { proxies: { listen: string; toxics: unknown[] }[] }).proxies;
+    expect(same).toMatchObject({ listen: kept.listen, toxics: [{ name: "latency_downstream" }] });
+    expect(made!.toxics).toHaveLength(1); // in force before its first connection
+    const tcp = await TestClient.connect(portOf(made!.listen));
+    try {
+      expect(await roundTrip(tcp)).toBeGreaterThanOrEqual(599);
+    } finally {
+      tcp.close();
+    }
+    const replaced = await populate([{ name: "kept", listen: "127.0.0.1:0", upstream: b.address }]);
+    expect((replaced.json as { proxies: { toxics: unknown[] }[] }).proxies[0]!.toxics).toEqual([]); // replaced
+    const bad = await populate([{ name: "ok", upstream: a.address }, { name: "x" }]);
+    expect(bad).toMatchObject({
+      status: 400,
+      json: { error: "missing required field: upstream at proxy 2", status: 400, proxies: [] },
+    });
+    expect((await call(`${setup.api}/proxies`)).json).not.toHaveProperty("ok"); // checked before any was made
+    const busy = await populate([
+      { name: "fine", upstream: a.address },
+      { name: "clash", listen: made!.listen, upstream: a.address },
+    ]);
+    expect(busy.status).toBe(409);
+    expect(busy.json).toMatchObject({ error: `listen tcp ${made!.listen}: bind: address already in use` });
+    expect((busy.json as { proxies: { name: string }[] }).proxies.map((proxy) => proxy.name)).toEqual(["fine"]);
+  });
+
+  test("/reset does not stop at a proxy that cannot listen: the others are reset, then the error", async () => {
+    await using setup = await startServer();
+    const make = (name: string) =>
+      call(`${setup.api}/proxies`, "POST", { name, listen: "127.0.0.1:0", upstream: setup.upstreams[0].address });
+    const [a, b] = [await make("a"), await make("b")];
+    const listenOf = (answer: { json: unknown }) => (answer.json as { listen: string }).listen;
+    for (const name of ["a", "b"]) {
+      await call(`${setup.api}/proxies/${name}/toxics`, "POST", { type: "latency", attributes: { latency: 9 } });
+      await call(`${setup.api}/proxies/${name}`, "PATCH", { enabled: false });
+    }
+    const squatter = Bun.listen({ hostname: "127.0.0.1", port: portOf(listenOf(a)), socket: { data() {} } });
+    try {
+      const reset = await call(`${setup.api}/reset`, "POST");
+      expect(reset.status).toBe(409);
+      const all = (await call(`${setup.api}/proxies`)).json as Record<string, { enabled: boolean; toxics: [] }>;
+      expect(all.a).toMatchObject({ enabled: false, toxics: [] });
+      expect(all.b).toMatchObject({ enabled: true, toxics: [] });
+      expect(await echoes(portOf(listenOf(b)))).toBe(true);
+    } finally {
+      squatter.stop(true);
+    }
+  });
+});
+
+describe("013 toxics as toxiproxy defines them", () => {
+  async function withProxy(args: string[]) {
+    const upstream = startEchoUpstream();
+    const proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, "--api-port", "0", ...args]);
+    const api = (await proxy.waitForLog(/API on (http:\/\/\S+)/))[1]!;
+    return {
+      proxy,
+      upstream,
+      toxics: `${api}/proxies/default/toxics`,
+      async [Symbol.asyncDispose]() {
+        await proxy[Symbol.asyncDispose]();
+        upstream.stop();
+      },
+    };
+  }
+
+  test("timeout measures a silence: data that keeps coming keeps the connection open", async () => {
+    await using setup = await withProxy(["--toxic", "timeout:upstream:timeout=400"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    for (let i = 0; i < 6; i++) {
+      client.write("tick"); // every 150 ms: each dropped chunk starts the 400 ms again
+      expect(await client.endsWithin(150)).toBe(false);
+    }
+    expect(await client.endsWithin(2000)).toBe(true);
+    expect(client.receivedLength).toBe(0);
+    await setup.proxy.waitForLog(/bytes_up=0 bytes_down=0 closed_by=proxy reason="toxic timeout_upstream"/);
+  });
+
+  test("reset_peer waits for the first data: an idle connection stays open", async () => {
+    await using setup = await withProxy(["--toxic", "reset_peer:upstream:timeout=100"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    expect(await client.endsWithin(400)).toBe(false);
+    client.write("now");
+    expect(await client.endsWithin(2000)).toBe(true);
+    expect((client.closeError as NodeJS.ErrnoException | undefined)?.code).toBe("ECONNRESET");
+    expect(setup.upstream.heads[0]?.length ?? 0).toBe(0); // the first chunk was dropped
+  });
+
+  test("reset_peer with toxicity 0 does nothing: a normal close, no RST (toxiproxy issue #603)", async () => {
+    await using setup = await withProxy(["--toxic", "reset_peer:downstream:timeout=0,toxicity=0"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    client.write("ping");
+    await client.shutdown();
+    expect(decode(await client.readToEnd(3000))).toBe("PING");
+    expect(client.closeError).toBeUndefined();
+  });
+
+  test("bandwidth 0 holds the data until the toxic is removed, then it flows", async () => {
+    await using setup = await withProxy(["--toxic", "bandwidth:downstream:rate=0"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    try {
+      client.write("held");
+      await expect(client.readAtLeast(4, 400)).rejects.toThrow(/timed out/);
+      expect((await call(`${setup.toxics}/bandwidth_downstream`, "DELETE")).status).toBe(204);
+      expect(decode(await client.readAtLeast(4, 2000))).toBe("HELD");
+    } finally {
+      client.close();
+    }
+  });
+
+  test("a latency removed releases the bytes it holds at once", async () => {
+    await using setup = await withProxy(["--toxic", "latency:downstream:latency=10000"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    try {
+      client.write("now");
+      await expect(client.readAtLeast(3, 300)).rejects.toThrow(/timed out/);
+      const started = performance.now();
+      await call(`${setup.toxics}/latency_downstream`, "DELETE");
+      expect(decode(await client.readAtLeast(3, 3000))).toBe("NOW");
+      expect(performance.now() - started).toBeLessThan(2000);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("slicer with average_size 0 (toxiproxy's default, which crashes toxiproxy) leaves the data uncut", async () => {
+    await using setup = await withProxy(["--toxic", "slicer:downstream"]);
+    const client = await TestClient.connect(setup.proxy.port);
+    try {
+      expect(await roundTrip(client, "whole")).toBeLessThan(2000);
+      expect(setup.proxy.proc.exitCode).toBeNull();
+    } finally {
+      client.close();
+    }
+  });
+
+  test("a client that half-closes still gets its reply (toxiproxy closes both ways)", async () => {
+    await using setup = await withProxy([]);
+    const client = await TestClient.connect(setup.proxy.port);
+    client.write("hello");
+    await client.shutdown();
+    expect(decode(await client.readToEnd(3000))).toBe("HELLO");
+  });
+});
+
+describe("013 start-up, metrics, seed", () => {
+  test("--config FILE: toxiproxy's JSON list (toxics too) at start; a bad file is one line and exit 2", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "bun-tcp-lab-config-"));
+    const upstream = startEchoUpstream();
+    try {
+      const file = join(dir, "proxies.json");
+      const list = [
+        { name: "web", listen: "127.0.0.1:0", upstream: upstream.address, enabled: true },
+        { name: "slow", upstream: upstream.address, toxics: [{ type: "latency", attributes: { latency: 500 } }] },
+      ];
+      writeFileSync(file, JSON.stringify(list));
+      await using server = await startStage(STAGE, ["--api-port", "0", "--config", file], { line: API_LINE });
+      const all = (await call(`http://127.0.0.1:${server.port}/proxies`)).json as Record<string, { listen: string }>;
+      expect(Object.keys(all)).toEqual(["slow", "web"]);
+      expect(await echoes(portOf(all.web!.listen))).toBe(true);
+      const slow = await TestClient.connect(portOf(all.slow!.listen));
+      expect(await roundTrip(slow)).toBeGreaterThanOrEqual(499);
+      slow.close();
+
+      writeFileSync(file, "[{");
+      const broken = await runToExit(STAGE, ["--api-port", "0", "--config", file]);
+      expect(broken.code).toBe(2);
+      expect(broken.stderr.trim().split("\n")).toEqual([expect.stringMatching(/^error: --config .*proxies\.json: /)]);
+      writeFileSync(file, JSON.stringify([{ name: "x" }]));
+      expect((await runToExit(STAGE, ["--config", file])).stderr).toMatch(
+        /missing required field: upstream at proxy 1/,
+      );
+      expect((await runToExit(STAGE, ["--config", join(dir, "none.json")])).stderr).toMatch(/no such file/);
+    } finally {
+      upstream.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("/metrics: toxiproxy's byte counters move while the connection is open; per proxy and per toxic", async () => {
+    await using setup = await startServer();
+    const proxy = await setup.client.createProxy({
+      name: "m",
+      listen: "127.0.0.1:0",
+      upstream: setup.upstreams[0].address,
+    });
+    await proxy.addToxic(toxic({ type: "limit_data", stream: "upstream", attributes: { bytes: 1000 } }));
+    const tcp = await TestClient.connect(portOf(proxy.listen));
+    await roundTrip(tcp, "x".repeat(10));
+    const labels = `proxy="m",listener="${proxy.listen}",upstream="${setup.upstreams[0].address}"`;
+    let text = await (await fetch(`${setup.api}/metrics`)).text();
+    expect(text).toContain(`toxiproxy_proxy_received_bytes_total{direction="upstream",${labels}} 10`);
+    expect(text).toContain(`toxiproxy_proxy_sent_bytes_total{direction="downstream",${labels}} 10`);
+    expect(text).toContain('toxiproxy_proxy_connections_active{proxy="m"} 1');
+    const toxicLabels = 'proxy="m",toxic="limit_data_upstream",type="limit_data",stream="upstream"';
+    expect(text).toContain(`toxiproxy_toxic_connections_total{${toxicLabels}} 1`);
+    tcp.write("y".repeat(2000));
+    expect(await tcp.endsWithin(3000)).toBe(true);
+    text = await (await fetch(`${setup.api}/metrics`)).text();
+    expect(text).toContain(`toxiproxy_toxic_ended_connections_total{${toxicLabels}} 1`);
+    await proxy.remove();
+    expect(await (await fetch(`${setup.api}/metrics`)).text()).not.toContain('proxy="m"'); // gone with the proxy
+  });
+
+  test("--seed makes the toxicity draws repeat, run after run", async () => {
+    const draws = async (): Promise<string> => {
+      await using setup = await startServer(["--seed", "42"]);
+      const proxy = await setup.client.createProxy({
+        name: "s",
+        listen: "127.0.0.1:0",
+        upstream: setup.upstreams[0].address,
+      });
+      await proxy.addToxic(toxic({ type: "latency", toxicity: 0.5, attributes: { latency: 600 } }));
+      let pattern = "";
+      for (let i = 0; i < 8; i++) {
+        const tcp = await TestClient.connect(portOf(proxy.listen));
+        pattern += (await roundTrip(tcp)) >= 599 ? "x" : ".";
+        tcp.close();
+      }
+      return pattern;
+    };
+    const first = await draws();
+    expect(first).toMatch(/x/);
+    expect(first).toMatch(/\./);
+    expect(await draws()).toBe(first);
+  });
+});
+
+hostileContractTests({ file: STAGE, kind: "proxy", args: ["--port", "0"], acceptProxy: true });
