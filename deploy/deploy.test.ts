@@ -85,17 +85,11 @@ const ECHO_VARIABLES = new Set([...echoHelp.matchAll(/\[([A-Z_]+)\]/g)].map((m) 
 const flagsIn = (help: string): Set<string> =>
   new Set([...help.matchAll(/^\s+(?:-\w, )?(--[\w-]+)/gm)].map((m) => m[1]!));
 
-/**
- * Flags the manifests use that the last proxy stage does not have yet: DNS discovery is being added (issue 12,
- * item 4). Once the stage has one, the test below fails until it is taken off this list.
- */
-const PENDING_PROXY_FLAGS = new Set(["--resolve-interval"]);
-
+/** Every flag the manifests give the proxy is one its --help lists (DNS discovery's included: stage 014). */
 function checkProxyFlags(args: string[]): void {
   const known = flagsIn(proxyHelp);
   const used = args.filter((arg) => arg.startsWith("--"));
-  expect(used.filter((flag) => !known.has(flag) && !PENDING_PROXY_FLAGS.has(flag))).toEqual([]);
-  expect([...PENDING_PROXY_FLAGS].filter((flag) => known.has(flag))).toEqual([]); // landed: take it off the list
+  expect(used.filter((flag) => !known.has(flag))).toEqual([]);
 }
 
 const argValue = (args: string[], flag: string): string | undefined => args[args.indexOf(flag) + 1];

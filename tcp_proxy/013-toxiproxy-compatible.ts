@@ -2652,4 +2652,6 @@ function main(): void {
   if (port) console.log(`listening on ${formatAddress(config.host, port)}`);
 }
 
-if (import.meta.main) main();
+// Run as a program (`bun FILE.ts`, or built by `bun run build`, where a launcher imports it), not when a test imports
+// this file for its toxics' arithmetic.
+if (import.meta.main || !import.meta.path.endsWith(".ts")) main();
