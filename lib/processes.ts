@@ -281,7 +281,9 @@ export class Running implements AsyncDisposable {
       if (!(error instanceof OutputWaitError)) throw error;
       if (error.reason === "aborted") throw new Error("interrupted");
       if (error.reason === "timeout")
-        throw new Error(`${name} did not print a line matching ${line} within ${timeoutMs / 1000} s`);
+        throw new Error(
+          `${name} did not print "${line === LISTENING_LINE ? "listening on HOST:PORT" : line.source}" within ${timeoutMs / 1000} s`,
+        );
       throw new Error(`${name} exited (code ${await this.proc.exited}) before listening`);
     }
   }
