@@ -280,10 +280,9 @@ export class Running implements AsyncDisposable {
     } catch (error) {
       if (!(error instanceof OutputWaitError)) throw error;
       if (error.reason === "aborted") throw new Error("interrupted");
+      const expected = line === LISTENING_LINE ? "listening on HOST:PORT" : line.source;
       if (error.reason === "timeout")
-        throw new Error(
-          `${name} did not print "${line === LISTENING_LINE ? "listening on HOST:PORT" : line.source}" within ${timeoutMs / 1000} s`,
-        );
+        throw new Error(`${name} did not print "${expected}" within ${timeoutMs / 1000} s`);
       throw new Error(`${name} exited (code ${await this.proc.exited}) before listening`);
     }
   }
