@@ -301,7 +301,7 @@ describe("the images' commands, run here", () => {
     expect(await server.stop(proxy.stopSignal as NodeJS.Signals)).toBe(0);
   });
 
-  test("echo: HOST=0.0.0.0 does not publish the metrics; they stay on loopback unless METRICS_HOST says so", async () => {
+  test("echo: HOST=0.0.0.0 does not publish the metrics; loopback unless METRICS_HOST says so", async () => {
     const echo = stage("echo");
     const env = { ...echo.env, PORT: "0", METRICS_PORT: "0", WORKERS: "1" };
     await using server = await startStage(here(echo), echo.cmd, { env });

@@ -231,7 +231,8 @@ async function openLoopSection(
   const highest = await highestHeldRate(port, closed.a.messagesPerSecond / 2, connections);
   const fixed = await openLoopRun(port, fixedRate, connections);
   const row = (client: string, inFlight: number, rate: string, run: RunResult): string =>
-    `| ${client} | ${inFlight} | ${rate} | ${thousands(run.messagesPerSecond)} | ${run.cpuMicrosPerMessage.toFixed(2)} |`;
+    `| ${client} | ${inFlight} | ${rate} | ${thousands(run.messagesPerSecond)} | ` +
+    `${run.cpuMicrosPerMessage.toFixed(2)} |`;
   console.log("");
   console.log(
     `Open loop against the same server, ${connections} connections (load average ${loadavg()[0]!.toFixed(1)}):`,

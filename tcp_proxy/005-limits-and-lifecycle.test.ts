@@ -12,8 +12,10 @@ async function echoOnce(client: TestClient, message: string, alreadyReceived = 0
   return decode(all.subarray(alreadyReceived));
 }
 
-const LOG_LINE =
-  /#\d+ 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+ duration=(\d+\.\d{3})s connect=(\S+) bytes_up=(\d+) bytes_down=(\d+) closed_by=(\w+) reason="([^"]*)"/;
+const LOG_LINE = new RegExp(
+  String.raw`#\d+ 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+ duration=(\d+\.\d{3})s connect=(\S+) ` +
+    String.raw`bytes_up=(\d+) bytes_down=(\d+) closed_by=(\w+) reason="([^"]*)"`,
+);
 
 describe("005 connection log line", () => {
   test("a finished exchange: bytes each way, who closed first and why", async () => {

@@ -81,7 +81,7 @@ describe("006 failures", () => {
     expect(proxy.stderr.text).toMatch(new RegExp(`-> ${b.address} tries=2 .*closed_by=client`));
   });
 
-  test("an upstream that does not answer: the try times out after --connect-timeout and the next one serves", async () => {
+  test("an upstream that does not answer: the try times out at --connect-timeout, the next one serves", async () => {
     await using hole = await Blackhole.open();
     await hole.fill();
     await using good = startEchoUpstream();

@@ -7,7 +7,7 @@ import { echoContractTests } from "../test/support/echo-contract.ts";
 import { hostileContractTests } from "../test/support/hostile-contract.ts";
 import { decode, type EchoUpstream, startEchoUpstream, TestClient } from "../test/support/net.ts";
 import { API_LINE, runToExit, startStage } from "../test/support/process.ts";
-import { proxyApiTests } from "../test/support/proxy-api-contract.ts";
+import { proxyApiTests, startApiServer } from "../test/support/proxy-api-contract.ts";
 import { toxicArithmeticTests } from "../test/support/toxic-arithmetic.ts";
 import { call, toxicApiTests } from "../test/support/toxic-api-contract.ts";
 import { roundTrip, toxicContractTests } from "../test/support/toxic-contract.ts";
@@ -28,21 +28,10 @@ toxicContractTests({ file: STAGE, args: ["--api-port", "0"], semantics: "toxipro
 toxicApiTests({ file: STAGE, toxicsPath: "/proxies/default/toxics", semantics: "toxiproxy" });
 proxyApiTests({ file: STAGE, semantics: "toxiproxy" });
 
-/** The stage with only its API, as toxiproxy-server runs, and echo upstreams to point proxies at. */
+/** The stage with only its API, as toxiproxy-server runs, echo upstreams, and a toxiproxy-node-client on it. */
 async function startServer(args: string[] = []) {
-  const upstreams = [startEchoUpstream(), startEchoUpstream()];
-  const server = await startStage(STAGE, ["--api-port", "0", ...args], { line: API_LINE });
-  const api = `http://127.0.0.1:${server.port}`;
-  return {
-    server,
-    api,
-    upstreams: upstreams as [EchoUpstream, EchoUpstream],
-    client: new Toxiproxy(api),
-    async [Symbol.asyncDispose]() {
-      await server[Symbol.asyncDispose]();
-      for (const upstream of upstreams) upstream.stop();
-    },
-  };
+  const setup = await startApiServer(STAGE, args);
+  return { ...setup, client: new Toxiproxy(setup.api) };
 }
 
 const portOf = (listen: string): number => Number(listen.split(":").at(-1));

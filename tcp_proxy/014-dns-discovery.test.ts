@@ -265,7 +265,7 @@ describe("014 usage", () => {
 });
 
 describe("014 proxies made through the API follow DNS too", () => {
-  test("an upstream NAME:PORT: its members serve, the API shows the name; disabled, the proxy stops asking", async () => {
+  test("upstream NAME:PORT: its members serve, the API shows the name; disabled, it stops asking", async () => {
     await using dns = await DnsServer.start();
     await using upstreams = upstreamsOnOnePort(["127.0.0.2", "127.0.0.3"]);
     dns.set(NAME, { addresses: ["127.0.0.2", "127.0.0.3"] });

@@ -15,29 +15,36 @@ export interface ProxyApiStage {
   semantics?: "lab" | "toxiproxy";
 }
 
+/** A stage with only its API (no proxy yet), as toxiproxy-server runs, and two echo upstreams to point proxies at. */
+export async function startApiServer(file: string, args: string[] = []) {
+  const upstreams: [EchoUpstream, EchoUpstream] = [startEchoUpstream(), startEchoUpstream()];
+  const server = await startStage(file, ["--api-port", "0", ...args], { line: API_LINE });
+  return {
+    server,
+    api: `http://127.0.0.1:${server.port}`,
+    upstreams,
+    async [Symbol.asyncDispose]() {
+      await server[Symbol.asyncDispose]();
+      for (const upstream of upstreams) upstream.stop();
+    },
+  };
+}
+
 export function proxyApiTests({ file, semantics = "lab" }: ProxyApiStage): void {
   const STAGE = file;
   const lab = semantics === "lab";
   const label = file.replace(/^.*\//, "").slice(0, 3);
-  /** The stage with only its API (no proxy yet), and echo upstreams to point proxies at. */
+  /** The stage with only its API (no proxy yet), echo upstreams, and a way to make a proxy through the API. */
   async function startApi(args: string[] = []) {
-    const upstreams = [startEchoUpstream(), startEchoUpstream()];
-    const server = await startStage(STAGE, ["--api-port", "0", ...args], { line: API_LINE });
-    const api = `http://127.0.0.1:${server.port}`;
+    const setup = await startApiServer(STAGE, args);
     return {
-      server,
-      api,
-      upstreams,
+      ...setup,
       /** POST /proxies, expecting 201; returns the proxy's JSON and its port. */
       async create(name: string, upstream: EchoUpstream, more: Record<string, unknown> = {}) {
-        const answer = await call(`${api}/proxies`, "POST", { name, upstream: upstream.address, ...more });
+        const answer = await call(`${setup.api}/proxies`, "POST", { name, upstream: upstream.address, ...more });
         expect(answer.status).toBe(201);
         const proxy = answer.json as { listen: string; enabled: boolean };
         return { ...proxy, port: Number(proxy.listen.split(":").at(-1)) };
-      },
-      async [Symbol.asyncDispose]() {
-        await server[Symbol.asyncDispose]();
-        for (const upstream of upstreams) upstream.stop();
       },
     };
   }
