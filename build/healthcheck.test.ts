@@ -2,6 +2,7 @@
 // answers right, wrongly, or not at all, and HTTP servers that answer 200, 404, 500 or never.
 import { describe, expect, test } from "bun:test";
 import { startEchoUpstream, unusedPort } from "../test/support/net.ts";
+import { startStage } from "../test/support/process.ts";
 import { check, healthcheckMain, targetFromEnvironment } from "./healthcheck.ts";
 
 describe("HOST:PORT: one verified echo exchange", () => {
@@ -35,6 +36,15 @@ describe("HOST:PORT: one verified echo exchange", () => {
     } finally {
       for (const listener of [wrong, closer, silent]) listener.stop(true);
     }
+  });
+
+  test("ACCEPT_PROXY set: a PROXY v2 LOCAL header first, so an echo server that requires one answers", async () => {
+    const args = ["--port", "0", "--workers", "1", "--accept-proxy"];
+    await using server = await startStage("tcp_echo_server/015-behind-a-balancer.ts", args);
+    const target = `127.0.0.1:${server.port}`;
+    expect(await healthcheckMain([target], { ACCEPT_PROXY: "1" })).toBe(0);
+    expect(await healthcheckMain([target], {})).toBe(1); // without the header the server closes: unhealthy
+    await server.waitForLog(/closing: bad PROXY header: no PROXY header/);
   });
 
   test("nothing listening is unhealthy, with the reason", async () => {

@@ -7,6 +7,8 @@
 //   (none)                    HOST:PORT from the environment variables HOST and PORT, the ones the echo server
 //                             reads, so `docker run -e PORT=7000` needs no change to the check; a wildcard HOST
 //                             (0.0.0.0, ::) is checked on loopback
+// With ACCEPT_PROXY set (an echo server behind a balancer, from stage 015), the exchange starts with a PROXY v2
+// LOCAL header, as a balancer's own health check does: a server that requires the header then answers it.
 //
 // Stages stay self-contained: this lives outside them, in the launcher the build generates.
 
@@ -33,8 +35,25 @@ function parseAddress(text: string): { host: string; port: number } | undefined 
   return { host: (match[1] ?? match[2])!, port };
 }
 
-/** One echo exchange with the server at `host:port`: the reply must be the probe, uppercased, byte for byte. */
-function echoExchange(host: string, port: number, timeoutMs: number): Promise<HealthResult> {
+/** The PROXY protocol v2 header of a balancer's own connection (command LOCAL, no addresses). */
+const PROXY_V2_LOCAL = new Uint8Array([
+  ...[0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a], // the signature
+  0x20, // version 2, command LOCAL
+  0x00, // no address family
+  0x00, // no address block: length 0
+  0x00,
+]);
+
+/** Does the echo server require a PROXY header (its ACCEPT_PROXY variable, as it reads it)? */
+export function requiresProxyHeader(env: Record<string, string | undefined>): boolean {
+  return ["1", "true", "yes"].includes((env.ACCEPT_PROXY ?? "").toLowerCase());
+}
+
+/**
+ * One echo exchange with the server at `host:port`: the reply must be the probe, uppercased, byte for byte. With
+ * `proxyHeader`, a PROXY v2 LOCAL header goes first (and is not part of the reply).
+ */
+function echoExchange(host: string, port: number, timeoutMs: number, proxyHeader = false): Promise<HealthResult> {
   const probe = `healthcheck ${process.pid} ${Date.now()}\n`;
   const expected = probe.toUpperCase();
   const started = performance.now();
@@ -56,6 +75,7 @@ function echoExchange(host: string, port: number, timeoutMs: number): Promise<He
       port,
       socket: {
         open(socket) {
+          if (proxyHeader) socket.write(PROXY_V2_LOCAL);
           socket.write(probe); // a few dozen bytes: the kernel takes them whole
         },
         data(socket, chunk) {
@@ -92,11 +112,11 @@ async function httpGet(url: string, timeoutMs: number): Promise<HealthResult> {
 }
 
 /** Checks `target` (see the top of this file); rejects only for a target that is neither form. */
-export async function check(target: string, timeoutMs = TIMEOUT_MS): Promise<HealthResult> {
+export async function check(target: string, timeoutMs = TIMEOUT_MS, proxyHeader = false): Promise<HealthResult> {
   if (/^https?:\/\//.test(target)) return httpGet(target, timeoutMs);
   const address = parseAddress(target);
   if (address === undefined) throw new Error(`--healthcheck takes HOST:PORT or http://HOST:PORT/PATH, got "${target}"`);
-  return echoExchange(address.host, address.port, timeoutMs);
+  return echoExchange(address.host, address.port, timeoutMs, proxyHeader);
 }
 
 /** `--healthcheck [TARGET]` as the launcher calls it: prints one line and returns the exit code. */
@@ -106,7 +126,8 @@ export async function healthcheckMain(args: string[], env: Record<string, string
     return 1;
   }
   try {
-    const { healthy, message } = await check(args[0] ?? targetFromEnvironment(env));
+    const target = args[0] ?? targetFromEnvironment(env);
+    const { healthy, message } = await check(target, TIMEOUT_MS, requiresProxyHeader(env));
     if (healthy) console.log(`healthy: ${message}`);
     else console.error(`unhealthy: ${message}`);
     return healthy ? 0 : 1;

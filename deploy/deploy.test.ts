@@ -225,11 +225,11 @@ describe("Kubernetes: what the schema cannot see", () => {
     );
   });
 
-  test("PROXY protocol goes to the echo pods only once the echo server can read it (today it cannot)", () => {
-    const sends = container(deploymentRunning("tcp-proxy")).args.some((a: string) => a.startsWith("--send-proxy"));
-    const echoReads = flagsIn(echoHelp).has("--accept-proxy") || ECHO_VARIABLES.has("ACCEPT_PROXY");
-    if (sends) expect(echoReads).toBe(true);
-    if (!echoReads) expect(sends).toBe(false); // the header would come back to the client as echoed bytes
+  test("the proxy sends PROXY v2 to the echo pods, which require it (and whose health check sends it too)", () => {
+    expect(container(deploymentRunning("tcp-proxy")).args).toContain("--send-proxy-v2");
+    expect(flagsIn(echoHelp).has("--accept-proxy")).toBe(true);
+    const env = container(deploymentRunning("tcp-echo-server")).env as Array<{ name: string; value: string }>;
+    expect(env.find((variable) => variable.name === "ACCEPT_PROXY")?.value).toBe("1");
   });
 });
 
@@ -256,6 +256,7 @@ describe("compose: the proxy in front of three echo replicas", () => {
     const echoPort = /^\s+PORT=(\d+)/m.exec(dockerfile)![1];
     expect(argValue(args, "--upstream")).toBe(`echo:${echo.environment.PORT ?? echoPort}`);
     expect(Object.keys(echo.environment).filter((name) => !ECHO_VARIABLES.has(name))).toEqual([]);
+    expect([args.includes("--send-proxy-v2"), echo.environment.ACCEPT_PROXY]).toEqual([true, "1"]); // both, or neither
     const seconds = (text: string): number => Number(text.replace(/s$/, ""));
     expect(seconds(echo.stop_grace_period)).toBeGreaterThan(Number(echo.environment.DRAIN_TIMEOUT));
     expect(seconds(proxy.stop_grace_period)).toBeGreaterThan(Number(argValue(args, "--drain-timeout")));

@@ -62,6 +62,8 @@ export interface HostileStage {
   halfClose?: "delivers" | "loses" | "prefix";
   /** The stage has `--accept-proxy`: the PROXY header scenarios run on a second process started with it. */
   acceptProxy?: boolean;
+  /** The flag that bounds the wait for a PROXY header (the proxies': --connect-timeout; echo 015: --idle-timeout). */
+  headerTimeoutFlag?: string;
   /** Echo 001-003 serve one client, then exit: only what such a stage can survive is registered. */
   servesOneClient?: boolean;
   /** Proxy 001 drops what a client sends before its upstream connection is open: clients say hello first. */
@@ -512,10 +514,11 @@ function acceptProxyTests(
   scenario: (name: string, body: (server: Running) => Promise<void>, on?: Target) => void,
 ): void {
   let upstream: EchoUpstream | undefined;
-  const target = new Target(stage, ["--accept-proxy", "--connect-timeout", "1"], () => upstream, GOOD_HEADER);
+  const timeoutFlag = stage.headerTimeoutFlag ?? "--connect-timeout";
+  const target = new Target(stage, ["--accept-proxy", timeoutFlag, "1"], () => upstream, GOOD_HEADER);
   describe("hostile clients in front of --accept-proxy", () => {
     beforeAll(() => {
-      upstream = startEchoUpstream();
+      if (stage.kind === "proxy") upstream = startEchoUpstream(); // an echo stage answers itself
     });
     afterAll(async () => {
       await target.dispose();
@@ -533,7 +536,7 @@ function acceptProxyTests(
     scenario(
       `malformed PROXY headers (${BAD_HEADERS.length} kinds) are refused at once, each with a log line`,
       async (server) => {
-        const accepted = upstream!.accepted;
+        const accepted = upstream?.accepted;
         const from = server.stderr.text.length;
         const replies = await Promise.all(
           BAD_HEADERS.map(async ([, bytes]) => {
@@ -548,13 +551,13 @@ function acceptProxyTests(
         await waitForCount(server, refusal, BAD_HEADERS.length, 5000, from);
         const lines = server.stderr.text.slice(from).match(new RegExp(refusal, "g")) ?? [];
         expect(lines.length).toBe(BAD_HEADERS.length);
-        expect(upstream!.accepted).toBe(accepted); // none of them reached the upstream
+        expect(upstream?.accepted).toBe(accepted); // none of them reached the upstream
       },
       target,
     );
 
     scenario(
-      "a PROXY header that never finishes is closed at --connect-timeout (1 s), with a log line",
+      `a PROXY header that never finishes is closed at ${timeoutFlag} (1 s), with a log line`,
       async (server) => {
         const client = await TestClient.connect(target.port);
         const started = performance.now();
