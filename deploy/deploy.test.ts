@@ -85,7 +85,7 @@ const ECHO_VARIABLES = new Set([...echoHelp.matchAll(/\[([A-Z_]+)\]/g)].map((m) 
 const flagsIn = (help: string): Set<string> =>
   new Set([...help.matchAll(/^\s+(?:-\w, )?(--[\w-]+)/gm)].map((m) => m[1]!));
 
-/** Every flag the manifests give the proxy is one its --help lists (DNS discovery's included: stage 014). */
+/** Every flag the manifests give the proxy is one its --help lists (DNS discovery's included: stage 015). */
 function checkProxyFlags(args: string[]): void {
   const known = flagsIn(proxyHelp);
   const used = args.filter((arg) => arg.startsWith("--"));

@@ -16,8 +16,8 @@
  *         --name) is one of them; every proxy takes the command line's settings (timeouts, limits, PROXY
  *         protocol, allow/deny, health checks); --api-port alone starts the API and no proxy. stdout says
  *         "api on HOST:PORT" as well as "listening on HOST:PORT". SIGINT/SIGTERM drain every proxy.
- * Lacks:  the rest of toxiproxy (013): /version, /populate, --config, per-proxy and per-toxic metrics, its error
- *         texts and its toxics' own semantics (a timeout drops data, slow_close, bandwidth in KB of 1000 bytes).
+ * Lacks:  the rest of toxiproxy's API (013): /version, /populate, --config, per-proxy and per-toxic metrics, its
+ *         error texts; and its toxics' own semantics (014: a timeout drops data, slow_close, KB of 1000 bytes).
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
  *         bun tcp_proxy/012-proxies-at-run-time.ts --api-port 8474

@@ -1,7 +1,7 @@
 // The proxies of a control-plane stage (012 on), created, changed and removed at run time through toxiproxy's
 // /proxies routes: shapes, status codes and error bodies, a refused request changing nothing, enable and disable
 // on the same address, a new upstream or listen address, delete, reset, a drain of every proxy, and the usage and
-// start-up errors. 013 registers them with toxiproxy's error texts.
+// start-up errors. 013 on register them with toxiproxy's error texts.
 
 import { describe, expect, test } from "bun:test";
 import { decode, type EchoUpstream, startEchoUpstream, TestClient } from "./net.ts";
@@ -11,7 +11,7 @@ import { roundTrip } from "./toxic-contract.ts";
 
 export interface ProxyApiStage {
   file: string;
-  /** "toxiproxy" (013): toxiproxy's error texts, and its router's 404 and 405 for unknown routes and methods. */
+  /** "toxiproxy" (013 on): toxiproxy's error texts, and its router's 404 and 405 for unknown routes and methods. */
   semantics?: "lab" | "toxiproxy";
 }
 

@@ -57,7 +57,7 @@ export interface ToxicSeam<T extends ToxicDescription> {
 export interface ArithmeticOptions {
   /** How many bytes make a KB in the stage's bandwidth toxic: 1024 (the lab's KiB) or 1000 as toxiproxy counts. */
   bytesPerKB: number;
-  /** "toxiproxy" (013): integer attributes, negative ones accepted (meaning 0), as toxiproxy reads them. */
+  /** "toxiproxy" (014 on): integer attributes, negative ones accepted (meaning 0), as toxiproxy reads them. */
   semantics?: "lab" | "toxiproxy";
 }
 

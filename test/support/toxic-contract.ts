@@ -17,8 +17,8 @@ export interface ToxicStage {
   /** Arguments every start needs besides --port, --upstream and the toxics. */
   args?: string[];
   /**
-   * "lab" (007-012): timeout stalls (holds) the data, reset_peer counts from the connection's start, bandwidth in
-   * KiB, attributes from 0 up. "toxiproxy" (013): as toxiproxy, timeout drops the data, reset_peer starts at the
+   * "lab" (010-013): timeout stalls (holds) the data, reset_peer counts from the connection's start, bandwidth in
+   * KiB, attributes from 0 up. "toxiproxy" (014 on): as toxiproxy, timeout drops the data, reset_peer starts at the
    * first data (which it drops), bandwidth in KB of 1000 bytes, integers, negative values accepted.
    */
   semantics?: "lab" | "toxiproxy";

@@ -1,6 +1,6 @@
 #!/usr/bin/env bun
 /*
- * 014 - DNS discovery: the pool follows a name
+ * 015 - DNS discovery: the pool follows a name
  *
  * Adds:   --upstream NAME:PORT, where NAME is a DNS name, stands for every A and AAAA record of NAME: each address
  *         is a pool member, and NAME is asked again every --resolve-interval seconds, of the --resolver servers
@@ -29,15 +29,15 @@
  *         "echo-headless.ns.svc:5000" follows the pods behind a headless Service); a disabled proxy stops asking,
  *         and the API shows the upstream as given, the name, not its members.
  * Lacks:  SRV records (ports and weights from DNS), search domains and /etc/hosts: NAME is asked as given
- *         (--resolve-interval 0 hands names to the system at each connect, as 013 did; localhost always is).
+ *         (--resolve-interval 0 hands names to the system at each connect, as 014 did; localhost always is).
  *
  * Try it: bun test/support/dns-server.ts --port 5353 echo.test=127.0.0.2,127.0.0.3   (a DNS server for echo.test)
  *         bun tcp_echo_server/005-bounded-concurrency.ts --host 127.0.0.2 --port 5000   (and again for 127.0.0.3)
- *         bun tcp_proxy/014-dns-discovery.ts --port 6000 --upstream echo.test:5000 --resolver 127.0.0.1:5353
+ *         bun tcp_proxy/015-dns-discovery.ts --port 6000 --upstream echo.test:5000 --resolver 127.0.0.1:5353
  *         nc 127.0.0.1 6000                           (then restart the DNS server with one address less: the
  *                                                     proxy logs that it leaves; stop it: the proxy keeps its set)
  *
- * Layout (* = new or changed since 013):
+ * Layout (* = new or changed since 014):
  *   Logger, settings, Queue              logs on stderr, the configuration (* PoolConfig.discovery)
  *   Addresses, CIDR lists, PROXY         parseIp, formatIp, cidrContains, proxyHeader, parseProxyHeader
  *   Toxics; The HTTP API; Metrics        toxiproxy's toxics, readBody and its errors, the Prometheus text
@@ -2359,10 +2359,11 @@ class ControlPlane {
    * dropped and the connections it ended; then the process's totals of the earlier stages.
    */
   metricsText(): string {
+    type Samples = [Record<string, string>, number][];
     const lines: string[] = [];
     const escape = (value: string): string =>
       value.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n");
-    const series = (name: string, type: string, help: string, samples: [Record<string, string>, number][]): void => {
+    const series = (name: string, type: string, help: string, samples: Samples): void => {
       lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
       for (const [labels, value] of samples) {
         const text = Object.entries(labels).map(([key, label]) => `${key}="${escape(label)}"`);
@@ -2370,30 +2371,39 @@ class ControlPlane {
       }
     };
     const proxies = [...this.proxies.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    const links = proxies.flatMap((proxy) => (["upstream", "downstream"] as const).map((way) => [proxy, way] as const));
-    const link = (proxy: Proxy, way: Stream) => ({
-      direction: way,
-      proxy: proxy.name,
-      listener: proxy.listen,
-      upstream: proxy.toJSON().upstream,
-    });
+    const ways = ["upstream", "downstream"] as const;
+    const byLink = (count: (proxy: Proxy, way: Stream) => number): Samples =>
+      proxies.flatMap((proxy) =>
+        ways.map((way): Samples[number] => [
+          { direction: way, proxy: proxy.name, listener: proxy.listen, upstream: proxy.toJSON().upstream },
+          count(proxy, way),
+        ]),
+      );
+    const byProxy = (value: (proxy: Proxy) => number): Samples => proxies.map((p) => [{ proxy: p.name }, value(p)]);
+    const toxics = proxies.flatMap((proxy) => proxy.listed().map((toxic) => [proxy, toxic] as const));
+    const byToxic = (what: "applied" | "dropped" | "ended"): Samples =>
+      toxics.map(([proxy, toxic]) => [
+        { proxy: proxy.name, toxic: toxic.name, type: toxic.type, stream: direction(toxic) },
+        proxy.counters.toxic(toxic.name)[what],
+      ]);
     const help = (what: string) => `Bytes ${what} of each direction of each proxy, as they flow.`;
-    series("toxiproxy_proxy_received_bytes_total", "counter", help("read from the source"), [
-      ...links.map(([proxy, way]): [Record<string, string>, number] => [
-        link(proxy, way),
-        proxy.counters.received[way],
-      ]),
-    ]);
-    series("toxiproxy_proxy_sent_bytes_total", "counter", help("written to the destination"), [
-      ...links.map(([proxy, way]): [Record<string, string>, number] => [link(proxy, way), proxy.counters.sent[way]]),
-    ]);
-    const byProxy = (value: (proxy: Proxy) => number): [Record<string, string>, number][] =>
-      proxies.map((proxy) => [{ proxy: proxy.name }, value(proxy)]);
+    series(
+      "toxiproxy_proxy_received_bytes_total",
+      "counter",
+      help("read from the source"),
+      byLink((p, way) => p.counters.received[way]),
+    );
+    series(
+      "toxiproxy_proxy_sent_bytes_total",
+      "counter",
+      help("written to the destination"),
+      byLink((p, way) => p.counters.sent[way]),
+    );
     series(
       "toxiproxy_proxy_enabled",
       "gauge",
       "1 while the proxy listens.",
-      byProxy((proxy) => (proxy.enabled ? 1 : 0)),
+      byProxy((p) => Number(p.enabled)),
     );
     series(
       "toxiproxy_proxy_connections_active",
@@ -2407,12 +2417,6 @@ class ControlPlane {
       "Client connections accepted.",
       byProxy((p) => p.counters.accepted),
     );
-    const toxics = proxies.flatMap((proxy) => proxy.listed().map((toxic) => [proxy, toxic] as const));
-    const byToxic = (what: "applied" | "dropped" | "ended"): [Record<string, string>, number][] =>
-      toxics.map(([proxy, toxic]) => [
-        { proxy: proxy.name, toxic: toxic.name, type: toxic.type, stream: direction(toxic) },
-        proxy.counters.toxic(toxic.name)[what],
-      ]);
     series(
       "toxiproxy_toxic_connections_total",
       "counter",

@@ -15,7 +15,7 @@ import { API_LINE, type Running, runToExit, startStage } from "../test/support/p
 import { echoContractTests } from "../test/support/echo-contract.ts";
 import { hostileContractTests } from "../test/support/hostile-contract.ts";
 
-const STAGE = "tcp_proxy/014-dns-discovery.ts";
+const STAGE = "tcp_proxy/015-dns-discovery.ts";
 const NAME = "echo.test";
 
 /** Echo upstreams on one port at each of `hosts` (a name's members all share the port of --upstream NAME:PORT). */
@@ -72,7 +72,7 @@ function traffic(upstream: EchoUpstream): number {
   return upstream.heads.filter((head) => head.length > 0).length;
 }
 
-describe("014 members follow the DNS answers", () => {
+describe("015 members follow the DNS answers", () => {
   test("every A and AAAA record becomes a member, and they share the load", async () => {
     const hosts = ["127.0.0.2", "127.0.0.3", "::1"];
     await using dns = await DnsServer.start();
@@ -172,7 +172,7 @@ describe("014 members follow the DNS answers", () => {
   });
 });
 
-describe("014 when DNS fails", () => {
+describe("015 when DNS fails", () => {
   test("SERVFAIL, REFUSED, timeouts: the last good set stays, logged each round; truncated goes over TCP", async () => {
     await using dns = await DnsServer.start();
     await using upstreams = upstreamsOnOnePort(["127.0.0.2", "127.0.0.3"]);
@@ -248,7 +248,7 @@ describe("014 when DNS fails", () => {
   });
 });
 
-describe("014 usage", () => {
+describe("015 usage", () => {
   test.each([
     [["--resolver", "dns.example:53"], /--resolver must be an IP address and a port, got "dns.example:53"/],
     [["--resolver", "127.0.0.1"], /--resolver must look like HOST:PORT/],
@@ -264,7 +264,7 @@ describe("014 usage", () => {
   });
 });
 
-describe("014 proxies made through the API follow DNS too", () => {
+describe("015 proxies made through the API follow DNS too", () => {
   test("upstream NAME:PORT: its members serve, the API shows the name; disabled, it stops asking", async () => {
     await using dns = await DnsServer.start();
     await using upstreams = upstreamsOnOnePort(["127.0.0.2", "127.0.0.3"]);
@@ -301,7 +301,7 @@ describe("014 proxies made through the API follow DNS too", () => {
   });
 });
 
-describe("014 the contracts of every proxy stage", () => {
+describe("015 the contracts of every proxy stage", () => {
   const echo = startEchoUpstream();
   afterAll(() => echo.stop());
   echoContractTests({ file: STAGE, args: ["--port", "0", "--upstream", echo.address] });

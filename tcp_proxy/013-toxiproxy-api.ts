@@ -1,28 +1,25 @@
 #!/usr/bin/env bun
 /*
- * 013 - toxiproxy-compatible: its API and its toxics' semantics
+ * 013 - toxiproxy's API: every toxiproxy client drives it unchanged
  *
- * Adds:   what it takes for toxiproxy's clients (Go, Ruby, Node, Python, Java, testcontainers) to drive this file
- *         unchanged, from toxiproxy 2.12.0's source and observed behaviour (docs/toxiproxy.md maps it point by
- *         point). The API: GET /version ({"version": "2.12.0"}), POST /populate (create, keep or replace a list),
- *         GET /metrics (toxiproxy's byte counters, live, plus per-proxy and per-toxic series), its JSON read its
- *         way (keys in any case, unknown keys ignored, integer attributes, stream echoed as given), its shapes,
- *         status codes and error texts ({"error": ..., "status": ...}; 404 "404 page not found" and an empty 405
- *         for unknown routes). The toxics as toxiproxy defines them: noop, latency, bandwidth (KB of 1000
- *         bytes; 0 holds the data), slicer, limit_data, slow_close (holds the end of the stream), timeout (drops
- *         the data, closes after that long without any; removed, it closes the connection), reset_peer (its
- *         timer starts at the first data, which it drops), every attribute defaulting to 0; a change reaches
- *         held bytes at once. Start-up: --config FILE (toxiproxy's JSON), --seed, --version.
- *         Better than toxiproxy, without breaking a client: half-close kept; no attribute crashes the process; a
- *         change is checked whole before it applies; toxicity drawn once per connection (again only when that
- *         toxic changes) and a reset_peer acts only where it applies; /reset does not stop at a busy port;
- *         populate([]) is [] not null; toxics can be given with a proxy (POST /proxies, /populate, --config); a
- *         busy port is a 409, never a 5xx; a proxy created without "listen" binds 127.0.0.1, not every interface.
- * Lacks:  toxiproxy's HTTP response details no known client reads (X-Toxiproxy-Request-Id, the "Logger":{} leak,
- *         text/plain on JSON errors), its 25 s handler timeout, its runtime metrics. TLS, UDP, HTTP awareness.
+ * Adds:   the rest of toxiproxy's HTTP API, so that its clients (Go, Ruby, Node, Python, Java, testcontainers)
+ *         drive this file unchanged, from toxiproxy 2.12.0's source and observed behaviour (docs/toxiproxy.md maps
+ *         it point by point): GET /version ({"version": "2.12.0"}), POST /populate (create, keep or replace a
+ *         list of proxies), GET /metrics (toxiproxy's byte counters, live, plus per-proxy and per-toxic series),
+ *         JSON bodies read as Go reads them (keys in any case, unknown keys ignored, null as not given), its
+ *         shapes and key order, status codes and error texts ({"error": ..., "status": ...}; "404 page not found"
+ *         and an empty 405 for unknown routes; Go's "listen tcp ...: bind: address already in use"). Start-up:
+ *         --config FILE (toxiproxy's JSON list of proxies) and --version.
+ *         Better than toxiproxy, without breaking a client: /reset does not stop at a busy port; populate([]) is
+ *         [] not null; toxics can be given with a proxy (POST /proxies, /populate, --config); a busy port is a
+ *         409, never a 5xx; a proxy created without "listen" binds 127.0.0.1, not every interface.
+ * Lacks:  toxiproxy's toxics with its semantics (014): the toxics here keep 010's meaning (a timeout stalls the
+ *         data, bandwidth in KiB, reset_peer counts from the connection's start, required attributes), and
+ *         toxiproxy's noop and slow_close are refused. toxiproxy's HTTP response details no known client reads
+ *         (X-Toxiproxy-Request-Id, text/plain on JSON errors), its 25 s handler timeout, its runtime metrics.
  *
  * Try it: bun tcp_echo_server/005-bounded-concurrency.ts --port 5000
- *         bun tcp_proxy/013-toxiproxy-compatible.ts --api-port 8474
+ *         bun tcp_proxy/013-toxiproxy-api.ts --api-port 8474
  *         curl 127.0.0.1:8474/version
  *         curl -X POST 127.0.0.1:8474/populate \
  *             -d '[{"name":"echo","listen":"127.0.0.1:6000","upstream":"127.0.0.1:5000"}]'
@@ -33,19 +30,18 @@
  */
 /*
  * Layout (* = new or changed since 012):
- *   Logger, settings, Queue              logs on stderr, the configuration (* --config, --seed)
+ *   Logger, settings, Queue              logs on stderr, the configuration (* --config)
  *   Addresses, CIDR lists, PROXY         parseIp, formatIp, cidrContains, proxyHeader, parseProxyHeader
- * * Toxics                               * toxiproxy's TOXIC_TYPES, field(), makeToxic() its way, chance/seeded,
- *                                        delayed/paced (* KB of 1000)/sliced, Lane (* retime)
- * * The HTTP API                         * TOXIPROXY_VERSION, readBody (lists, Go's words), toxiproxy's 404/405
- *   Metrics                              the Prometheus text of the earlier stages
- * * Connection                           * ProxyCounters; refreshToxics: timeout drops, reset_peer at first data,
- *                                        slow_close holds the end (holdEnd, holding)
+ *   Toxics                               TOXIC_TYPES, makeToxic, ToxicSet, Clock, delayed/paced/sliced, Lane
+ * * The HTTP API                         * TOXIPROXY_VERSION, field() (Go's JSON keys), readBody (lists, Go's
+ *                                        words), toxiproxy's 404 and 405
+ * * Metrics                              the Prometheus text of the earlier stages, * ProxyCounters
+ * * Connection                           one client and its upstream, a lane each way, * counting for /metrics
  *   Upstream, Pool                       the upstreams, balancing, health checks
- * * Proxy                                * counters, listed() in toxiproxy's order, atomic toxic changes
+ * * Proxy                                * counters, listed() in toxiproxy's order
  * * ControlPlane                         * parseProxy (toxics too), populate, reset that goes on, /version,
  *                                        /populate, /metrics (metricsText)
- * * Command line                         HELP, parse*(), * --config (loadConfigFile), --seed, --version
+ * * Command line                         HELP, parse*(), * --config (loadConfigFile), --version
  */
 
 import type { Socket, TCPSocketListener } from "bun";
@@ -120,8 +116,6 @@ interface ProxyConfig {
   api: Address | undefined;
   /** --config: toxiproxy's JSON list of proxies, created at start. */
   configFile: string | undefined;
-  /** --seed: every random choice of the toxics from this seed, so that a run can be repeated. */
-  seed: number | undefined;
   logLevel: Level;
 }
 
@@ -368,41 +362,29 @@ function parseProxyHeader(bytes: Uint8Array): HeaderParse {
   return invalid("no PROXY header");
 }
 
-// ---- Toxics: toxiproxy's, with its units, defaults and semantics ----------------------------------------------
+// ---- Toxics: faults to inject, in the spirit of toxiproxy -----------------------------------------------------
 
 /**
  * The largest value a toxic attribute takes: 2^31-1, the longest a JS timer can wait in milliseconds (about 24.8
- * days; setTimeout fires at once past it). Only limit_data's bytes go higher.
+ * days; setTimeout fires at once past it). Durations, sizes and rates share it; only limit_data's bytes go higher.
  */
 const MAX_ATTRIBUTE = 2 ** 31 - 1;
 
-/**
- * toxiproxy's toxic types, each attribute an integer that defaults to 0, in toxiproxy's order, with the range
- * accepted. A negative value is accepted where toxiproxy accepts it, and means what it means there (a negative
- * latency or timeout is 0); where toxiproxy crashes on it (a negative bandwidth rate) it is refused.
- */
+/** Each toxic type's attributes: [default (undefined = required), largest value]. Units as in toxiproxy. */
 const TOXIC_TYPES = {
-  /** Passes everything. */
-  noop: {},
-  /** Delays every chunk by latency ms, plus or minus up to jitter ms, from when it was read (order is kept). */
-  latency: { latency: [-MAX_ATTRIBUTE, MAX_ATTRIBUTE], jitter: [-MAX_ATTRIBUTE, MAX_ATTRIBUTE] },
-  /** At most rate KB/s, KB = 1000 bytes as toxiproxy counts it; 0 lets nothing through until it is removed. */
-  bandwidth: { rate: [0, MAX_ATTRIBUTE] },
-  /** Holds the end of the stream (FIN or close) for delay ms before passing it on. */
-  slow_close: { delay: [-MAX_ATTRIBUTE, MAX_ATTRIBUTE] },
-  /** Reads and drops the data; closes the connection after timeout ms without data (0: never). */
-  timeout: { timeout: [-MAX_ATTRIBUTE, MAX_ATTRIBUTE] },
-  /** At the first data: drops it, reads no more, and resets (RST) the connection timeout ms later. */
-  reset_peer: { timeout: [-MAX_ATTRIBUTE, MAX_ATTRIBUTE] },
-  /** Cuts data into pieces of average_size +- size_variation bytes, delay microseconds apart (0 size: uncut). */
-  slicer: {
-    average_size: [-MAX_ATTRIBUTE, MAX_ATTRIBUTE],
-    size_variation: [-MAX_ATTRIBUTE, MAX_ATTRIBUTE],
-    delay: [-MAX_ATTRIBUTE, MAX_ATTRIBUTE],
-  },
+  /** Delays every chunk by latency ms, plus or minus up to jitter ms (order is kept). */
+  latency: { latency: [0, MAX_ATTRIBUTE], jitter: [0, MAX_ATTRIBUTE] },
+  /** Lets through at most rate KB/s (KiB). */
+  bandwidth: { rate: [undefined, MAX_ATTRIBUTE] },
+  /** Cuts data into pieces of average_size +- size_variation bytes, delay microseconds apart. */
+  slicer: { average_size: [64, MAX_ATTRIBUTE], size_variation: [0, MAX_ATTRIBUTE], delay: [0, MAX_ATTRIBUTE] },
   /** Lets `bytes` bytes through, then closes the connection. */
-  limit_data: { bytes: [-Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER] },
-} as const satisfies Record<string, Record<string, readonly [number, number]>>;
+  limit_data: { bytes: [undefined, Number.MAX_SAFE_INTEGER] },
+  /** Stops the data (nothing read, nothing delivered); closes the connection after timeout ms, 0 = never. */
+  timeout: { timeout: [0, MAX_ATTRIBUTE] },
+  /** Resets (RST) the connection timeout ms after the toxic meets it. */
+  reset_peer: { timeout: [0, MAX_ATTRIBUTE] },
+} as const satisfies Record<string, Record<string, readonly [number | undefined, number]>>;
 
 type ToxicType = keyof typeof TOXIC_TYPES;
 /** toxiproxy's names: "upstream" is the client-to-upstream direction, "downstream" the way back. */
@@ -413,62 +395,51 @@ interface Toxic {
   attributes: Record<string, number>;
   name: string;
   type: ToxicType;
-  /** As the client gave it: toxiproxy reads it case-insensitively and echoes it unchanged ("UPSTREAM"). */
-  stream: string;
-  /** Probability that the toxic applies to a connection: above 1 always, 0 or below never (as in toxiproxy). */
+  stream: Stream;
+  /** Probability (0-1) that the toxic applies to a given connection, drawn once per connection. */
   toxicity: number;
 }
 
-/** The direction a toxic acts on. */
-const direction = (toxic: Toxic): Stream => toxic.stream.toLowerCase() as Stream;
-
 class ToxicError extends Error {}
 
-/**
- * A JSON object's value for `key` as Go's encoding/json finds it: the key itself, or else one that differs only
- * in case (toxiproxy's users send {"Type": ...}, toxiproxy issue #119); null counts as not given.
- */
-function field(object: Record<string, unknown>, key: string): unknown {
-  if (key in object) return object[key] ?? undefined;
-  const wanted = key.toLowerCase();
-  const found = Object.keys(object).find((name) => name.toLowerCase() === wanted);
-  return found === undefined ? undefined : (object[found] ?? undefined);
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
-/**
- * A toxic from a JSON body, read as toxiproxy reads it: stream downstream, toxicity 1, name TYPE_STREAM and every
- * attribute 0 unless given; keys matched regardless of case, unknown keys ignored; refusals with toxiproxy's
- * messages. With `existing`, the body changes that toxic: its toxicity and the attributes it names, nothing else.
- * Everything is checked before anything changes.
- */
-function makeToxic(input: Record<string, unknown>, existing?: Toxic): Toxic {
-  const stream = existing?.stream ?? field(input, "stream") ?? "downstream";
-  if (typeof stream !== "string" || !["upstream", "downstream"].includes(stream.toLowerCase())) {
-    throw new ToxicError("stream was invalid, can be either upstream or downstream");
+/** Checks a toxic description (from --toxic or the HTTP API) and fills in the defaults. */
+function makeToxic(input: Record<string, unknown>): Toxic {
+  const type = input.type;
+  if (typeof type !== "string" || !(type in TOXIC_TYPES)) {
+    throw new ToxicError(`type must be one of ${Object.keys(TOXIC_TYPES).join(", ")}, got ${JSON.stringify(type)}`);
   }
-  const type = existing?.type ?? field(input, "type");
-  if (type !== undefined && typeof type !== "string") throw new ToxicError("bad request body: type must be a string");
-  if (type === undefined || !(type in TOXIC_TYPES)) throw new ToxicError("invalid toxic type");
-  const name = existing?.name ?? field(input, "name") ?? "";
-  if (typeof name !== "string") throw new ToxicError("bad request body: name must be a string");
-  const toxicity = field(input, "toxicity") ?? existing?.toxicity ?? 1;
-  if (typeof toxicity !== "number") throw new ToxicError("bad request body: toxicity must be a number");
-  const given = field(input, "attributes") ?? {};
-  if (!isObject(given)) throw new ToxicError("bad request body: attributes must be an object");
-  const specs: Record<string, readonly [number, number]> = TOXIC_TYPES[type as ToxicType];
+  const stream = input.stream ?? "downstream";
+  if (stream !== "upstream" && stream !== "downstream") {
+    throw new ToxicError(`stream must be upstream or downstream, got ${JSON.stringify(stream)}`);
+  }
+  const toxicity = input.toxicity ?? 1;
+  if (typeof toxicity !== "number" || !(toxicity >= 0 && toxicity <= 1)) {
+    throw new ToxicError(`toxicity must be a number from 0 to 1, got ${JSON.stringify(toxicity)}`);
+  }
+  const name = input.name ?? `${type}_${stream}`;
+  if (typeof name !== "string" || !/^[\w.-]{1,64}$/.test(name)) {
+    throw new ToxicError(`name must be 1-64 letters, digits, _ . or -, got ${JSON.stringify(name)}`);
+  }
+  const given = (input.attributes ?? {}) as Record<string, unknown>;
+  if (typeof given !== "object" || given === null || Array.isArray(given))
+    throw new ToxicError("attributes must be an object");
+  const specs: Record<string, readonly [number | undefined, number]> = TOXIC_TYPES[type as ToxicType];
   const attributes: Record<string, number> = {};
-  for (const [key, [min, max]] of Object.entries(specs)) {
-    const value = field(given, key) ?? existing?.attributes[key] ?? 0;
-    if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
-      throw new ToxicError(`bad request body: ${key} must be an integer from ${min} to ${max}, got ${value}`);
+  for (const key of Object.keys(given)) {
+    if (!(key in specs))
+      throw new ToxicError(`${type} has no attribute ${key} (it has ${Object.keys(specs).join(", ")})`);
+  }
+  for (const [key, [fallback, max]] of Object.entries(specs)) {
+    const value = given[key] ?? fallback;
+    if (value === undefined) throw new ToxicError(`${type} needs ${key}`);
+    if (typeof value !== "number" || !(value >= 0 && value <= max)) {
+      throw new ToxicError(`${key} must be a number from 0 to ${max}, got ${JSON.stringify(value)}`);
     }
     attributes[key] = value;
   }
-  return { attributes, name: name || `${type}_${stream}`, type: type as ToxicType, stream, toxicity };
+  if (type === "bandwidth" && attributes.rate === 0) throw new ToxicError("bandwidth needs a rate above 0");
+  if (type === "slicer" && attributes.average_size === 0) throw new ToxicError("slicer needs an average_size above 0");
+  return { attributes, name, type: type as ToxicType, stream, toxicity };
 }
 
 function describeToxic(toxic: Toxic): string {
@@ -500,23 +471,6 @@ class ToxicSet {
   }
 }
 
-/**
- * Every random choice the toxics make (toxicity, jitter, slicer sizes): Math.random, or with --seed a seeded
- * generator, so that a run can be repeated (toxiproxy takes -seed and then uses it for nothing, its issue #274).
- */
-let chance: () => number = Math.random;
-
-/** mulberry32: a small seeded generator, enough to make a run repeatable. */
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let mixed = Math.imul(state ^ (state >>> 15), state | 1);
-    mixed ^= mixed + Math.imul(mixed ^ (mixed >>> 7), mixed | 61);
-    return ((mixed ^ (mixed >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** The toxics of a connection that meets none: one shared empty list, never written to. */
 const NO_TOXICS: readonly Toxic[] = [];
 
@@ -544,20 +498,12 @@ interface Piece {
 
 /** latency: each piece `latency` ms later, plus or minus up to `jitter` ms (never before it came). */
 function* delayed(pieces: Iterable<Piece>, latency: number, jitter: number, random: () => number): Generator<Piece> {
-  const spread = Math.max(0, jitter); // a negative jitter is none, as in toxiproxy
-  for (const { bytes, at } of pieces) yield { bytes, at: at + Math.max(0, latency + spread * (2 * random() - 1)) };
+  for (const { bytes, at } of pieces) yield { bytes, at: at + Math.max(0, latency + jitter * (2 * random() - 1)) };
 }
 
-/**
- * bandwidth: `rate` KB/s, 1000 bytes a KB as toxiproxy counts them, in pieces of 10 ms worth, each due once the
- * bytes before it have gone through. A rate of 0 lets nothing through (until the toxic goes), as in toxiproxy.
- */
+/** bandwidth: `rate` KB/s (KiB) in pieces of 10 ms worth, each due once the bytes before it have gone through. */
 function* paced(pieces: Iterable<Piece>, rate: number, pace: { at: number }): Generator<Piece> {
-  if (rate <= 0) {
-    for (const { bytes } of pieces) yield { bytes, at: Infinity };
-    return;
-  }
-  const bytesPerMs = rate; // rate * 1000 bytes / 1000 ms
+  const bytesPerMs = (rate * 1024) / 1000;
   const size = Math.max(1, Math.round(bytesPerMs * 10)); // 10 ms worth: smooth, not one burst a second
   for (const { bytes, at } of pieces) {
     for (let offset = 0; offset < bytes.length; offset += size) {
@@ -568,10 +514,7 @@ function* paced(pieces: Iterable<Piece>, rate: number, pace: { at: number }): Ge
   }
 }
 
-/**
- * slicer: pieces of average_size +- size_variation bytes (at least 1), `delay` microseconds apart. An average size
- * of 0 or less leaves the data uncut (toxiproxy recurses until its stack overflows and the process dies).
- */
+/** slicer: pieces of average_size +- size_variation bytes (at least 1), `delay` microseconds apart. */
 function* sliced(
   pieces: Iterable<Piece>,
   averageSize: number,
@@ -579,12 +522,10 @@ function* sliced(
   delayUs: number,
   random: () => number,
 ): Generator<Piece> {
-  const [average, variation] = [averageSize, Math.max(0, sizeVariation)];
   for (const { bytes, at } of pieces) {
-    if (average <= 0) yield { bytes, at };
-    for (let offset = 0, step = 0; average > 0 && offset < bytes.length; step++) {
-      const size = Math.max(1, Math.round(average + variation * (2 * random() - 1)));
-      yield { bytes: bytes.subarray(offset, offset + size), at: at + (step * Math.max(0, delayUs)) / 1000 };
+    for (let offset = 0, step = 0; offset < bytes.length; step++) {
+      const size = Math.max(1, Math.round(averageSize + sizeVariation * (2 * random() - 1)));
+      yield { bytes: bytes.subarray(offset, offset + size), at: at + (step * delayUs) / 1000 };
       offset += size;
     }
   }
@@ -611,10 +552,8 @@ interface Arrival {
  */
 class Lane {
   private readonly arrivals: Arrival[] = [];
-  /** The arrival being delivered, its pieces made one at a time, and how many of its bytes have gone. */
-  private current: Arrival | undefined;
+  /** The pieces of the arrival being delivered, made one at a time. */
   private pieces: Iterator<Piece> | undefined;
-  private sent = 0;
   /** The next piece to deliver, waiting for its time; undefined when the lane is empty. */
   private next: Piece | undefined;
   /** Bytes held, in arrivals, in the one being cut and in `next`: what LANE_LIMIT bounds. */
@@ -635,7 +574,7 @@ class Lane {
     private readonly deliver: (bytes: Uint8Array) => boolean,
     private readonly progressed: () => void,
     private readonly clock: Clock = REAL_CLOCK,
-    private readonly random: () => number = () => chance(),
+    private readonly random: () => number = Math.random,
   ) {}
 
   get empty(): boolean {
@@ -656,7 +595,7 @@ class Lane {
   private limit(chunk: Uint8Array, toxics: readonly Toxic[]): Uint8Array {
     let room = Infinity;
     for (const toxic of toxics) {
-      if (toxic.type === "limit_data") room = Math.min(room, Math.max(0, toxic.attributes.bytes!) - this.passed);
+      if (toxic.type === "limit_data") room = Math.min(room, toxic.attributes.bytes! - this.passed);
     }
     if (room === Infinity) return chunk;
     const kept = chunk.subarray(0, Math.max(0, room));
@@ -677,7 +616,6 @@ class Lane {
         return;
       }
       const arrival = this.arrivals.shift();
-      [this.current, this.sent] = [arrival, 0];
       this.pieces = arrival && this.cutUp(arrival)[Symbol.iterator]();
       if (arrival === undefined) return;
     }
@@ -693,28 +631,14 @@ class Lane {
         this.paces.set(name, pace);
         pieces = paced(pieces, a.rate!, pace);
       }
-      // limit_data acted as the bytes came; timeout, reset_peer and slow_close are about sockets, not bytes.
+      // limit_data acted as the bytes came; timeout and reset_peer are about sockets, not bytes.
     }
     return pieces;
   }
 
-  /** Stalls or lets go again. */
+  /** Stalls (timeout toxic) or lets go again. */
   setStalled(stalled: boolean): void {
     this.stalled = stalled;
-    this.schedule();
-  }
-
-  /**
-   * The toxics changed: what is held goes on under the new ones at once, timed from when it came (a latency
-   * removed lets its bytes go now; toxiproxy flushes them onward too). limit_data's count is kept.
-   */
-  retime(toxics: readonly Toxic[]): void {
-    if (this.current && this.next)
-      this.arrivals.unshift({ ...this.current, bytes: this.current.bytes.subarray(this.sent) });
-    for (const arrival of this.arrivals) arrival.toxics = toxics;
-    this.current = this.pieces = this.next = undefined;
-    this.lastAt = -Infinity;
-    this.advance();
     this.schedule();
   }
 
@@ -740,7 +664,6 @@ class Lane {
       if (piece === undefined || piece.at > now + 0.5) break;
       this.next = undefined;
       this.heldBytes -= piece.bytes.length;
-      this.sent += piece.bytes.length;
       this.advance();
       if (!this.deliver(piece.bytes)) this.blocked = true;
     }
@@ -751,7 +674,7 @@ class Lane {
   stop(): void {
     this.clock.clearTimer(this.timer);
     this.arrivals.length = 0;
-    this.current = this.pieces = this.next = undefined;
+    this.pieces = this.next = undefined;
     this.heldBytes = 0;
     this.blocked = false;
   }
@@ -774,6 +697,21 @@ class ApiError extends Error {
   ) {
     super(message);
   }
+}
+
+/**
+ * A JSON object's value for `key` as Go's encoding/json finds it: the key itself, or else one that differs only
+ * in case (toxiproxy's users send {"Type": ...}, toxiproxy issue #119); null counts as not given.
+ */
+function field(object: Record<string, unknown>, key: string): unknown {
+  if (key in object) return object[key] ?? undefined;
+  const wanted = key.toLowerCase();
+  const found = Object.keys(object).find((name) => name.toLowerCase() === wanted);
+  return found === undefined ? undefined : (object[found] ?? undefined);
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 /** A request's JSON body (any Content-Type, as toxiproxy reads it): an object, or with `list`, an array. */
@@ -943,12 +881,12 @@ class ProxyCounters {
   readonly received: Record<Stream, number> = { upstream: 0, downstream: 0 };
   readonly sent: Record<Stream, number> = { upstream: 0, downstream: 0 };
   accepted = 0;
-  /** By toxic name, until it is removed: connections it applied to, bytes it dropped, connections it ended. */
-  readonly toxics = new Map<string, { applied: number; dropped: number; ended: number }>();
+  /** By toxic name, until it is removed: connections it applied to, connections it ended. */
+  readonly toxics = new Map<string, { applied: number; ended: number }>();
 
-  toxic(name: string): { applied: number; dropped: number; ended: number } {
+  toxic(name: string): { applied: number; ended: number } {
     let counts = this.toxics.get(name);
-    if (counts === undefined) this.toxics.set(name, (counts = { applied: 0, dropped: 0, ended: 0 }));
+    if (counts === undefined) this.toxics.set(name, (counts = { applied: 0, ended: 0 }));
     return counts;
   }
 }
@@ -1042,16 +980,8 @@ class Connection {
   private readonly toxicsFrom: Record<Side, readonly Toxic[]> = { client: NO_TOXICS, upstream: NO_TOXICS };
   /** Whether each toxic applies to this connection, drawn once per toxic (a changed toxic is a new one). */
   private readonly toxicChoices = new Map<Toxic, boolean>();
-  /** The timers of timeout toxics, by toxic: cancelled when their toxic goes. */
+  /** The timers of timeout and reset_peer toxics, by toxic: cancelled when their toxic goes. */
   private readonly toxicTimers = new Map<Toxic, Timer>();
-  /** A timeout toxic on that side's direction: what it sends is read and dropped. */
-  private readonly dropping: Record<Side, Toxic | undefined> = { client: undefined, upstream: undefined };
-  /** A reset_peer toxic waiting for that side's first data; once it comes the connection is doomed. */
-  private readonly resetArmed: Record<Side, Toxic | undefined> = { client: undefined, upstream: undefined };
-  private resetTimer: Timer | undefined;
-  /** slow_close: that side's end of stream is being held back. */
-  private readonly slowClosing: Record<Side, boolean> = { client: false, upstream: false };
-  private readonly slowCloseTimers: Timer[] = [];
 
   constructor(
     client: Socket<Link>,
@@ -1109,78 +1039,50 @@ class Connection {
   private applies(toxic: Toxic): boolean {
     let choice = this.toxicChoices.get(toxic);
     if (choice === undefined) {
-      this.toxicChoices.set(toxic, (choice = chance() < toxic.toxicity));
+      this.toxicChoices.set(toxic, (choice = Math.random() < toxic.toxicity));
       if (choice) this.counters.toxic(toxic.name).applied++;
     }
     return choice;
   }
 
   /**
-   * Chooses the toxics that act on this connection (toxicity: drawn once per toxic, and again only for a toxic
-   * that is changed) and applies those about sockets rather than bytes, as toxiproxy does: timeout drops the data
-   * and closes after its timeout (removed, it closes the connection: bytes were lost), reset_peer waits for the
-   * first data. Runs at the start and on every change, which reaches open connections at once: what a lane holds
-   * goes on under the new toxics.
+   * Chooses the toxics that act on this connection (toxicity: drawn once per toxic) and applies those that are
+   * about sockets rather than bytes: a stall (timeout) and a reset (reset_peer). Runs at the start and again on
+   * every change through the API, so a change reaches open connections at once.
    */
   refreshToxics(): void {
     if (this.closed) return;
     for (const side of ["client", "upstream"] as const) {
-      const before = this.toxicsFrom[side];
-      const chosen = this.toxics.list.filter((toxic) => direction(toxic) === streamFrom(side) && this.applies(toxic));
+      const stream: Stream = side === "client" ? "upstream" : "downstream";
+      const chosen = this.toxics.list.filter((toxic) => toxic.stream === stream && this.applies(toxic));
       this.toxicsFrom[side] = chosen.length > 0 ? chosen : NO_TOXICS;
-      if (before.length !== chosen.length || before.some((toxic, i) => toxic !== chosen[i])) {
-        this.lanes[side].retime(this.toxicsFrom[side]);
+      const stalled = chosen.some((toxic) => toxic.type === "timeout");
+      const lane = this.lanes[side];
+      if (stalled && !lane.stalled) {
+        lane.setStalled(true);
+        this.socket(side)?.pause(); // nothing read, nothing delivered: to both peers the network has gone quiet
+      } else if (!stalled && lane.stalled) {
+        lane.setStalled(false); // the stall is lifted: what it held goes, and the source is read again
+        this.laneProgressed(side);
       }
-      const dropping = this.dropping[side];
-      this.dropping[side] = chosen.find((toxic) => toxic.type === "timeout");
-      if (dropping && this.toxics.get(dropping.name) === undefined) {
-        return this.close("proxy", `toxic ${dropping.name} removed: bytes were dropped`);
-      }
-      if (this.dropping[side] && !dropping) this.lanes[side].stop(); // what it held is dropped too
-      if (!this.resetTimer) this.resetArmed[side] = chosen.find((toxic) => toxic.type === "reset_peer");
     }
-    const timed = new Set([this.dropping.client, this.dropping.upstream].filter((toxic) => toxic !== undefined));
+    const timed = new Set(
+      [...this.toxicsFrom.client, ...this.toxicsFrom.upstream].filter(
+        (toxic) => toxic.type === "reset_peer" || (toxic.type === "timeout" && toxic.attributes.timeout! > 0),
+      ),
+    );
     for (const [toxic, timer] of this.toxicTimers) {
       if (timed.has(toxic)) continue;
       clearTimeout(timer); // removed or changed before its time: it never fires
       this.toxicTimers.delete(toxic);
     }
-    for (const toxic of timed) if (!this.toxicTimers.has(toxic)) this.armTimeout(toxic);
-  }
-
-  /** A timeout toxic's timer: toxiproxy starts it again whenever data comes, so it measures a silence. */
-  private armTimeout(toxic: Toxic): void {
-    clearTimeout(this.toxicTimers.get(toxic));
-    if (toxic.attributes.timeout! <= 0) return; // 0: never closes, the data is dropped until the toxic goes
-    this.toxicTimers.set(
-      toxic,
-      setTimeout(() => this.toxicTimeUp(toxic), toxic.attributes.timeout),
-    );
-  }
-
-  /** reset_peer, at the first data (or end) from `from`: that chunk is dropped, nothing more is read, and RST. */
-  private resetSoon(from: Side, toxic: Toxic, chunk?: Uint8Array): void {
-    this.resetArmed.client = this.resetArmed.upstream = undefined;
-    if (chunk) this.counters.toxic(toxic.name).dropped += chunk.length;
-    this.socket(from)?.pause();
-    this.resetTimer = setTimeout(() => this.toxicTimeUp(toxic), Math.max(0, toxic.attributes.timeout!));
-  }
-
-  /** slow_close: the end of the stream from `side` (FIN or close) is held `delay` ms before it goes on. */
-  private holdEnd(side: Side): void {
-    const slow = this.toxicsFrom[side].find((toxic) => toxic.type === "slow_close");
-    if (slow === undefined || slow.attributes.delay! <= 0 || this.slowClosing[side]) return;
-    this.slowClosing[side] = true;
-    const timer = setTimeout(() => {
-      this.slowClosing[side] = false;
-      this.laneProgressed(side);
-    }, slow.attributes.delay);
-    this.slowCloseTimers.push(timer);
-  }
-
-  /** Is something from `side` still held: bytes in its lane, or its end of stream (slow_close)? */
-  private holding(side: Side): boolean {
-    return !this.lanes[side].empty || this.slowClosing[side];
+    for (const toxic of timed) {
+      if (this.toxicTimers.has(toxic)) continue;
+      this.toxicTimers.set(
+        toxic,
+        setTimeout(() => this.toxicTimeUp(toxic), toxic.attributes.timeout),
+      );
+    }
   }
 
   /** May `from` be read from? Not while bytes wait for its peer, nor while its lane is stalled or full. */
@@ -1197,8 +1099,8 @@ class Connection {
     if (this.closed) return;
     const lane = this.lanes[from];
     if (lane.cut && lane.empty) return this.cutOff(other(from), `toxic limit_data`);
-    if (!this.holding(from) && this.left[from]) return this.sideGone(from);
-    if (!this.holding(from) && this.ended[from]) {
+    if (lane.empty && this.left[from]) return this.sideGone(from);
+    if (lane.empty && this.ended[from]) {
       if (this.socket(other(from)) !== undefined && this.queueTo(other(from)).empty) this.forwardFin(other(from));
     } else if (this.mayRead(from)) {
       this.socket(from)?.resume();
@@ -1243,13 +1145,6 @@ class Connection {
     // The clock only when the idle timer will read it: with --idle-timeout 0, a clock read per chunk is wasted.
     if (this.timeouts.idleMs > 0) this.lastActivity = performance.now();
     this.counters.received[streamFrom(from)] += chunk.length;
-    const [dropping, reset] = [this.dropping[from], this.resetArmed[from]];
-    if (dropping) {
-      this.counters.toxic(dropping.name).dropped += chunk.length;
-      return this.armTimeout(dropping); // timeout: read and dropped, and its silence starts again
-    }
-    if (reset) return this.resetSoon(from, reset, chunk);
-    if (this.resetTimer) return; // a reset is coming: nothing more goes through
     const lane = this.lanes[from];
     const toxics = this.toxicsFrom[from];
     if (toxics.length === 0 && lane.empty && !lane.stalled) return void this.deliver(from, chunk); // no detour
@@ -1322,10 +1217,7 @@ class Connection {
     this.ended[side] = true;
     this.firstFin ??= side;
     this.log.debug(`${this.name} ${side} finished sending (FIN)`);
-    const reset = this.resetArmed[side];
-    if (reset) return this.resetSoon(side, reset); // toxiproxy's reset_peer starts at the end of the stream too
-    this.holdEnd(side);
-    if (this.socket(other(side)) !== undefined && this.queueTo(other(side)).empty && !this.holding(side)) {
+    if (this.socket(other(side)) !== undefined && this.queueTo(other(side)).empty && this.lanes[side].empty) {
       this.forwardFin(other(side));
     }
   }
@@ -1345,8 +1237,7 @@ class Connection {
   sideClosed(side: Side, error?: Error): void {
     this.socketClosed(side);
     if (this.closed) return;
-    if (!error) this.holdEnd(side);
-    if (!error && this.holding(side)) {
+    if (!error && !this.lanes[side].empty) {
       // A toxic still holds bytes it sent before closing: they are delivered first, as the network would have
       // delivered them, and laneProgressed() passes the close on once the lane is empty.
       [this.left[side], this.ended[side]] = [true, true];
@@ -1442,8 +1333,7 @@ class Connection {
   private clearTimers(): void {
     clearTimeout(this.idleTimer);
     clearTimeout(this.headerTimer);
-    for (const timer of [...this.toxicTimers.values(), ...this.slowCloseTimers]) clearTimeout(timer);
-    clearTimeout(this.resetTimer);
+    for (const timer of this.toxicTimers.values()) clearTimeout(timer);
     this.lanes.client.stop();
     this.lanes.upstream.stop();
   }
@@ -1745,8 +1635,8 @@ class Proxy {
 
   /** The toxics as toxiproxy lists them: the upstream direction's first, each direction in the order added. */
   listed(): Toxic[] {
-    const up = this.toxics.list.filter((toxic) => direction(toxic) === "upstream");
-    return [...up, ...this.toxics.list.filter((toxic) => direction(toxic) === "downstream")];
+    const up = this.toxics.list.filter((toxic) => toxic.stream === "upstream");
+    return [...up, ...this.toxics.list.filter((toxic) => toxic.stream === "downstream")];
   }
 
   private onClientOpen(client: Socket<Link>): void {
@@ -1935,9 +1825,14 @@ class Proxy {
       this.toxicsChanged(`toxic removed: ${describeToxic(existing)}`);
       return new Response(null, { status: 204 });
     }
-    // A change: toxicity and the attributes named, checked whole before anything changes (toxiproxy applies the
-    // attributes before a bad one and then answers 400); name, type and stream stay.
-    const toxic = makeToxic(await readBody(request), existing);
+    // A change: toxicity and attributes over the existing ones; name, type and stream stay.
+    const body = await readBody(request);
+    const given = body.attributes ?? {};
+    if (typeof given !== "object" || given === null || Array.isArray(given)) {
+      throw new ToxicError("attributes must be an object");
+    }
+    const attributes = { ...existing.attributes, ...given };
+    const toxic = makeToxic({ ...existing, toxicity: body.toxicity ?? existing.toxicity, attributes });
     this.toxics.set(toxic);
     this.toxicsChanged(`toxic changed: ${describeToxic(toxic)}`);
     return Response.json(toxic);
@@ -2192,14 +2087,15 @@ class ControlPlane {
   /**
    * The Prometheus text, on the API's /metrics and on --metrics-port: toxiproxy's two byte counters with its
    * labels, kept up to date as bytes flow (toxiproxy adds them when a connection ends, and never removes them);
-   * per proxy, whether it listens and its connections; per toxic, the connections it applied to, the bytes it
-   * dropped and the connections it ended; then the process's totals of the earlier stages.
+   * per proxy, whether it listens and its connections; per toxic, the connections it applied to and the
+   * connections it ended; then the process's totals of the earlier stages.
    */
   metricsText(): string {
+    type Samples = [Record<string, string>, number][];
     const lines: string[] = [];
     const escape = (value: string): string =>
       value.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n");
-    const series = (name: string, type: string, help: string, samples: [Record<string, string>, number][]): void => {
+    const series = (name: string, type: string, help: string, samples: Samples): void => {
       lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
       for (const [labels, value] of samples) {
         const text = Object.entries(labels).map(([key, label]) => `${key}="${escape(label)}"`);
@@ -2207,30 +2103,39 @@ class ControlPlane {
       }
     };
     const proxies = [...this.proxies.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    const links = proxies.flatMap((proxy) => (["upstream", "downstream"] as const).map((way) => [proxy, way] as const));
-    const link = (proxy: Proxy, way: Stream) => ({
-      direction: way,
-      proxy: proxy.name,
-      listener: proxy.listen,
-      upstream: proxy.toJSON().upstream,
-    });
+    const ways = ["upstream", "downstream"] as const;
+    const byLink = (count: (proxy: Proxy, way: Stream) => number): Samples =>
+      proxies.flatMap((proxy) =>
+        ways.map((way): Samples[number] => [
+          { direction: way, proxy: proxy.name, listener: proxy.listen, upstream: proxy.toJSON().upstream },
+          count(proxy, way),
+        ]),
+      );
+    const byProxy = (value: (proxy: Proxy) => number): Samples => proxies.map((p) => [{ proxy: p.name }, value(p)]);
+    const toxics = proxies.flatMap((proxy) => proxy.listed().map((toxic) => [proxy, toxic] as const));
+    const byToxic = (what: "applied" | "ended"): Samples =>
+      toxics.map(([proxy, toxic]) => [
+        { proxy: proxy.name, toxic: toxic.name, type: toxic.type, stream: toxic.stream },
+        proxy.counters.toxic(toxic.name)[what],
+      ]);
     const help = (what: string) => `Bytes ${what} of each direction of each proxy, as they flow.`;
-    series("toxiproxy_proxy_received_bytes_total", "counter", help("read from the source"), [
-      ...links.map(([proxy, way]): [Record<string, string>, number] => [
-        link(proxy, way),
-        proxy.counters.received[way],
-      ]),
-    ]);
-    series("toxiproxy_proxy_sent_bytes_total", "counter", help("written to the destination"), [
-      ...links.map(([proxy, way]): [Record<string, string>, number] => [link(proxy, way), proxy.counters.sent[way]]),
-    ]);
-    const byProxy = (value: (proxy: Proxy) => number): [Record<string, string>, number][] =>
-      proxies.map((proxy) => [{ proxy: proxy.name }, value(proxy)]);
+    series(
+      "toxiproxy_proxy_received_bytes_total",
+      "counter",
+      help("read from the source"),
+      byLink((p, way) => p.counters.received[way]),
+    );
+    series(
+      "toxiproxy_proxy_sent_bytes_total",
+      "counter",
+      help("written to the destination"),
+      byLink((p, way) => p.counters.sent[way]),
+    );
     series(
       "toxiproxy_proxy_enabled",
       "gauge",
       "1 while the proxy listens.",
-      byProxy((proxy) => (proxy.enabled ? 1 : 0)),
+      byProxy((p) => Number(p.enabled)),
     );
     series(
       "toxiproxy_proxy_connections_active",
@@ -2244,23 +2149,11 @@ class ControlPlane {
       "Client connections accepted.",
       byProxy((p) => p.counters.accepted),
     );
-    const toxics = proxies.flatMap((proxy) => proxy.listed().map((toxic) => [proxy, toxic] as const));
-    const byToxic = (what: "applied" | "dropped" | "ended"): [Record<string, string>, number][] =>
-      toxics.map(([proxy, toxic]) => [
-        { proxy: proxy.name, toxic: toxic.name, type: toxic.type, stream: direction(toxic) },
-        proxy.counters.toxic(toxic.name)[what],
-      ]);
     series(
       "toxiproxy_toxic_connections_total",
       "counter",
       "Connections the toxic applied to (toxicity).",
       byToxic("applied"),
-    );
-    series(
-      "toxiproxy_toxic_dropped_bytes_total",
-      "counter",
-      "Bytes dropped (timeout, reset_peer).",
-      byToxic("dropped"),
     );
     series(
       "toxiproxy_toxic_ended_connections_total",
@@ -2373,7 +2266,6 @@ Options:
   --api-host HOST       address for the API (default 127.0.0.1)
   --config FILE         proxies to create at start, toxiproxy's JSON: [{"name", "listen", "upstream",
                         "enabled", "toxics"}, ...]; a bad file is an error, not a log line
-  --seed N              seed every random choice of the toxics (toxicity, jitter, slicer), to repeat a run
   --version             print the toxiproxy version whose API this answers as, and exit
   --log-level LEVEL     debug, info, warn or error (default info)
   -h, --help            show this help
@@ -2406,8 +2298,7 @@ function parseToxicFlag(text: string): Toxic {
   try {
     return makeToxic({ ...description, attributes });
   } catch (error) {
-    const why = error instanceof ToxicError ? error.message.replace(/^bad request body: /, "") : undefined;
-    if (why) throw new UsageError(`--toxic "${text}": ${why}`);
+    if (error instanceof ToxicError) throw new UsageError(`--toxic "${text}": ${error.message}`);
     throw error;
   }
 }
@@ -2488,7 +2379,6 @@ function parseConfig(argv: string[]): ProxyConfig | "help" | "version" {
         "api-port": { type: "string" },
         "api-host": { type: "string", default: "127.0.0.1" },
         config: { type: "string" },
-        seed: { type: "string" },
         version: { type: "boolean", default: false },
         "log-level": { type: "string", default: "info" },
         help: { type: "boolean", short: "h", default: false },
@@ -2575,7 +2465,6 @@ function parseConfig(argv: string[]): ProxyConfig | "help" | "version" {
     toxics,
     api,
     configFile: values.config,
-    seed: values.seed === undefined ? undefined : parseCount(values.seed, "--seed", true),
     logLevel: logLevel as Level,
   };
 }
@@ -2628,7 +2517,6 @@ function main(): void {
     process.stdout.write(`toxiproxy-compatible ${TOXIPROXY_VERSION} (${THIS_COMMAND})\n`);
     return;
   }
-  if (config.seed !== undefined) chance = seeded(config.seed);
   const plane = new ControlPlane(config);
   const listen = (what: string, address: Address, start: () => number | void): number | void => {
     try {
