@@ -1245,16 +1245,18 @@ class Connection {
     // The clock only when the idle timer will read it: with --idle-timeout 0, a clock read per chunk is wasted.
     if (this.timeouts.idleMs > 0) this.lastActivity = performance.now();
     this.counters.received[streamFrom(from)] += chunk.length;
-    const [dropping, reset] = [this.dropping[from], this.resetArmed[from]];
+    const lane = this.lanes[from];
+    const toxics = this.toxicsFrom[from];
+    // No toxic on this side, nothing held, no reset coming: straight on, the common case first.
+    if (toxics.length === 0 && lane.empty && !lane.stalled && !this.resetTimer) return void this.deliver(from, chunk);
+    const dropping = this.dropping[from];
     if (dropping) {
       this.counters.toxic(dropping.name).dropped += chunk.length;
       return this.armTimeout(dropping); // timeout: read and dropped, and its silence starts again
     }
+    const reset = this.resetArmed[from];
     if (reset) return this.resetSoon(from, reset, chunk);
     if (this.resetTimer) return; // a reset is coming: nothing more goes through
-    const lane = this.lanes[from];
-    const toxics = this.toxicsFrom[from];
-    if (toxics.length === 0 && lane.empty && !lane.stalled) return void this.deliver(from, chunk); // no detour
     if (lane.cut) return; // limit_data reached: the rest is dropped, the connection is closing
     lane.push(chunk, toxics);
     if (!this.mayRead(from)) this.socket(from)?.pause();
