@@ -2,7 +2,8 @@
 // a --help that says what it measures, how long it takes and what it writes; a usage error is one line, exit 2.
 
 import { describe, expect, test } from "bun:test";
-import { ROOT, runToExit } from "../test/support/process.ts";
+import { startEchoUpstream, TestClient, upperAscii } from "../test/support/net.ts";
+import { ROOT, runToExit, startStage } from "../test/support/process.ts";
 
 interface EntryPoint {
   file: string;
@@ -99,5 +100,34 @@ describe("bench entry points", () => {
       expect({ script, code }).toEqual({ script, code: 0 });
       expect(stdout).toStartWith("Usage: bun run bench");
     }
+  });
+});
+
+describe("bench/reference/bun-pipe.ts, the proxy benchmark's floor", () => {
+  test("carries 8 MiB both ways byte for byte, with a reader slower than the writer (backpressure)", async () => {
+    const upstream = startEchoUpstream();
+    try {
+      await using pipe = await startStage("bench/reference/bun-pipe.ts", ["--upstream", upstream.address]);
+      const client = await TestClient.connect(pipe.port);
+      try {
+        const sent = new Uint8Array(8 * 1024 * 1024).map((_, i) => (i * 7 + (i >> 11)) & 0xff);
+        client.pauseReading(); // the echo replies pile up behind the pipe: it must pause, not buffer without end
+        client.write(sent);
+        await Bun.sleep(200); // a window for the piling up, not a synchronisation: the bytes are checked below
+        client.resumeReading();
+        expect(await client.readAtLeast(sent.length, 30_000)).toEqual(upperAscii(sent));
+      } finally {
+        client.close();
+      }
+    } finally {
+      upstream.stop();
+    }
+  });
+
+  test("without --upstream: one line, exit 2", async () => {
+    expect(await runToExit("bench/reference/bun-pipe.ts", [])).toMatchObject({
+      code: 2,
+      stderr: "error: --upstream HOST:PORT is required\n",
+    });
   });
 });

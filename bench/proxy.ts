@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 // Proxy benchmark (not a test): the fault-injection stage and the last proxy stage against a direct connection to
-// the same servers, in one run, with HAProxy (TCP mode) and socat as peers when they are installed. The help text
-// below says what it measures, how long it takes and where it writes.
+// the same servers, in one run, with peers: a minimal Bun pipe, and HAProxy (TCP mode) and socat when installed.
+// The help text below says what it measures, how long it takes and where it writes.
 
 import type { Subprocess } from "bun";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -27,8 +27,8 @@ import {
 const HELP = `Usage: bun run bench:proxy [options]        (or: bun bench/proxy.ts, bun run bench proxy)
 
 Proxy benchmark, not a test: the fault-injection stage (toxics from flags, no toxic in force) and the last proxy
-stage (its control API on) against a direct connection to the same servers, and against HAProxy (TCP mode) and
-socat when they are installed:
+stage (its control API on) against a direct connection to the same servers, against a minimal Bun pipe (the
+floor of any Bun proxy, bench/reference/bun-pipe.ts), and against HAProxy (TCP mode) and socat when installed:
   bulk     iperf3 client -> [proxy] -> iperf3 server: Gbit/s, and the proxy's peak memory
            (needs iperf3: apt-get install iperf3)
   echo     closed-loop echo (bench/echo-load.ts) at --connections -> [proxy] -> the last echo stage:
@@ -140,6 +140,13 @@ const peers: Peer[] = LAB_STAGES.map((stage) => ({
       onProxyCore,
     ),
 }));
+// The floor of any Bun proxy: a minimal pipe with backpressure (bench/reference/bun-pipe.ts), so that the stages'
+// memory under bulk load is read against what Bun itself takes for the same bytes.
+peers.push({
+  name: "minimal Bun pipe",
+  start: (upstreamPort: number) =>
+    startStage("bench/reference/bun-pipe.ts", ["--upstream", `127.0.0.1:${upstreamPort}`], onProxyCore),
+});
 const haproxy = which("haproxy");
 if (haproxy) {
   peers.push({
@@ -345,7 +352,7 @@ async function main(): Promise<void> {
         if (proxy) row.bulkPeak = rss(proxy.child.pid).peak;
         if (proxy) await stop(proxy.child);
         const peak = row.bulkPeak === undefined ? "" : `, peak RSS ${(row.bulkPeak / MiB).toFixed(1)} MiB`;
-        console.log(`  ${row.name.padEnd(16)} bulk ${row.bulkGbps.toFixed(2)} Gbit/s${peak}`);
+        console.log(`  ${row.name.padEnd(18)} bulk ${row.bulkGbps.toFixed(2)} Gbit/s${peak}`);
       }
       const proxy = peer ? await peer.start(echo.port) : undefined;
       const idle = proxy ? rss(proxy.child.pid).rss : NaN;
@@ -353,7 +360,7 @@ async function main(): Promise<void> {
         row.echo = await echoLoad(proxy?.port ?? echo.port);
       } catch (error) {
         // One peer failing (socat has lost a connection here) must not cost the other rows: say so, carry on.
-        console.log(`  ${row.name.padEnd(16)} echo failed: ${(error as Error).message.trim()}`);
+        console.log(`  ${row.name.padEnd(18)} echo failed: ${(error as Error).message.trim()}`);
         if (proxy) await stop(proxy.child);
         continue;
       }
@@ -364,7 +371,7 @@ async function main(): Promise<void> {
       }
       const { msgsPerSec, p50Ms, p99Ms } = row.echo;
       console.log(
-        `  ${row.name.padEnd(16)} echo ${Math.round(msgsPerSec)} msgs/s, ` +
+        `  ${row.name.padEnd(18)} echo ${Math.round(msgsPerSec)} msgs/s, ` +
           `p50 ${p50Ms.toFixed(3)} ms, p99 ${p99Ms.toFixed(3)} ms`,
       );
     }
@@ -422,8 +429,8 @@ async function main(): Promise<void> {
     ...rows
       .slice(1)
       .flatMap((row) => [
-        `${row.name.padEnd(16)} bulk ${bar(ratio(row.bulkGbps, direct.bulkGbps))}`,
-        `${"".padEnd(16)} echo ${bar(ratio(row.echo?.msgsPerSec, direct.echo?.msgsPerSec))}`,
+        `${row.name.padEnd(18)} bulk ${bar(ratio(row.bulkGbps, direct.bulkGbps))}`,
+        `${"".padEnd(18)} echo ${bar(ratio(row.echo?.msgsPerSec, direct.echo?.msgsPerSec))}`,
       ]),
   ];
   console.log(`\n${lines.join("\n")}\n\n${chart.join("\n")}`);
