@@ -427,21 +427,6 @@ const direction = (toxic: Toxic): Stream => toxic.stream.toLowerCase() as Stream
 class ToxicError extends Error {}
 
 /**
- * A JSON object's value for `key` as Go's encoding/json finds it: the key itself, or else one that differs only
- * in case (toxiproxy's users send {"Type": ...}, toxiproxy issue #119); null counts as not given.
- */
-function field(object: Record<string, unknown>, key: string): unknown {
-  if (key in object) return object[key] ?? undefined;
-  const wanted = key.toLowerCase();
-  const found = Object.keys(object).find((name) => name.toLowerCase() === wanted);
-  return found === undefined ? undefined : (object[found] ?? undefined);
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
-/**
  * A toxic from a JSON body, read as toxiproxy reads it: stream downstream, toxicity 1, name TYPE_STREAM and every
  * attribute 0 unless given; keys matched regardless of case, unknown keys ignored; refusals with toxiproxy's
  * messages. With `existing`, the body changes that toxic: its toxicity and the attributes it names, nothing else.
@@ -776,6 +761,21 @@ class ApiError extends Error {
   ) {
     super(message);
   }
+}
+
+/**
+ * A JSON object's value for `key` as Go's encoding/json finds it: the key itself, or else one that differs only
+ * in case (toxiproxy's users send {"Type": ...}, toxiproxy issue #119); null counts as not given.
+ */
+function field(object: Record<string, unknown>, key: string): unknown {
+  if (key in object) return object[key] ?? undefined;
+  const wanted = key.toLowerCase();
+  const found = Object.keys(object).find((name) => name.toLowerCase() === wanted);
+  return found === undefined ? undefined : (object[found] ?? undefined);
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 /** A request's JSON body (any Content-Type, as toxiproxy reads it): an object, or with `list`, an array. */
