@@ -2,10 +2,9 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { echoContractTests } from "../test/support/echo-contract.ts";
 import { hostileContractTests } from "../test/support/hostile-contract.ts";
 import { decode, startEchoUpstream, TestClient } from "../test/support/net.ts";
-import { startStage } from "../test/support/process.ts";
 import { proxyApiTests } from "../test/support/proxy-api-contract.ts";
 import { toxicArithmeticTests } from "../test/support/toxic-arithmetic.ts";
-import { call, toxicApiTests } from "../test/support/toxic-api-contract.ts";
+import { call, startWithApi, toxicApiTests } from "../test/support/toxic-api-contract.ts";
 import { roundTrip, toxicContractTests } from "../test/support/toxic-contract.ts";
 import { portOf, startToxiproxyServer, toxic, toxiproxyApiTests } from "../test/support/toxiproxy-api-contract.ts";
 
@@ -89,18 +88,8 @@ describe("014 every toxic through toxiproxy-node-client, as toxiproxy defines it
 
 describe("014 toxics as toxiproxy defines them", () => {
   async function withProxy(args: string[]) {
-    const upstream = startEchoUpstream();
-    const proxy = await startStage(STAGE, ["--port", "0", "--upstream", upstream.address, "--api-port", "0", ...args]);
-    const api = (await proxy.waitForLog(/API on (http:\/\/\S+)/))[1]!;
-    return {
-      proxy,
-      upstream,
-      toxics: `${api}/proxies/default/toxics`,
-      async [Symbol.asyncDispose]() {
-        await proxy[Symbol.asyncDispose]();
-        upstream.stop();
-      },
-    };
+    const setup = await startWithApi(STAGE, args);
+    return Object.assign(setup, { toxics: `${setup.api}/proxies/default/toxics` });
   }
 
   test("timeout measures a silence: data that keeps coming keeps the connection open", async () => {
@@ -113,7 +102,7 @@ describe("014 toxics as toxiproxy defines them", () => {
     expect(await client.endsWithin(2000)).toBe(true);
     expect(client.receivedLength).toBe(0);
     await setup.proxy.waitForLog(/bytes_up=0 bytes_down=0 closed_by=proxy reason="toxic timeout_upstream"/);
-    const metrics = await (await fetch(setup.toxics.replace(/\/proxies\/.*$/, "/metrics"))).text();
+    const metrics = await (await fetch(`${setup.api}/metrics`)).text();
     const labels = 'proxy="default",toxic="timeout_upstream",type="timeout",stream="upstream"';
     expect(metrics).toContain(`toxiproxy_toxic_dropped_bytes_total{${labels}} 24`); // six "tick"s, all dropped
   });

@@ -30,6 +30,17 @@ export async function startApiServer(file: string, args: string[] = []) {
   };
 }
 
+/** Whether one round trip through `port` comes back uppercased. */
+export async function echoes(port: number, text = "ping"): Promise<boolean> {
+  const client = await TestClient.connect(port);
+  try {
+    client.write(text);
+    return decode(await client.readAtLeast(text.length, 3000)) === text.toUpperCase();
+  } finally {
+    client.close();
+  }
+}
+
 export function proxyApiTests({ file, semantics = "lab" }: ProxyApiStage): void {
   const STAGE = file;
   const lab = semantics === "lab";
@@ -47,16 +58,6 @@ export function proxyApiTests({ file, semantics = "lab" }: ProxyApiStage): void 
         return { ...proxy, port: Number(proxy.listen.split(":").at(-1)) };
       },
     };
-  }
-
-  async function echoes(port: number, text = "ping"): Promise<boolean> {
-    const client = await TestClient.connect(port);
-    try {
-      client.write(text);
-      return decode(await client.readAtLeast(text.length, 3000)) === text.toUpperCase();
-    } finally {
-      client.close();
-    }
   }
 
   const refused = (port: number) => expect(TestClient.connect(port)).rejects.toThrow();

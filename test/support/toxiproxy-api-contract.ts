@@ -8,9 +8,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type ICreateToxicBody, Toxiproxy } from "toxiproxy-node-client";
-import { decode, startEchoUpstream, TestClient } from "./net.ts";
+import { startEchoUpstream, TestClient } from "./net.ts";
 import { API_LINE, runToExit, startStage } from "./process.ts";
-import { startApiServer } from "./proxy-api-contract.ts";
+import { echoes, startApiServer } from "./proxy-api-contract.ts";
 import { call } from "./toxic-api-contract.ts";
 import { roundTrip } from "./toxic-contract.ts";
 
@@ -27,17 +27,6 @@ export async function startToxiproxyServer(file: string, args: string[] = []) {
 }
 
 export const portOf = (listen: string): number => Number(listen.split(":").at(-1));
-
-/** Whether one round trip through `port` comes back uppercased. */
-export async function echoes(port: number, text = "ping"): Promise<boolean> {
-  const client = await TestClient.connect(port);
-  try {
-    client.write(text);
-    return decode(await client.readAtLeast(text.length, 3000)) === text.toUpperCase();
-  } finally {
-    client.close();
-  }
-}
 
 /** A toxic body as the client's types want it, from what a user writes. */
 export const toxic = <T>(body: Partial<ICreateToxicBody<T>>) => body as ICreateToxicBody<T>;
